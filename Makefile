@@ -1,0 +1,68 @@
+# zerostep — see README.md. Every target installs what it needs, idempotently.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+CARGO ?= cargo
+# Test servers' virtualenvs live outside the checkout, so fresh clones on one machine share them.
+export ZEROSTEP_TEST_CACHE ?= /var/cache/zerostep-test
+SENSORS_OUT := target/sensors
+TEST_SENSORS_OUT := target/test-sensors
+HOSTILE_VARIANTS := well-behaved infinite-loop memory-bomb panic huge-return wrong-contract slow-enrich
+STATE_DIR ?= target/state
+
+.PHONY: help setup build sensors test-sensors run test test-deps lint bench clean
+
+help:
+	@echo "make run    build the agent and sensors, start the agent (foreground, API on 127.0.0.1:7787)"
+	@echo "make test   install test prerequisites and run every test"
+	@echo "make bench  benchmarks (not in CI); make lint: fmt + clippy"
+
+setup:
+	@bash tests/setup/00-rust.sh
+
+build: setup
+	$(CARGO) build --release -p zerostep
+
+sensors: setup
+	$(CARGO) build --target wasm32-wasip2 --profile sensor -p zerostep-sensor-gunicorn -p zerostep-sensor-uwsgi
+	@mkdir -p $(SENSORS_OUT)
+	@for s in gunicorn uwsgi; do \
+	  cp target/wasm32-wasip2/sensor/zerostep_sensor_$$s.wasm $(SENSORS_OUT)/$$s.wasm.tmp; \
+	  mv $(SENSORS_OUT)/$$s.wasm.tmp $(SENSORS_OUT)/$$s.wasm; \
+	done
+	@ls -l $(SENSORS_OUT)
+
+# Misbehaving sensors for the host tests, one per behaviour, plus two versions of a good one.
+test-sensors: setup
+	@mkdir -p $(TEST_SENSORS_OUT)
+	@for v in $(HOSTILE_VARIANTS); do \
+	  $(CARGO) build -q --target wasm32-wasip2 --profile sensor -p zerostep-sensor-hostile --features $$v; \
+	  cp target/wasm32-wasip2/sensor/zerostep_sensor_hostile.wasm $(TEST_SENSORS_OUT)/$$v.wasm; \
+	done
+	@for ver in 1.0.0 2.0.0; do \
+	  HOSTILE_VERSION=$$ver $(CARGO) build -q --target wasm32-wasip2 --profile sensor -p zerostep-sensor-hostile --features slow-enrich; \
+	  cp target/wasm32-wasip2/sensor/zerostep_sensor_hostile.wasm $(TEST_SENSORS_OUT)/versioned-$$ver.wasm; \
+	done
+	@ls $(TEST_SENSORS_OUT)
+
+run: build sensors
+	@mkdir -p $(STATE_DIR)
+	./target/release/zerostep agent --sensors-dir $(SENSORS_OUT) --state-dir $(STATE_DIR)
+
+test-deps: setup
+	@for s in tests/setup/[0-9]*.sh; do bash "$$s"; done
+
+test: test-deps sensors test-sensors
+	$(CARGO) test --workspace --exclude zerostep-sensor-gunicorn --exclude zerostep-sensor-uwsgi --exclude zerostep-sensor-hostile -- --test-threads=2
+
+lint: setup
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy --target wasm32-wasip2 -p zerostep-sensor-gunicorn -p zerostep-sensor-uwsgi -p zerostep-sensor-hostile -- -D warnings
+
+bench: test-deps sensors
+	@for b in bench/[0-9]*.sh; do echo "== $$b"; bash "$$b"; done
+
+clean:
+	$(CARGO) clean

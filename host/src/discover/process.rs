@@ -1,0 +1,30 @@
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LibPython {
+    /// Path of the mapped `libpythonX.Y.so`, as the process sees it.
+    Shared(String),
+    /// The C API is in the executable itself.
+    LinkedIntoExecutable,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PythonRuntime {
+    pub version: String,
+    pub libpython: LibPython,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct ProcessInfo {
+    pub pid: u32,
+    pub ppid: u32,
+    pub uid: u32,
+    pub exe: String,
+    pub cmdline: Vec<String>,
+    pub cwd: String,
+    pub python: Option<PythonRuntime>,
+    pub parent_cmdline: Vec<String>,
+    #[serde(default)]
+    pub extra: Vec<(String, String)>,
+}

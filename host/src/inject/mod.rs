@@ -1,0 +1,1 @@
+//! Running code inside a live CPython process (issue: native injector).

@@ -1,0 +1,1 @@
+//! The Unix-socket server that traced processes send their spans to (issue: tracer and intake).

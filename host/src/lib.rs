@@ -1,0 +1,10 @@
+//! zerostep: the agent's library. Modules in the order data flows through them (see the design):
+//! discover → sensors (match) → inject → [traced process] → intake → pipeline → sinks.
+pub mod agent;
+pub mod api;
+pub mod cli;
+pub mod discover;
+pub mod inject;
+pub mod intake;
+pub mod sensors;
+pub mod span;

@@ -1,0 +1,2 @@
+//! The sandboxed sensor host.
+pub mod cli;

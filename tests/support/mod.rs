@@ -1,0 +1,158 @@
+//! Shared by the end-to-end tests: where the real interpreters and test venvs are, and processes
+//! that are killed by process group when the test ends, pass or fail. Never kill by name.
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("host crate has a parent").to_path_buf()
+}
+
+pub fn zerostep_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_zerostep"))
+}
+
+pub fn test_cache() -> PathBuf {
+    std::env::var_os("ZEROSTEP_TEST_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/zerostep-test"))
+}
+
+/// A binary inside a test venv from tests/venvs.txt; panics with the fix if `make test-deps` has not run.
+pub fn venv_bin(venv: &str, bin: &str) -> PathBuf {
+    let p = test_cache().join("venvs").join(venv).join("bin").join(bin);
+    assert!(p.exists(), "{} missing: run `make test-deps` (tests/venvs.txt)", p.display());
+    p
+}
+
+pub fn pyenv_root() -> PathBuf {
+    Command::new("pyenv")
+        .arg("root")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
+        .unwrap_or_else(|| PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".pyenv"))
+}
+
+/// The real interpreter binary of a pyenv version such as "3.12.1" (not the bash shim).
+pub fn pyenv_python(version: &str) -> PathBuf {
+    let minor: String = version.split('.').take(2).collect::<Vec<_>>().join(".");
+    pyenv_root().join("versions").join(version).join("bin").join(format!("python{minor}"))
+}
+
+/// Every pyenv CPython 3.8–3.13 found on this machine, as (version, binary).
+pub fn pyenv_pythons() -> Vec<(String, PathBuf)> {
+    let mut found = Vec::new();
+    if let Ok(dir) = std::fs::read_dir(pyenv_root().join("versions")) {
+        for entry in dir.flatten() {
+            let v = entry.file_name().to_string_lossy().to_string();
+            let minor: Option<u32> = v.strip_prefix("3.").and_then(|r| r.split('.').next()?.parse().ok());
+            if matches!(minor, Some(8..=13)) {
+                let bin = pyenv_python(&v);
+                if bin.exists() {
+                    found.push((v, bin));
+                }
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+pub const DEBIAN_PYTHON: &str = "/usr/bin/python3.11";
+
+/// A child started in its own process group; dropping it kills exactly that group and reaps it.
+pub struct Proc {
+    pub child: Child,
+    pub name: String,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, cmd: &mut Command) -> Proc {
+        cmd.process_group(0).stdin(Stdio::null());
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        Proc { child, name: name.to_string() }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn is_alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    fn signal_group(&self, sig: i32) {
+        // The group id is the child's pid (process_group(0)); negative pid targets the group.
+        unsafe {
+            libc::kill(-(self.child.id() as i32), sig);
+        }
+    }
+
+    /// SIGTERM to the group, then SIGKILL if it has not exited within `grace`.
+    pub fn stop(&mut self, grace: Duration) {
+        self.signal_group(libc::SIGTERM);
+        let deadline = Instant::now() + grace;
+        while Instant::now() < deadline {
+            if !self.is_alive() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.signal_group(libc::SIGKILL);
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.stop(Duration::from_secs(2));
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0").local_addr().expect("local addr").port()
+}
+
+pub fn wait_for_port(port: u16, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    while Instant::now() < deadline {
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+/// A plain HTTP/1.0 GET over loopback, returning (status, body). No client library on purpose: tests
+/// must see exactly what the server sent.
+pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
+    use std::io::Write;
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf)?;
+    let status = buf.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Ok((status, body))
+}
+
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    f()
+}
