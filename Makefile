@@ -6,6 +6,8 @@ SHELL := /bin/bash
 CARGO ?= cargo
 # Test servers' virtualenvs live outside the checkout, so fresh clones on one machine share them.
 export ZEROSTEP_TEST_CACHE ?= /var/cache/zerostep-test
+# Cargo's output (helpers may set CARGO_TARGET_DIR); built components are always copied to target/.
+CARGO_OUT := $(or $(CARGO_TARGET_DIR),target)
 SENSORS_OUT := target/sensors
 TEST_SENSORS_OUT := target/test-sensors
 HOSTILE_VARIANTS := well-behaved infinite-loop memory-bomb panic huge-return wrong-contract slow-enrich
@@ -28,7 +30,7 @@ sensors: setup
 	$(CARGO) build --target wasm32-wasip2 --profile sensor -p zerostep-sensor-gunicorn -p zerostep-sensor-uwsgi
 	@mkdir -p $(SENSORS_OUT)
 	@for s in gunicorn uwsgi; do \
-	  cp target/wasm32-wasip2/sensor/zerostep_sensor_$$s.wasm $(SENSORS_OUT)/$$s.wasm.tmp; \
+	  cp $(CARGO_OUT)/wasm32-wasip2/sensor/zerostep_sensor_$$s.wasm $(SENSORS_OUT)/$$s.wasm.tmp; \
 	  mv $(SENSORS_OUT)/$$s.wasm.tmp $(SENSORS_OUT)/$$s.wasm; \
 	done
 	@ls -l $(SENSORS_OUT)
@@ -38,11 +40,11 @@ test-sensors: setup
 	@mkdir -p $(TEST_SENSORS_OUT)
 	@for v in $(HOSTILE_VARIANTS); do \
 	  $(CARGO) build -q --target wasm32-wasip2 --profile sensor -p zerostep-sensor-hostile --features $$v; \
-	  cp target/wasm32-wasip2/sensor/zerostep_sensor_hostile.wasm $(TEST_SENSORS_OUT)/$$v.wasm; \
+	  cp $(CARGO_OUT)/wasm32-wasip2/sensor/zerostep_sensor_hostile.wasm $(TEST_SENSORS_OUT)/$$v.wasm; \
 	done
 	@for ver in 1.0.0 2.0.0; do \
 	  HOSTILE_VERSION=$$ver $(CARGO) build -q --target wasm32-wasip2 --profile sensor -p zerostep-sensor-hostile --features slow-enrich; \
-	  cp target/wasm32-wasip2/sensor/zerostep_sensor_hostile.wasm $(TEST_SENSORS_OUT)/versioned-$$ver.wasm; \
+	  cp $(CARGO_OUT)/wasm32-wasip2/sensor/zerostep_sensor_hostile.wasm $(TEST_SENSORS_OUT)/versioned-$$ver.wasm; \
 	done
 	@ls $(TEST_SENSORS_OUT)
 
