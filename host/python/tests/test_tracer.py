@@ -1,0 +1,391 @@
+"""Unit tests of the in-process tracer, stdlib only, for every CPython 3.8-3.13:
+`python -m unittest discover -s host/python/tests`. A fake intake (a Unix socket in a temp dir)
+plays the agent: it answers the bootstrap's hello with the modules, then collects frames."""
+import http.server
+import json
+import os
+import socket
+import sqlite3
+import struct
+import sys
+import tempfile
+import threading
+import time
+import unittest
+import urllib.request
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PKG = os.path.join(os.path.dirname(HERE), "zerostep")
+# Same order as host/src/intake/tracer_source.rs: the package first, then its modules by dependency.
+MODULE_ORDER = ["trace", "patch", "report", "wsgi", "servers", "frameworks", "clients", "db"]
+
+
+def modules():
+    with open(os.path.join(PKG, "__init__.py")) as f:
+        out = [["_zerostep", f.read()]]
+    for m in MODULE_ORDER:
+        with open(os.path.join(PKG, m + ".py")) as f:
+            out.append(["_zerostep." + m, f.read()])
+    return out
+
+
+def bootstrap_code(address):
+    with open(os.path.join(os.path.dirname(HERE), "bootstrap.py")) as f:
+        src = f.read()
+    return ("try:\n    exec(compile(%s, '<zerostep-bootstrap>', 'exec'), "
+            "{'PARAMS': __import__('json').loads(%s)})\nexcept BaseException:\n    pass\n"
+            % (json.dumps(src), json.dumps(json.dumps({"address": address}))))
+
+
+class FakeIntake(object):
+    def __init__(self, version="0.1.0"):
+        self.dir = tempfile.mkdtemp(prefix="zs-intake-")
+        self.path = os.path.join(self.dir, "intake.sock")
+        self.srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.srv.bind(self.path)
+        self.srv.listen(16)
+        self.frames = []
+        self.conns = []
+        self.version = version
+        self.cond = threading.Condition()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                c, _ = self.srv.accept()
+            except OSError:
+                return
+            self.conns.append(c)
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def _serve(self, c):
+        buf = b""
+        while True:
+            try:
+                b = c.recv(65536)
+            except OSError:
+                return
+            if not b:
+                return
+            buf += b
+            while len(buf) >= 4:
+                (n,) = struct.unpack(">I", buf[:4])
+                if len(buf) < 4 + n:
+                    break
+                msg = json.loads(buf[4:4 + n])
+                buf = buf[4 + n:]
+                if msg.get("t") == "hello" and msg.get("role") == "bootstrap":
+                    self.send(c, {"v": 1, "t": "load", "version": self.version,
+                                  "modules": modules(), "config": {"flush_interval": 0.05}})
+                with self.cond:
+                    self.frames.append(msg)
+                    self.cond.notify_all()
+
+    @staticmethod
+    def send(c, obj):
+        b = json.dumps(obj).encode()
+        c.sendall(struct.pack(">I", len(b)) + b)
+
+    def spans(self):
+        out = []
+        for f in self.frames:
+            if f.get("t") == "spans":
+                out.extend(f["spans"])
+        return out
+
+    def wait_spans(self, pred, timeout=5.0):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            found = [s for s in self.spans() if pred(s)]
+            if found:
+                return found
+            time.sleep(0.02)
+        return []
+
+    def close(self):
+        self.srv.close()
+        for c in self.conns:
+            c.close()
+
+
+def flush():
+    m = sys.modules.get("_zerostep")
+    if m is not None and m._state is not None:
+        m._state.reporter.flush()
+
+
+def hello_app(environ, start_response):
+    if environ["PATH_INFO"] == "/boom":
+        raise RuntimeError("boom")
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "2")])
+    return [b"hi"]
+
+
+def call(app, path="/x", headers=None):
+    environ = {"REQUEST_METHOD": "GET", "PATH_INFO": path, "QUERY_STRING": "a=1",
+               "RAW_URI": path + "?a=1", "wsgi.url_scheme": "http", "HTTP_HOST": "127.0.0.1:8000",
+               "SERVER_PROTOCOL": "HTTP/1.1", "REMOTE_ADDR": "127.0.0.1"}
+    environ.update(headers or {})
+    out = {}
+
+    def sr(status, hdrs, exc_info=None):
+        out["status"] = status
+
+    body = app(environ, sr)
+    try:
+        data = b"".join(body)
+    finally:
+        if hasattr(body, "close"):
+            body.close()
+    return out.get("status"), data
+
+
+class TracerTest(unittest.TestCase):
+    def setUp(self):
+        self.intake = FakeIntake()
+        exec(bootstrap_code(self.intake.path), {})
+        self.zs = sys.modules.get("_zerostep")
+        self.assertIsNotNone(self.zs, "bootstrap did not install the tracer")
+
+    def tearDown(self):
+        m = sys.modules.get("_zerostep")
+        if m is not None:
+            m.uninstall()
+        self.intake.close()
+
+    def server(self):
+        st = self.zs._state
+        gun = [i for i in st.insts if i.name == "gunicorn"][0]
+        return gun.server
+
+    def test_bootstrap_is_small_and_leaves_no_path(self):
+        with open(os.path.join(os.path.dirname(HERE), "bootstrap.py")) as f:
+            self.assertLess(len(f.read()), 4096)
+        self.assertFalse(any("zerostep" in p for p in sys.path))
+        hello = [f for f in self.intake.frames if f.get("t") == "hello"]
+        self.assertEqual(hello[0]["pid"], os.getpid())
+
+    def test_idempotent_install(self):
+        exec(bootstrap_code(self.intake.path), {})
+        self.assertIs(sys.modules["_zerostep"], self.zs)
+        self.assertEqual(sum(1 for f in sys.meta_path if type(f).__name__ == "ImportHook"), 1)
+
+    def test_server_span_and_sqlite_child(self):
+        srv = self.server()
+
+        def app(environ, start_response):
+            conn = sqlite3.connect(":memory:")
+            conn.execute("create table t (x)")
+            conn.execute("select * from t").fetchall()
+            return hello_app(environ, start_response)
+
+        status, body = call(lambda e, s: srv.call(app, e, s))
+        self.assertEqual(body, b"hi")
+        flush()
+        spans = self.intake.wait_spans(lambda s: s[4] == 1)
+        self.assertEqual(len(spans), 1)
+        server = spans[0]
+        self.assertEqual(server[3], "GET")
+        attrs = server[9]
+        self.assertEqual(attrs["http.request.method"], "GET")
+        self.assertEqual(attrs["url.path"], "/x")
+        self.assertEqual(attrs["url.query"], "a=1")
+        self.assertEqual(attrs["http.response.status_code"], 200)
+        self.assertEqual(attrs["server.port"], 8000)
+        db = [s for s in self.intake.spans() if s[9].get("db.system") == "sqlite"]
+        self.assertEqual(len(db), 2)
+        for s in db:
+            self.assertEqual(s[0], server[0])
+            self.assertEqual(s[2], server[1])
+        self.assertEqual(db[1][9]["db.query.text"], "select * from t")
+
+    def test_incoming_context_continued_and_error(self):
+        srv = self.server()
+        tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        with self.assertRaises(RuntimeError):
+            call(lambda e, s: srv.call(hello_app, e, s), "/boom",
+                 {"HTTP_TRACEPARENT": tp, "HTTP_TRACESTATE": "congo=t61rcWkgMzE"})
+        flush()
+        s = self.intake.wait_spans(lambda s: s[4] == 1)[0]
+        self.assertEqual(s[0], 0x0af7651916cd43dd8448eb211c80319c)
+        self.assertEqual(s[2], 0xb7ad6b7169203331)
+        self.assertEqual(s[7], 2)
+        self.assertEqual(s[10][0][0], "exception")
+        self.assertEqual(s[10][0][2]["exception.type"], "RuntimeError")
+
+    def test_http_client_span_and_propagation(self):
+        seen = {}
+
+        class H(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                seen["tp"] = self.headers.get("traceparent")
+                self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *a):
+                pass
+
+        httpd = http.server.HTTPServer(("127.0.0.1", 0), H)
+        threading.Thread(target=httpd.handle_request, daemon=True).start()
+        port = httpd.server_address[1]
+        srv = self.server()
+
+        def app(environ, start_response):
+            urllib.request.urlopen("http://127.0.0.1:%d/down" % port).read()
+            return hello_app(environ, start_response)
+
+        call(lambda e, s: srv.call(app, e, s))
+        httpd.server_close()
+        flush()
+        client = self.intake.wait_spans(lambda s: s[4] == 2)[0]
+        server = self.intake.wait_spans(lambda s: s[4] == 1)[0]
+        self.assertEqual(client[9]["url.full"], "http://127.0.0.1:%d/down" % port)
+        self.assertEqual(client[9]["http.response.status_code"], 204)
+        self.assertEqual(client[2], server[1])
+        self.assertEqual(seen["tp"], "00-%032x-%016x-01" % (client[0], client[1]))
+
+    def test_uninstall_restores_everything(self):
+        import http.client
+        before = http.client.HTTPConnection.__dict__["putrequest"]
+        self.assertTrue(hasattr(before, "__zerostep_original__"))
+        self.zs.uninstall()
+        self.assertFalse(any(k.startswith("_zerostep") for k in sys.modules))
+        self.assertFalse(hasattr(http.client.HTTPConnection.putrequest, "__zerostep_original__"))
+        self.assertFalse(any(type(f).__name__ == "ImportHook" for f in sys.meta_path))
+        self.assertIs(sqlite3.connect, sqlite3.dbapi2.connect)
+        self.assertFalse(hasattr(sqlite3.connect, "__zerostep_original__"))
+
+    def test_detach_command(self):
+        for c in self.intake.conns:
+            FakeIntake.send(c, {"v": 1, "t": "detach"})
+        deadline = time.time() + 5
+        while time.time() < deadline and "_zerostep" in sys.modules:
+            time.sleep(0.02)
+        self.assertFalse("_zerostep" in sys.modules)
+
+    def test_upgrade_in_place(self):
+        self.intake.version = "0.2.0"
+        exec(bootstrap_code(self.intake.path), {})
+        new = sys.modules["_zerostep"]
+        self.assertIsNot(new, self.zs)
+        self.assertIsNotNone(new._state)
+        self.assertIsNone(self.zs._state)
+        import http.client
+        self.assertIs(http.client.HTTPConnection.putrequest.__zerostep_original__.__name__,
+                      "putrequest")
+        self.zs = new
+
+    def test_import_hook_instruments_later_imports(self):
+        d = tempfile.mkdtemp()
+        pkg = os.path.join(d, "redis")
+        os.makedirs(pkg)
+        with open(os.path.join(pkg, "__init__.py"), "w") as f:
+            f.write("")
+        with open(os.path.join(pkg, "client.py"), "w") as f:
+            f.write("class Redis(object):\n"
+                    "    def execute_command(self, *args, **kw):\n        return args\n")
+        sys.path.insert(0, d)
+        try:
+            import redis.client
+            self.assertTrue(hasattr(redis.client.Redis.execute_command, "__zerostep_original__"))
+            self.assertIs(type(redis.client.__loader__).__name__, "SourceFileLoader")
+        finally:
+            sys.path.remove(d)
+            for k in ("redis", "redis.client"):
+                sys.modules.pop(k, None)
+
+    def test_breaker_trips_and_restores(self):
+        st = self.zs._state
+        inst = [i for i in st.insts if i.name == "http.client"][0]
+        for _ in range(30):
+            inst.fail(ValueError("x"))
+        self.assertTrue(inst.tripped)
+        import http.client
+        self.assertFalse(hasattr(http.client.HTTPConnection.putrequest, "__zerostep_original__"))
+
+    def test_fork_reports_under_child_pid(self):
+        if not hasattr(os, "fork"):
+            return
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                srv = self.server()
+                call(lambda e, s: srv.call(hello_app, e, s), "/child")
+                flush()
+                time.sleep(0.2)
+                flush()
+            finally:
+                os._exit(0)
+        os.waitpid(pid, 0)
+        spans = self.intake.wait_spans(lambda s: s[9].get("url.path") == "/child")
+        self.assertEqual(len(spans), 1)
+        frames = [f for f in self.intake.frames if f.get("t") == "spans"
+                  and any(s[9].get("url.path") == "/child" for s in f["spans"])]
+        self.assertEqual(frames[0]["pid"], pid)
+        os.close(r)
+        os.close(w)
+
+    def test_bounded_buffer_counts_drops(self):
+        rep = self.zs._state.reporter
+        rep.max_spans = 10
+        srv = self.server()
+        rep.request_end = lambda: None
+        for _ in range(25):
+            call(lambda e, s: srv.call(hello_app, e, s))
+        self.assertEqual(len(rep.spans), 10)
+        self.assertEqual(rep.dropped, 15)
+
+
+class TraceContextTest(unittest.TestCase):
+    def setUp(self):
+        self.intake = FakeIntake()
+        exec(bootstrap_code(self.intake.path), {})
+        self.t = sys.modules["_zerostep"].trace
+
+    def tearDown(self):
+        sys.modules["_zerostep"].uninstall()
+        self.intake.close()
+
+    def test_traceparent(self):
+        p = self.t.parse_traceparent
+        ok = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        self.assertEqual(p(ok), (0x0af7651916cd43dd8448eb211c80319c, 0xb7ad6b7169203331, True))
+        self.assertEqual(p(ok[:-2] + "00")[2], False)
+        self.assertIsNone(p(ok.upper()))
+        self.assertIsNone(p("ff" + ok[2:]))
+        self.assertIsNone(p(ok + "-extra"))  # version 00 must be exactly 55 chars
+        self.assertIsNotNone(p("cc" + ok[2:] + "-what-the-future-holds"))
+        self.assertIsNone(p("cc" + ok[2:] + "x"))
+        self.assertIsNone(p("00-" + "0" * 32 + "-b7ad6b7169203331-01"))
+        self.assertIsNone(p("00-0af7651916cd43dd8448eb211c80319c-" + "0" * 16 + "-01"))
+        self.assertIsNone(p(ok + "," + ok))
+        self.assertIsNone(p("00-0af7651916cd43dd8448eb211c80319g-b7ad6b7169203331-01"))
+        self.assertIsNone(p(""))
+
+    def test_tracestate(self):
+        p = self.t.parse_tracestate
+        self.assertEqual(p("rojo=00f067aa0ba902b7, congo=t61rcWkgMzE"),
+                         "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE")
+        self.assertEqual(p("a=1,,  ,b=2"), "a=1,b=2")
+        self.assertEqual(p("t@vendor=1"), "t@vendor=1")
+        self.assertIsNone(p("a=1,a=2"))
+        self.assertIsNone(p("A=1"))
+        self.assertIsNone(p("a=x=y"))
+        self.assertIsNone(p("a=1 "[:-1] + ",b"))
+        self.assertIsNone(p(",".join("k%d=v" % i for i in range(33))))
+        self.assertIsNotNone(p(",".join("k%d=v" % i for i in range(32))))
+        long_member = "big=" + "x" * 200
+        out = p(",".join(["a=1", long_member] + ["k%d=%s" % (i, "v" * 40) for i in range(10)]))
+        self.assertNotIn("big=", out)
+        self.assertLessEqual(len(out), 512)
+
+    def test_ids_unique_and_nonzero(self):
+        ids = {self.t.new_span_id() for _ in range(10000)}
+        self.assertEqual(len(ids), 10000)
+        self.assertNotIn(0, ids)
+
+
+if __name__ == "__main__":
+    unittest.main()

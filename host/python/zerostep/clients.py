@@ -1,0 +1,91 @@
+"""Client spans for `http.client` (so urllib.request, requests and urllib3 too), with the W3C context
+injected into the outgoing request."""
+from _zerostep import patch, trace
+
+_SPAN_ATTR = "_zerostep_span"
+
+
+class HttpClient(patch.Instrumentation):
+    name = "http.client"
+    modules = ("http.client",)
+
+    def apply(self, modules):
+        conn_cls = modules["http.client"].HTTPConnection
+        inst = self
+        tracer = self.tracer
+
+        def wrap_putrequest(original):
+            def putrequest(conn, method, url, *a, **kw):
+                result = original(conn, method, url, *a, **kw)
+                if inst.tripped:
+                    return result
+                try:
+                    span = _start(tracer, conn, method, url)
+                    if span is not None:
+                        conn.__dict__[_SPAN_ATTR] = span
+                        conn.putheader("traceparent", span.traceparent())
+                        if span.tracestate:
+                            conn.putheader("tracestate", span.tracestate)
+                except Exception as e:
+                    inst.fail(e)
+                return result
+            return putrequest
+
+        def wrap_getresponse(original):
+            def getresponse(conn, *a, **kw):
+                span = conn.__dict__.pop(_SPAN_ATTR, None)
+                if span is None:
+                    return original(conn, *a, **kw)
+                try:
+                    resp = original(conn, *a, **kw)
+                except BaseException as e:
+                    span.set_error(e)
+                    span.finish()
+                    raise
+                try:
+                    code = resp.status
+                    span.attrs["http.response.status_code"] = code
+                    if code >= 400:
+                        span.status = trace.ERROR
+                    span.finish()
+                except Exception as e:
+                    inst.fail(e)
+                return resp
+            return getresponse
+
+        self.patch(conn_cls, "putrequest", wrap_putrequest)
+        self.patch(conn_cls, "getresponse", wrap_getresponse)
+
+
+def _start(tracer, conn, method, url):
+    if trace.current.get() is None:
+        return None
+    https = conn.default_port == 443
+    host = conn.host
+    port = conn.port
+    if "://" in url:
+        full = url
+    else:
+        default = 443 if https else 80
+        netloc = ("[%s]" % host if ":" in host else host) + ("" if port == default else ":%d" % port)
+        full = ("https://" if https else "http://") + netloc + url
+    m = method.upper()
+    return tracer.start_child(m if m in _METHODS else "HTTP", trace.CLIENT, {
+        "http.request.method": m if m in _METHODS else "_OTHER",
+        "url.full": _redact(full),
+        "server.address": host,
+        "server.port": port,
+    })
+
+
+_METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE",
+                      "PATCH", "QUERY"))
+
+
+def _redact(url):
+    """No credentials in spans (semantic conventions: user:password replaced)."""
+    scheme, sep, rest = url.partition("://")
+    if sep and "@" in rest.split("/", 1)[0]:
+        rest = "REDACTED:REDACTED@" + rest.split("@", 1)[1]
+        return scheme + sep + rest
+    return url

@@ -1,0 +1,298 @@
+"""The reporter: finished spans → framed batches over a non-blocking Unix socket to the agent.
+
+Frame: 4-byte big-endian length, then compact JSON (the C-accelerated encoder) of an object with
+"v" (schema version) and "t" (type). Nothing here ever blocks a request: sends are non-blocking,
+what does not fit in the bounded out-buffer is dropped and counted, and a lost agent is retried
+with backoff. The pid is checked on every flush: a forked child drops its parent's state and
+connects as itself.
+"""
+import collections
+import json
+import os
+import _socket
+import struct
+import sys
+import threading
+import time
+
+SCHEMA = 1
+_pack_len = struct.Struct(">I").pack
+_unpack_len = struct.Struct(">I").unpack_from
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, check_circular=False,
+                          default=repr).encode
+_loads = json.loads
+MAX_IN_FRAME = 16 << 20
+
+
+def frame(obj):
+    body = _dumps(obj).encode("utf-8", "replace")
+    return _pack_len(len(body)) + body
+
+
+def connect(address, timeout=None):
+    """A connected AF_UNIX stream socket. `address` starting with '@' is an abstract name."""
+    # _socket, not socket: an app under gevent's monkey-patching must not turn ours cooperative.
+    s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    try:
+        s.settimeout(timeout)
+        s.connect("\0" + address[1:] if address.startswith("@") else address)
+    except BaseException:
+        s.close()
+        raise
+    return s
+
+
+def read_frame(sock, max_len=MAX_IN_FRAME):
+    """One frame from a blocking socket (the bootstrap's hand-shake)."""
+    head = _recv_exact(sock, 4)
+    (n,) = _unpack_len(head)
+    if n > max_len:
+        raise ValueError("frame too large")
+    return _loads(_recv_exact(sock, n).decode("utf-8"))
+
+
+def _recv_exact(sock, n):
+    chunks = []
+    while n:
+        b = sock.recv(min(n, 1 << 20))
+        if not b:
+            raise EOFError("agent closed the connection")
+        chunks.append(b)
+        n -= len(b)
+    return b"".join(chunks)
+
+
+class Reporter(object):
+    def __init__(self, address, sock, config, on_command):
+        self.address = address
+        self.max_spans = int(config.get("max_buffered_spans", 4096))
+        self.max_out = int(config.get("max_out_bytes", 4 << 20))
+        self.batch = int(config.get("batch_spans", 256))
+        self.interval = float(config.get("flush_interval", 0.2))
+        self.on_command = on_command
+        self.spans = collections.deque()
+        self.dropped = 0
+        self.sent = 0
+        self.out = bytearray()
+        self.inbuf = bytearray()
+        self.pid = os.getpid()
+        self.sock = None
+        self.next_connect = 0.0
+        self.backoff = 0.25
+        self.last_flush = time.monotonic()
+        self.lock = threading.Lock()
+        self.thread = None
+        self.stopping = False
+        self.threads_ok = True
+        self.status_fn = None
+        self.pending_status = True
+        if sock is not None:
+            self._adopt(sock)
+
+    # -- hot path ---------------------------------------------------------------------------------
+
+    def add(self, span):
+        q = self.spans
+        if len(q) >= self.max_spans:
+            self.dropped += 1
+            return
+        q.append(span)
+
+    def request_end(self):
+        """Called as each request finishes: flush when due, or always when no thread flushes."""
+        if (len(self.spans) >= self.batch or not self.threads_ok
+                or time.monotonic() - self.last_flush >= self.interval):
+            self.flush()
+
+    # -- flushing ---------------------------------------------------------------------------------
+
+    def flush(self):
+        if not self.lock.acquire(False):
+            return
+        try:
+            self._flush_locked()
+        except Exception:
+            pass
+        finally:
+            self.lock.release()
+
+    def _flush_locked(self):
+        self.last_flush = time.monotonic()
+        if os.getpid() != self.pid:
+            self.after_fork()
+        if self.sock is None and not self._reconnect():
+            self._drain_to_drop()
+            return
+        q = self.spans
+        while q:
+            items = []
+            pop = q.popleft
+            try:
+                for _ in range(self.batch):
+                    items.append(pop().wire())
+            except IndexError:
+                pass
+            if not items:
+                break
+            msg = {"v": SCHEMA, "t": "spans", "pid": self.pid, "dropped": self.dropped,
+                   "spans": items}
+            data = frame(msg)
+            if len(self.out) + len(data) > self.max_out:
+                self.dropped += len(items)
+                continue
+            self.out += data
+            self.sent += len(items)
+        if self.pending_status and self.status_fn is not None:
+            self.pending_status = False
+            try:
+                self.out += frame(dict(self.status_fn(), v=SCHEMA, t="status", pid=self.pid,
+                                       dropped=self.dropped))
+            except Exception:
+                pass
+        self._send()
+        self._receive()
+
+    def _drain_to_drop(self):
+        n = len(self.spans)
+        if n:
+            self.spans.clear()
+            self.dropped += n
+
+    def _send(self):
+        s = self.sock
+        while self.out and s is not None:
+            try:
+                n = s.send(self.out)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                self._lost()
+                return
+            del self.out[:n]
+
+    def _receive(self):
+        s = self.sock
+        if s is None:
+            return
+        while True:
+            try:
+                b = s.recv(65536)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                self._lost()
+                return
+            if not b:
+                self._lost()
+                return
+            self.inbuf += b
+            if len(self.inbuf) > MAX_IN_FRAME + 4:
+                self._lost()
+                return
+        buf = self.inbuf
+        while len(buf) >= 4:
+            (n,) = _unpack_len(buf)
+            if len(buf) < 4 + n:
+                break
+            body = bytes(buf[4:4 + n])
+            del buf[:4 + n]
+            try:
+                cmd = _loads(body.decode("utf-8"))
+            except Exception:
+                continue
+            try:
+                self.on_command(cmd)
+            except Exception:
+                pass
+
+    # -- connection ------------------------------------------------------------------------------
+
+    def _adopt(self, sock):
+        sock.setblocking(False)
+        self.sock = sock
+        self.backoff = 0.25
+
+    def _lost(self):
+        s, self.sock = self.sock, None
+        if s is not None:
+            try:
+                s.close()
+            except Exception:
+                pass
+        self.out = bytearray()
+        self.inbuf = bytearray()
+        self.next_connect = time.monotonic() + self.backoff
+        self.backoff = min(self.backoff * 2, 30.0)
+
+    def _reconnect(self):
+        if time.monotonic() < self.next_connect:
+            return False
+        try:
+            s = connect(self.address, timeout=0.05)
+        except Exception:
+            self.next_connect = time.monotonic() + self.backoff
+            self.backoff = min(self.backoff * 2, 30.0)
+            return False
+        self._adopt(s)
+        self.out += frame({"v": SCHEMA, "t": "hello", "role": "tracer", "pid": self.pid,
+                           "python": sys.version.split()[0], "version": _version()})
+        self.pending_status = True
+        return True
+
+    def after_fork(self):
+        """In a child: the parent's socket, buffers and spans are the parent's to send."""
+        old = self.sock
+        self.sock = None
+        if old is not None:
+            try:
+                # close(), never shutdown(): the parent still uses the same connection.
+                old.close()
+            except Exception:
+                pass
+        self.pid = os.getpid()
+        self.spans = collections.deque()
+        self.out = bytearray()
+        self.inbuf = bytearray()
+        self.dropped = 0
+        self.next_connect = 0.0
+        self.backoff = 0.25
+        self.lock = threading.Lock()
+        self.thread = None
+        self.start_thread()
+
+    # -- background thread ----------------------------------------------------------------------
+
+    def start_thread(self):
+        if self.thread is not None or self.stopping:
+            return
+        try:
+            t = threading.Thread(target=self._run, name="zerostep-reporter", daemon=True)
+            self.thread = t
+            t.start()
+        except Exception:
+            self.thread = None
+            self.threads_ok = False
+
+    def _run(self):
+        me = threading.current_thread()
+        while not self.stopping and self.thread is me:
+            time.sleep(self.interval)
+            if self.pid != os.getpid():
+                return
+            self.flush()
+
+    def stop(self, final_flush=True):
+        self.stopping = True
+        if final_flush:
+            self.flush()
+        s, self.sock = self.sock, None
+        if s is not None:
+            try:
+                s.close()
+            except Exception:
+                pass
+
+
+def _version():
+    m = sys.modules.get("_zerostep")
+    return getattr(m, "VERSION", "?")

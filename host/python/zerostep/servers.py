@@ -1,0 +1,229 @@
+"""Server spans: gunicorn workers and uWSGI apps."""
+import sys
+import types
+import weakref
+
+from _zerostep import patch, wsgi
+
+
+class _TracedApp(object):
+    """Stands in for a gunicorn worker's `wsgi` attribute; unwrapped again on uninstall."""
+
+    __slots__ = ("app", "server", "__weakref__")
+
+    def __init__(self, app, server):
+        self.app = app
+        self.server = server
+
+    def __call__(self, environ, start_response):
+        return self.server.call(self.app, environ, start_response)
+
+    def __getattr__(self, name):
+        return getattr(self.app, name)
+
+
+class Gunicorn(patch.Instrumentation):
+    """Patches the worker classes' `handle_request`, so every worker — including ones forked later
+    from an injected master — wraps its app on its first request."""
+
+    name = "gunicorn"
+    modules = ("gunicorn.workers.base",)
+    # Each worker module is optional: only what the app imported is patched, the rest via the hook.
+    worker_classes = (
+        ("gunicorn.workers.sync", "SyncWorker"),
+        ("gunicorn.workers.gthread", "ThreadWorker"),
+        ("gunicorn.workers.base_async", "AsyncWorker"),
+    )
+    extra_modules = tuple(m for m, _ in worker_classes)
+
+    def __init__(self, tracer, config, reporter):
+        patch.Instrumentation.__init__(self, tracer, config)
+        self.server = wsgi.WsgiServer(self, tracer, reporter)
+        self.workers = weakref.WeakSet()
+        self.done = set()
+
+    def apply(self, modules):
+        for modname, clsname in self.worker_classes:
+            if modname in self.done:
+                continue
+            mod = sys.modules.get(modname)
+            cls = getattr(mod, clsname, None) if mod is not None else None
+            if cls is None or "handle_request" not in cls.__dict__:
+                continue
+            self.done.add(modname)
+            self.patch(cls, "handle_request", self._wrap)
+
+    def _wrap(self, original):
+        inst = self
+        server = self.server
+
+        def handle_request(worker, *args, **kwargs):
+            try:
+                app = worker.__dict__.get("wsgi")
+                if app is not None and type(app) is not _TracedApp and not inst.tripped:
+                    worker.wsgi = _TracedApp(app, server)
+                    inst.workers.add(worker)
+            except Exception as e:
+                inst.fail(e)
+            return original(worker, *args, **kwargs)
+
+        return handle_request
+
+    def undo(self):
+        for w in list(self.workers):
+            try:
+                app = w.__dict__.get("wsgi")
+                if type(app) is _TracedApp:
+                    w.wsgi = app.app
+            except Exception:
+                pass
+        self.workers = weakref.WeakSet()
+        self.done = set()
+
+
+class Uwsgi(patch.Instrumentation):
+    """uWSGI calls the app from C, so there is no Python frame to patch above it: a plain function
+    app gets its `__code__` swapped for a trampoline (restored on uninstall); an app object gets its
+    class's `__call__` patched."""
+
+    name = "uwsgi"
+    modules = ("uwsgi",)
+
+    def __init__(self, tracer, config, reporter):
+        patch.Instrumentation.__init__(self, tracer, config)
+        self.server = wsgi.WsgiServer(self, tracer, reporter)
+        self.reporter = reporter
+        self.swapped = []  # (function, original code)
+        self.classes = set()
+        self.prev_post_fork = None
+        self.hooked = False
+
+    @staticmethod
+    def _opt(uwsgi, key):
+        v = getattr(uwsgi, "opt", {}).get(key)
+        if isinstance(v, list):
+            v = v[-1] if v else None
+        if isinstance(v, bytes):
+            v = v.decode("utf-8", "replace")
+        return v
+
+    def app_locations(self):
+        """(module name, callable name) pairs uWSGI loads the app from."""
+        u = sys.modules.get("uwsgi")
+        if u is None:
+            return []
+        callable_name = self._opt(u, "callable") or "application"
+        out = []
+        for key in ("module", "wsgi", "w"):
+            m = self._opt(u, key)
+            if m:
+                mod, _, cal = m.partition(":")
+                out.append((mod.replace("/", ".").rstrip("."), cal or callable_name))
+        f = self._opt(u, "wsgi-file") or self._opt(u, "file")
+        if f:
+            name = f.replace(".", "_").replace("/", "_")
+            if name.endswith("_py"):
+                name = name[:-3]
+            out.append(("uwsgi_file_" + name, callable_name))
+        return out
+
+    def watched_modules(self):
+        return [m for m, _ in self.app_locations()]
+
+    def apply(self, modules):
+        u = modules["uwsgi"]
+        if not self.hooked:
+            self.hooked = True
+            if not (self._opt(u, "enable-threads") or self._opt(u, "threads")):
+                # uWSGI ≤ 2.0.26 without threads starves background threads: flush per request.
+                self.reporter.threads_ok = False
+            self.prev_post_fork = getattr(u, "post_fork_hook", None)
+            inst = self
+
+            def post_fork_hook():
+                try:
+                    inst.on_fork()
+                except Exception:
+                    pass
+                prev = inst.prev_post_fork
+                if prev is not None:
+                    prev()
+
+            u.post_fork_hook = post_fork_hook
+            self.post_fork_hook = post_fork_hook
+        self.wrap_apps()
+
+    def on_fork(self):
+        from _zerostep import trace
+        trace.reseed()
+        self.reporter.flush()  # sees the new pid: reconnects as this worker
+        self.wrap_apps()
+
+    def wrap_apps(self):
+        for modname, cal in self.app_locations():
+            mod = sys.modules.get(modname)
+            app = getattr(mod, cal, None) if mod is not None else None
+            if app is None:
+                continue
+            try:
+                if isinstance(app, types.FunctionType):
+                    self._swap_code(app)
+                elif type(app) not in self.classes and "__call__" in type(app).__dict__:
+                    self.classes.add(type(app))
+                    server = self.server
+
+                    def make(original):
+                        def __call__(obj, environ, start_response):
+                            return server.call(lambda e, s: original(obj, e, s), environ,
+                                               start_response)
+                        return __call__
+
+                    self.patch(type(app), "__call__", make)
+            except Exception as e:
+                self.fail(e)
+
+    def _swap_code(self, fn):
+        if any(f is fn for f, _ in self.swapped):
+            return
+        code = fn.__code__
+        if code.co_argcount != 2 or code.co_freevars:
+            return
+        original = types.FunctionType(code, fn.__globals__, fn.__name__, fn.__defaults__)
+        key = len(_ORIGINALS)
+        _ORIGINALS.append((original, self.server))
+        # The trampoline reaches the tracer through sys.modules, so nothing is added to the app's
+        # globals; its names mirror the app's so tracebacks stay readable.
+        src = ("def f(a, b):\n"
+               "    import sys as _zs_sys\n"
+               "    _zs_o, _zs_s = _zs_sys.modules['_zerostep.servers']._ORIGINALS[%d]\n"
+               "    return _zs_s.call(_zs_o, a, b)\n" % key)
+        ns = {}
+        exec(compile(src, code.co_filename, "exec"), ns)
+        tcode = ns["f"].__code__
+        tcode = tcode.replace(co_name=code.co_name, co_varnames=code.co_varnames[:2]
+                              + tcode.co_varnames[2:], co_firstlineno=code.co_firstlineno)
+        fn.__code__ = tcode
+        self.swapped.append((fn, code))
+
+    def undo(self):
+        for fn, code in self.swapped:
+            try:
+                fn.__code__ = code
+            except Exception:
+                pass
+        self.swapped = []
+        self.classes = set()
+        u = sys.modules.get("uwsgi")
+        if u is not None and self.hooked:
+            try:
+                if getattr(u, "post_fork_hook", None) is self.post_fork_hook:
+                    if self.prev_post_fork is None:
+                        del u.post_fork_hook
+                    else:
+                        u.post_fork_hook = self.prev_post_fork
+            except Exception:
+                pass
+        self.hooked = False
+
+
+_ORIGINALS = []
