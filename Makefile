@@ -39,7 +39,8 @@ sensors: setup
 test-sensors: setup
 	@mkdir -p $(TEST_SENSORS_OUT)
 	@for v in $(HOSTILE_VARIANTS); do \
-	  $(CARGO) build -q --target wasm32-wasip2 --profile sensor -p zerostep-sensor-hostile --features $$v; \
+	  ver=9.9.9; [ $$v = well-behaved ] && ver=1.0.0; \
+	  HOSTILE_VERSION=$$ver $(CARGO) build -q --target wasm32-wasip2 --profile sensor -p zerostep-sensor-hostile --features $$v; \
 	  cp $(CARGO_OUT)/wasm32-wasip2/sensor/zerostep_sensor_hostile.wasm $(TEST_SENSORS_OUT)/$$v.wasm; \
 	done
 	@for ver in 1.0.0 2.0.0; do \

@@ -1,2 +1,24 @@
-//! The sandboxed sensor host.
+//! The sandboxed sensor host: WebAssembly components that know one technology each, loaded from a
+//! directory, checked by a canary, swapped atomically, and quarantined when they misbehave.
+mod bindings;
+pub mod canary;
 pub mod cli;
+mod convert;
+mod engine;
+pub mod limits;
+mod loaded;
+pub mod model;
+pub mod registry;
+mod stats;
+pub mod watch;
+
+pub use bindings::CONTRACT_VERSION;
+pub use canary::{contract_compatible, CanaryError};
+pub use convert::OutputError;
+pub use engine::{LimitExceeded, SandboxEngine};
+pub use limits::SandboxLimits;
+pub use loaded::{CallError, LoadedSensor};
+pub use model::{Instrumentation, Match, PythonModule, Role, SensorInfo};
+pub use registry::{LoadOutcome, QuarantinePolicy, RegistryError, SensorRef, SensorRegistry, SensorState, SensorStatus};
+pub use stats::{CallStats, CallStatsSnapshot};
+pub use watch::{sync_dir, watch_dir, DirWatch};

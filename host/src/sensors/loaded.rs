@@ -1,0 +1,165 @@
+//! One loaded version of a sensor: its compiled component, a pool of instances, and the calls.
+//! A trap drops the instance that trapped; the next call instantiates a fresh one from the cached
+//! pre-instance (~20 µs), so one bad input never poisons later calls.
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use parking_lot::Mutex;
+use wasmtime::Store;
+
+use super::bindings::{Sensor, SensorPre};
+use super::convert::{self, KeyFilter, OutputError};
+use super::engine::{LimitExceeded, SandboxEngine, SensorState};
+use super::model::{Match, PythonModule, SensorInfo};
+use super::stats::{CallStats, Outcome};
+use crate::discover::ProcessInfo;
+use crate::span::Span;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    #[error("sensor trapped: {0}")]
+    Trap(String),
+    #[error("sensor stopped: {0}")]
+    Limit(LimitExceeded),
+    #[error("sensor answer refused: {0}")]
+    Output(#[from] OutputError),
+    #[error("could not instantiate sensor: {0}")]
+    Instantiate(String),
+}
+
+impl CallError {
+    fn from_wasmtime(err: wasmtime::Error) -> Self {
+        if let Some(limit) = err.downcast_ref::<LimitExceeded>() {
+            return CallError::Limit(*limit);
+        }
+        // `{:#}` keeps the trap's kind and the guest's backtrace summary on one line.
+        CallError::Trap(format!("{err:#}").replace('\n', " | "))
+    }
+}
+
+struct Instance {
+    store: Store<SensorState>,
+    sensor: Sensor,
+}
+
+pub struct LoadedSensor {
+    pub info: SensorInfo,
+    pub source: PathBuf,
+    pub sha256: String,
+    pub loaded_at: std::time::SystemTime,
+    engine: Arc<SandboxEngine>,
+    pre: SensorPre<SensorState>,
+    filter: KeyFilter,
+    pool: Mutex<Vec<Instance>>,
+    label: Arc<str>,
+}
+
+impl LoadedSensor {
+    pub(super) fn new(
+        engine: Arc<SandboxEngine>,
+        pre: SensorPre<SensorState>,
+        info: SensorInfo,
+        source: PathBuf,
+        sha256: String,
+    ) -> Self {
+        let label: Arc<str> = format!("{}@{}", info.name, info.version).into();
+        Self {
+            filter: KeyFilter::new(&info.attribute_keys),
+            info,
+            source,
+            sha256,
+            loaded_at: std::time::SystemTime::now(),
+            engine,
+            pre,
+            pool: Mutex::new(Vec::new()),
+            label,
+        }
+    }
+
+    fn instantiate(&self) -> Result<Instance, CallError> {
+        let mut store = self.engine.new_store(self.label.clone());
+        store.data_mut().begin_call();
+        store.set_epoch_deadline(1);
+        let _guard = self.engine.enter_call();
+        let sensor = self.pre.instantiate(&mut store).map_err(|e| CallError::Instantiate(format!("{e:#}")))?;
+        Ok(Instance { store, sensor })
+    }
+
+    /// Runs one call on a pooled instance; an instance that fails in any way is not reused.
+    fn call<R>(
+        &self,
+        stats: &CallStats,
+        f: impl FnOnce(&Sensor, &mut Store<SensorState>) -> wasmtime::Result<R>,
+    ) -> Result<R, CallError> {
+        let started = Instant::now();
+        let pooled = self.pool.lock().pop();
+        let mut inst = match pooled.map(Ok).unwrap_or_else(|| self.instantiate()) {
+            Ok(i) => i,
+            Err(e) => {
+                stats.record(started.elapsed(), Outcome::Trap);
+                return Err(e);
+            }
+        };
+        inst.store.data_mut().begin_call();
+        inst.store.set_epoch_deadline(1);
+        let result = {
+            let _guard = self.engine.enter_call();
+            f(&inst.sensor, &mut inst.store)
+        };
+        match result {
+            Ok(r) => {
+                stats.record(started.elapsed(), Outcome::Ok);
+                let mut pool = self.pool.lock();
+                if pool.len() < self.engine.limits().pool_size {
+                    pool.push(inst);
+                }
+                Ok(r)
+            }
+            Err(e) => {
+                stats.record(started.elapsed(), Outcome::Trap);
+                Err(CallError::from_wasmtime(e))
+            }
+        }
+    }
+
+    /// Validates an answer; an invalid one counts as an error of this call.
+    fn validated<R, T>(&self, stats: &CallStats, raw: Result<R, CallError>, f: impl FnOnce(R) -> Result<T, OutputError>) -> Result<T, CallError> {
+        let raw = raw?;
+        f(raw).map_err(|e| {
+            stats.mark_refused();
+            CallError::Output(e)
+        })
+    }
+
+    pub fn describe(&self, stats: &CallStats) -> Result<SensorInfo, CallError> {
+        let raw = self.call(stats, |s, st| s.call_describe(st));
+        self.validated(stats, raw, |i| convert::sensor_info(i, self.engine.limits()))
+    }
+
+    pub fn match_process(&self, stats: &CallStats, process: &ProcessInfo) -> Result<Option<Match>, CallError> {
+        let arg = convert::process_info(process);
+        let raw = self.call(stats, |s, st| s.call_match_process(st, &arg));
+        self.validated(stats, raw, |m| m.map(|m| convert::process_match(m, self.engine.limits())).transpose())
+    }
+
+    pub fn instrumentation(&self, stats: &CallStats, matched: &Match) -> Result<Vec<PythonModule>, CallError> {
+        let arg = convert::to_wit_match(matched);
+        let raw = self.call(stats, |s, st| s.call_instrumentation(st, &arg));
+        self.validated(stats, raw, |m| convert::python_modules(m, self.engine.limits()))
+    }
+
+    /// Enriches `spans` in place, in batches of at most `max_batch`. Each batch is applied whole
+    /// or not at all.
+    pub fn enrich(&self, stats: &CallStats, matched: &Match, spans: &mut [Span]) -> Result<(), CallError> {
+        let wit_match = convert::to_wit_match(matched);
+        let limits = self.engine.limits();
+        for chunk in spans.chunks_mut(limits.max_batch.max(1)) {
+            let batch: Vec<_> = chunk.iter().map(|s| convert::to_wit_span(s, &self.filter)).collect();
+            let raw = self.call(stats, |s, st| s.call_enrich(st, &wit_match, &batch));
+            let patches = self.validated(stats, raw, |p| convert::patches(p, chunk.len(), limits))?;
+            convert::apply(patches, chunk);
+        }
+        Ok(())
+    }
+}

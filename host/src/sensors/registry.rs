@@ -1,0 +1,352 @@
+//! Every sensor the agent has, by source file: the version that serves, the last good one kept
+//! for quarantine, and why a file was refused. New versions become active by an atomic swap after
+//! the canary; calls in flight keep the `Arc` of the version they started on.
+use std::collections::{BTreeMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use arc_swap::ArcSwapOption;
+use parking_lot::{Mutex, RwLock};
+use serde::{Deserialize, Serialize};
+
+use super::canary::{self, CanaryError};
+use super::loaded::{CallError, LoadedSensor};
+use super::model::{Match, PythonModule};
+use super::stats::{CallStats, CallStatsSnapshot};
+use super::SandboxEngine;
+use crate::discover::ProcessInfo;
+use crate::span::Span;
+
+/// When failures of a serving version make it quarantined.
+#[derive(Debug, Clone)]
+pub struct QuarantinePolicy {
+    pub failures: usize,
+    pub window: Duration,
+}
+
+impl Default for QuarantinePolicy {
+    fn default() -> Self {
+        Self { failures: 3, window: Duration::from_secs(60) }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SensorState {
+    /// The newest accepted version serves.
+    Active,
+    /// The newest version failed while serving; the previous good version (if any) serves.
+    Quarantined,
+    /// No version of this file has passed the canary.
+    Failed,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Refusal {
+    pub sha256: String,
+    pub reason: String,
+    pub at_unix_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VersionStatus {
+    pub name: String,
+    pub version: String,
+    pub contract_version: String,
+    pub sha256: String,
+    pub technologies: Vec<String>,
+    pub loaded_at_unix_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SensorStatus {
+    /// The serving version's name, else the file stem.
+    pub name: String,
+    pub source: String,
+    pub state: SensorState,
+    /// The version that answers calls now (none: this file serves nothing).
+    pub serving: Option<VersionStatus>,
+    /// The version quarantined, when state is quarantined.
+    pub quarantined: Option<Refusal>,
+    /// The last file content refused by the canary (the serving version, if any, was kept).
+    pub last_refused: Option<Refusal>,
+    #[serde(flatten)]
+    pub calls: CallStatsSnapshot,
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+struct SlotState {
+    state: SensorState,
+    /// The version that served before the current one; restored on quarantine.
+    previous: Option<Arc<LoadedSensor>>,
+    quarantined: Option<Refusal>,
+    quarantined_shas: Vec<String>,
+    last_refused: Option<Refusal>,
+    failures: VecDeque<Instant>,
+}
+
+struct Slot {
+    source: PathBuf,
+    active: ArcSwapOption<LoadedSensor>,
+    stats: CallStats,
+    state: Mutex<SlotState>,
+}
+
+/// Which sensor answered; enrichment of that process's spans goes to the same file's sensor.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct SensorRef(pub PathBuf);
+
+/// What happened to a file on (re)load.
+#[derive(Debug, PartialEq, Eq)]
+pub enum LoadOutcome {
+    Activated { name: String, version: String },
+    Unchanged,
+    /// Same content as a quarantined version: not tried again.
+    StillQuarantined,
+    Refused(String),
+}
+
+pub struct SensorRegistry {
+    engine: Arc<SandboxEngine>,
+    policy: QuarantinePolicy,
+    slots: RwLock<BTreeMap<PathBuf, Arc<Slot>>>,
+}
+
+impl SensorRegistry {
+    pub fn new(engine: Arc<SandboxEngine>, policy: QuarantinePolicy) -> Self {
+        Self { engine, policy, slots: RwLock::new(BTreeMap::new()) }
+    }
+
+    fn slot(&self, path: &Path) -> Arc<Slot> {
+        if let Some(s) = self.slots.read().get(path) {
+            return s.clone();
+        }
+        self.slots
+            .write()
+            .entry(path.to_path_buf())
+            .or_insert_with(|| {
+                Arc::new(Slot {
+                    source: path.to_path_buf(),
+                    active: ArcSwapOption::empty(),
+                    stats: CallStats::default(),
+                    state: Mutex::new(SlotState {
+                        state: SensorState::Failed,
+                        previous: None,
+                        quarantined: None,
+                        quarantined_shas: Vec::new(),
+                        last_refused: None,
+                        failures: VecDeque::new(),
+                    }),
+                })
+            })
+            .clone()
+    }
+
+    /// Loads or reloads one file. The serving version changes only if the new one passes the canary.
+    pub fn load_path(&self, path: &Path) -> LoadOutcome {
+        let bytes = match std::fs::read(path) {
+            Ok(b) => b,
+            Err(err) => return self.refuse(path, String::new(), CanaryError::Read { path: path.display().to_string(), source: err }),
+        };
+        let sha = canary::sha256_hex(&bytes);
+        let slot = self.slot(path);
+        if slot.active.load().as_ref().is_some_and(|a| a.sha256 == sha) {
+            return LoadOutcome::Unchanged;
+        }
+        {
+            let st = slot.state.lock();
+            if st.quarantined_shas.contains(&sha) {
+                return LoadOutcome::StillQuarantined;
+            }
+            if st.last_refused.as_ref().is_some_and(|r| r.sha256 == sha) {
+                return LoadOutcome::Unchanged;
+            }
+        }
+        let sensor = match canary::load_bytes(&self.engine, path, &bytes) {
+            Ok(s) => s,
+            Err(err) => return self.refuse(path, sha, err),
+        };
+        if let Some(other) = self.name_taken_by(&sensor.info.name, path) {
+            let reason = format!("sensor name `{}` is already served by {}", sensor.info.name, other.display());
+            return self.refuse_reason(path, sha, reason);
+        }
+        let (name, version) = (sensor.info.name.clone(), sensor.info.version.clone());
+        let mut st = slot.state.lock();
+        let old = slot.active.swap(Some(Arc::new(sensor)));
+        if let Some(old) = old {
+            // Keep the old version for quarantine fall-back only if it was healthy.
+            if st.state == SensorState::Active {
+                st.previous = Some(old);
+            }
+        }
+        st.state = SensorState::Active;
+        st.quarantined = None;
+        st.failures.clear();
+        st.last_refused = None;
+        tracing::info!(sensor = %name, %version, source = %path.display(), sha256 = %&sha[..12], "sensor active");
+        LoadOutcome::Activated { name, version }
+    }
+
+    fn name_taken_by(&self, name: &str, path: &Path) -> Option<PathBuf> {
+        self.slots
+            .read()
+            .values()
+            .filter(|s| s.source != path)
+            .find(|s| s.active.load().as_ref().is_some_and(|a| a.info.name == name))
+            .map(|s| s.source.clone())
+    }
+
+    fn refuse(&self, path: &Path, sha: String, err: CanaryError) -> LoadOutcome {
+        self.refuse_reason(path, sha, err.to_string())
+    }
+
+    fn refuse_reason(&self, path: &Path, sha256: String, reason: String) -> LoadOutcome {
+        let slot = self.slot(path);
+        let serving = slot.active.load().as_ref().map(|a| format!("{}@{}", a.info.name, a.info.version));
+        tracing::warn!(source = %path.display(), %reason, serving = serving.as_deref().unwrap_or("nothing"), "sensor file refused");
+        let mut st = slot.state.lock();
+        st.last_refused = Some(Refusal { sha256, reason: reason.clone(), at_unix_ms: unix_ms(SystemTime::now()) });
+        LoadOutcome::Refused(reason)
+    }
+
+    /// The file is gone: its sensor stops serving (calls in flight finish).
+    pub fn remove_path(&self, path: &Path) -> bool {
+        let removed = self.slots.write().remove(path).is_some();
+        if removed {
+            tracing::info!(source = %path.display(), "sensor removed");
+        }
+        removed
+    }
+
+    pub fn sources(&self) -> Vec<PathBuf> {
+        self.slots.read().keys().cloned().collect()
+    }
+
+    fn record_failure(&self, slot: &Slot, failed: &Arc<LoadedSensor>, err: &CallError) {
+        let mut st = slot.state.lock();
+        // A failure of a version that no longer serves says nothing about the one that does.
+        if !slot.active.load().as_ref().is_some_and(|a| Arc::ptr_eq(a, failed)) {
+            return;
+        }
+        let now = Instant::now();
+        st.failures.push_back(now);
+        while st.failures.front().is_some_and(|t| now.duration_since(*t) > self.policy.window) {
+            st.failures.pop_front();
+        }
+        tracing::warn!(sensor = %failed.info.name, version = %failed.info.version, error = %err, "sensor call failed");
+        if st.failures.len() < self.policy.failures {
+            return;
+        }
+        let reason = format!(
+            "{} failures within {:?}; last: {err}",
+            st.failures.len(),
+            self.policy.window
+        );
+        let restored = st.previous.take();
+        tracing::error!(
+            sensor = %failed.info.name, version = %failed.info.version, %reason,
+            restored = restored.as_ref().map(|r| r.info.version.as_str()).unwrap_or("none"),
+            "sensor quarantined"
+        );
+        st.quarantined_shas.push(failed.sha256.clone());
+        st.quarantined = Some(Refusal { sha256: failed.sha256.clone(), reason, at_unix_ms: unix_ms(SystemTime::now()) });
+        st.state = SensorState::Quarantined;
+        st.failures.clear();
+        slot.active.store(restored);
+    }
+
+    fn active(&self) -> Vec<(Arc<Slot>, Arc<LoadedSensor>)> {
+        let mut v: Vec<_> = self
+            .slots
+            .read()
+            .values()
+            .filter_map(|s| s.active.load_full().map(|a| (s.clone(), a)))
+            .collect();
+        v.sort_by(|a, b| a.1.info.name.cmp(&b.1.info.name));
+        v
+    }
+
+    /// Asks every serving sensor, in name order; the first match wins.
+    pub fn match_process(&self, process: &ProcessInfo) -> Option<(SensorRef, Match)> {
+        for (slot, sensor) in self.active() {
+            match sensor.match_process(&slot.stats, process) {
+                Ok(Some(m)) => return Some((SensorRef(slot.source.clone()), m)),
+                Ok(None) => {}
+                Err(err) => self.record_failure(&slot, &sensor, &err),
+            }
+        }
+        None
+    }
+
+    fn serving(&self, sensor: &SensorRef) -> Result<(Arc<Slot>, Arc<LoadedSensor>), RegistryError> {
+        let slot = self.slots.read().get(&sensor.0).cloned().ok_or(RegistryError::Gone)?;
+        let active = slot.active.load_full().ok_or(RegistryError::NotServing)?;
+        Ok((slot, active))
+    }
+
+    /// Enriches one process's spans with the sensor that matched it. Returns the version that did.
+    pub fn enrich(&self, sensor: &SensorRef, matched: &Match, spans: &mut [Span]) -> Result<String, RegistryError> {
+        let (slot, active) = self.serving(sensor)?;
+        match active.enrich(&slot.stats, matched, spans) {
+            Ok(()) => Ok(active.info.version.clone()),
+            Err(err) => {
+                self.record_failure(&slot, &active, &err);
+                Err(RegistryError::Call(err))
+            }
+        }
+    }
+
+    pub fn instrumentation(&self, sensor: &SensorRef, matched: &Match) -> Result<Vec<PythonModule>, RegistryError> {
+        let (slot, active) = self.serving(sensor)?;
+        active.instrumentation(&slot.stats, matched).map_err(|err| {
+            self.record_failure(&slot, &active, &err);
+            RegistryError::Call(err)
+        })
+    }
+
+    pub fn status(&self) -> Vec<SensorStatus> {
+        let mut out: Vec<SensorStatus> = self
+            .slots
+            .read()
+            .values()
+            .map(|slot| {
+                let st = slot.state.lock();
+                let serving = slot.active.load_full();
+                SensorStatus {
+                    name: serving.as_ref().map(|s| s.info.name.clone()).unwrap_or_else(|| {
+                        slot.source.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
+                    }),
+                    source: slot.source.display().to_string(),
+                    state: st.state,
+                    serving: serving.as_ref().map(|s| VersionStatus {
+                        name: s.info.name.clone(),
+                        version: s.info.version.clone(),
+                        contract_version: s.info.contract_version.clone(),
+                        sha256: s.sha256.clone(),
+                        technologies: s.info.technologies.clone(),
+                        loaded_at_unix_ms: unix_ms(s.loaded_at),
+                    }),
+                    quarantined: st.quarantined.clone(),
+                    last_refused: st.last_refused.clone(),
+                    calls: slot.stats.snapshot(),
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("the sensor's file was removed")]
+    Gone,
+    #[error("no version of the sensor is serving (failed or quarantined)")]
+    NotServing,
+    #[error(transparent)]
+    Call(CallError),
+}
