@@ -107,14 +107,15 @@ class Reporter(object):
     # -- flushing ---------------------------------------------------------------------------------
 
     def flush(self):
-        if not self.lock.acquire(False):
+        lock = self.lock  # after_fork() replaces it while we hold this one
+        if not lock.acquire(False):
             return
         try:
             self._flush_locked()
         except Exception:
             pass
         finally:
-            self.lock.release()
+            lock.release()
 
     def _flush_locked(self):
         self.last_flush = time.monotonic()

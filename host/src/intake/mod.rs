@@ -1,1 +1,284 @@
 //! The Unix-socket server that traced processes send their spans to (issue: tracer and intake).
+//!
+//! A peer is accepted only if its pid (`SO_PEERCRED`) is one the agent injected or descends from
+//! one ([`PeerRegistry`]). Each connection speaks length-prefixed JSON frames (schema in README.md):
+//! a bootstrap says hello and gets the tracer's modules; a tracer sends span batches and status.
+//! Decoded batches go to a [`SpanQueue`] (bounded, drop-oldest). The agent can send any connected
+//! peer a [`Command`]. A peer that sends an oversized, malformed or too-fast stream is cut off; the
+//! others never notice.
+mod connection;
+mod peers;
+mod queue;
+mod tracer_source;
+pub mod wire;
+
+use std::collections::HashMap;
+use std::os::linux::net::SocketAddrExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use parking_lot::Mutex;
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+pub use peers::PeerRegistry;
+pub use queue::{SpanBatch, SpanQueue};
+pub use tracer_source::{bootstrap_code, MODULES as TRACER_MODULES, TRACER_VERSION};
+pub use wire::{Command, PeerRole};
+
+#[derive(Debug, thiserror::Error)]
+pub enum IntakeError {
+    #[error("binding the intake socket {0}: {1}")]
+    Bind(String, #[source] std::io::Error),
+    #[error("no connected tracer with pid {0}")]
+    NoSuchPeer(u32),
+    #[error("peer {0} is not reading its commands")]
+    PeerBusy(u32),
+}
+
+/// Where the intake listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IntakeAddress {
+    /// A socket file; reachable from other mount namespaces via /proc/PID/root only if shared.
+    Path(PathBuf),
+    /// A Linux abstract socket name (no file, scoped to the network namespace).
+    Abstract(String),
+}
+
+impl IntakeAddress {
+    /// The form the bootstrap's `address` parameter takes: the path, or `@name`.
+    pub fn bootstrap_param(&self) -> String {
+        match self {
+            IntakeAddress::Path(p) => p.display().to_string(),
+            IntakeAddress::Abstract(name) => format!("@{name}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct IntakeConfig {
+    pub address: IntakeAddress,
+    /// Largest inbound frame body; a bigger length prefix cuts the peer off.
+    pub max_frame_bytes: usize,
+    /// Sustained inbound bytes per second per peer, with a burst of twice that.
+    pub max_bytes_per_sec: u64,
+    /// Batches waiting for the pipeline before the oldest is dropped.
+    pub queue_capacity: usize,
+    /// Handed to every tracer at load (see host/python/zerostep/report.py for keys).
+    pub tracer_config: serde_json::Value,
+}
+
+impl IntakeConfig {
+    pub fn new(address: IntakeAddress) -> Self {
+        Self {
+            address,
+            max_frame_bytes: 8 << 20,
+            max_bytes_per_sec: 32 << 20,
+            queue_capacity: 4096,
+            tracer_config: serde_json::json!({}),
+        }
+    }
+}
+
+/// Counters since start.
+#[derive(Debug, Default, Clone, Serialize, PartialEq, Eq)]
+pub struct IntakeStats {
+    pub accepted: u64,
+    pub rejected_peers: u64,
+    pub cut_off_malformed: u64,
+    pub cut_off_oversize: u64,
+    pub cut_off_flooding: u64,
+    pub batches: u64,
+    pub spans: u64,
+    pub modules_served: u64,
+    pub queue_dropped_batches: u64,
+    pub queue_dropped_spans: u64,
+}
+
+/// A connected tracer, as the agent knows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PeerInfo {
+    pub pid: u32,
+    pub root_pid: u32,
+    pub role: Option<PeerRole>,
+    pub python: String,
+    pub tracer_version: Option<String>,
+    pub connected_at: SystemTime,
+    pub spans: u64,
+    pub dropped_in_process: u64,
+    /// The tracer's last status frame: instrumentations, their errors and tripped breakers.
+    pub status: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    accepted: AtomicU64,
+    rejected_peers: AtomicU64,
+    cut_off_malformed: AtomicU64,
+    cut_off_oversize: AtomicU64,
+    cut_off_flooding: AtomicU64,
+    batches: AtomicU64,
+    spans: AtomicU64,
+    modules_served: AtomicU64,
+}
+
+struct PeerEntry {
+    id: u64,
+    info: PeerInfo,
+    commands: mpsc::Sender<Vec<u8>>,
+}
+
+struct Shared {
+    config: IntakeConfig,
+    registry: PeerRegistry,
+    queue: SpanQueue,
+    counters: Counters,
+    peers: Mutex<HashMap<u32, PeerEntry>>,
+    next_id: AtomicU64,
+}
+
+/// The running intake. Dropping it stops accepting; connected peers are closed.
+pub struct Intake {
+    shared: Arc<Shared>,
+    accept_task: tokio::task::JoinHandle<()>,
+}
+
+impl Intake {
+    /// Binds and starts serving on the current tokio runtime. A stale socket file at a `Path`
+    /// address is replaced.
+    pub fn start(config: IntakeConfig, registry: PeerRegistry) -> Result<Intake, IntakeError> {
+        let std_listener = bind(&config.address)?;
+        let shown = config.address.bootstrap_param();
+        std_listener
+            .set_nonblocking(true)
+            .map_err(|e| IntakeError::Bind(shown.clone(), e))?;
+        let listener = tokio::net::UnixListener::from_std(std_listener)
+            .map_err(|e| IntakeError::Bind(shown, e))?;
+        let shared = Arc::new(Shared {
+            queue: SpanQueue::new(config.queue_capacity),
+            config,
+            registry,
+            counters: Counters::default(),
+            peers: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+        });
+        let accept_task = tokio::spawn(connection::accept_loop(listener, shared.clone()));
+        Ok(Intake {
+            shared,
+            accept_task,
+        })
+    }
+
+    pub fn address(&self) -> &IntakeAddress {
+        &self.shared.config.address
+    }
+
+    /// The bootstrap for the injector, pointing at this intake.
+    pub fn bootstrap_code(&self) -> String {
+        bootstrap_code(&self.shared.config.address.bootstrap_param(), 2.0)
+    }
+
+    pub fn registry(&self) -> &PeerRegistry {
+        &self.shared.registry
+    }
+
+    /// Where span batches come out; clone it for the pipeline.
+    pub fn queue(&self) -> SpanQueue {
+        self.shared.queue.clone()
+    }
+
+    /// Sends a command to the tracer connected as `pid`. Does not wait for it to act.
+    pub fn send(&self, pid: u32, command: &Command) -> Result<(), IntakeError> {
+        let cfg = &self.shared.config.tracer_config;
+        let frame = wire::encode(&wire::command_message(
+            command,
+            TRACER_VERSION,
+            TRACER_MODULES,
+            cfg,
+        ));
+        let peers = self.shared.peers.lock();
+        let entry = peers.get(&pid).ok_or(IntakeError::NoSuchPeer(pid))?;
+        entry.commands.try_send(frame).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => IntakeError::PeerBusy(pid),
+            mpsc::error::TrySendError::Closed(_) => IntakeError::NoSuchPeer(pid),
+        })
+    }
+
+    pub fn peers(&self) -> Vec<PeerInfo> {
+        let mut v: Vec<PeerInfo> = self
+            .shared
+            .peers
+            .lock()
+            .values()
+            .map(|e| e.info.clone())
+            .collect();
+        v.sort_by_key(|p| p.pid);
+        v
+    }
+
+    /// Waits until a tracer with this pid is connected (a bootstrap becomes one once it loaded).
+    pub async fn wait_for_peer(&self, pid: u32, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while tokio::time::Instant::now() < deadline {
+            if self.shared.peers.lock().contains_key(&pid) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        false
+    }
+
+    pub fn stats(&self) -> IntakeStats {
+        let c = &self.shared.counters;
+        let (qb, qs) = self.shared.queue.dropped();
+        IntakeStats {
+            accepted: c.accepted.load(Ordering::Relaxed),
+            rejected_peers: c.rejected_peers.load(Ordering::Relaxed),
+            cut_off_malformed: c.cut_off_malformed.load(Ordering::Relaxed),
+            cut_off_oversize: c.cut_off_oversize.load(Ordering::Relaxed),
+            cut_off_flooding: c.cut_off_flooding.load(Ordering::Relaxed),
+            batches: c.batches.load(Ordering::Relaxed),
+            spans: c.spans.load(Ordering::Relaxed),
+            modules_served: c.modules_served.load(Ordering::Relaxed),
+            queue_dropped_batches: qb,
+            queue_dropped_spans: qs,
+        }
+    }
+}
+
+impl Drop for Intake {
+    fn drop(&mut self) {
+        self.accept_task.abort();
+        // Closing each peer's command channel ends its connection task.
+        self.shared.peers.lock().clear();
+        if let IntakeAddress::Path(p) = &self.shared.config.address {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+fn bind(address: &IntakeAddress) -> Result<std::os::unix::net::UnixListener, IntakeError> {
+    let shown = address.bootstrap_param();
+    match address {
+        IntakeAddress::Path(p) => {
+            if p.exists() {
+                let _ = std::fs::remove_file(p);
+            }
+            let l = std::os::unix::net::UnixListener::bind(p)
+                .map_err(|e| IntakeError::Bind(shown.clone(), e))?;
+            // Traced apps run as any user; who may talk is decided by SO_PEERCRED, not file modes.
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o666))
+                .map_err(|e| IntakeError::Bind(shown, e))?;
+            Ok(l)
+        }
+        IntakeAddress::Abstract(name) => {
+            let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
+                .map_err(|e| IntakeError::Bind(shown.clone(), e))?;
+            std::os::unix::net::UnixListener::bind_addr(&addr)
+                .map_err(|e| IntakeError::Bind(shown, e))
+        }
+    }
+}

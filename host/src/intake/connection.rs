@@ -1,0 +1,264 @@
+//! One task per peer connection: check who it is, read its frames, write it commands.
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::mpsc;
+
+use super::wire::{self, PeerFrame, PeerRole};
+use super::{PeerEntry, PeerInfo, Shared, SpanBatch, TRACER_MODULES, TRACER_VERSION};
+
+/// Commands queued for one peer before `Intake::send` reports it busy.
+const COMMAND_BACKLOG: usize = 16;
+/// A peer that does not take our bytes within this long is dropped.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Tiny frames still cost: a flood of them is a flood.
+const MIN_FRAME_COST: u64 = 256;
+
+pub(super) async fn accept_loop(listener: UnixListener, shared: Arc<Shared>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                tokio::spawn(serve(stream, shared.clone()));
+            }
+            Err(e) => {
+                // Out of descriptors and the like: back off rather than spin.
+                tracing::warn!(error = %e, "intake accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+enum End {
+    Closed,
+    Oversize(usize),
+    Flooding,
+    Malformed(wire::WireError),
+    Io(std::io::Error),
+}
+
+async fn serve(stream: UnixStream, shared: Arc<Shared>) {
+    let pid = match stream
+        .peer_cred()
+        .ok()
+        .and_then(|c| c.pid())
+        .and_then(|p| u32::try_from(p).ok())
+    {
+        Some(pid) => pid,
+        None => {
+            shared
+                .counters
+                .rejected_peers
+                .fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+    };
+    let Some(root_pid) = shared.registry.allowed_root(pid) else {
+        shared
+            .counters
+            .rejected_peers
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::info!(pid, "intake: refused a peer the agent did not inject");
+        return;
+    };
+    shared.counters.accepted.fetch_add(1, Ordering::Relaxed);
+    let (rd, wr) = stream.into_split();
+    let (tx, rx) = mpsc::channel(COMMAND_BACKLOG);
+    tokio::spawn(write_loop(wr, rx));
+    let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+    let end = read_loop(rd, &shared, pid, root_pid, id, tx).await;
+    {
+        let mut peers = shared.peers.lock();
+        if peers.get(&pid).is_some_and(|e| e.id == id) {
+            peers.remove(&pid);
+        }
+    }
+    let c = &shared.counters;
+    match end {
+        End::Closed => tracing::debug!(pid, "intake: peer closed"),
+        End::Io(e) => tracing::debug!(pid, error = %e, "intake: peer connection failed"),
+        End::Oversize(n) => {
+            c.cut_off_oversize.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                pid,
+                bytes = n,
+                "intake: cut off a peer sending an oversized frame"
+            );
+        }
+        End::Flooding => {
+            c.cut_off_flooding.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(pid, "intake: cut off a peer sending faster than allowed");
+        }
+        End::Malformed(e) => {
+            c.cut_off_malformed.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(pid, error = %e, "intake: cut off a peer sending a malformed frame");
+        }
+    }
+}
+
+async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Vec<u8>>) {
+    while let Some(frame) = rx.recv().await {
+        match tokio::time::timeout(WRITE_TIMEOUT, wr.write_all(&frame)).await {
+            Ok(Ok(())) => {}
+            _ => return,
+        }
+    }
+}
+
+/// Sustained rate with a burst of twice the rate.
+struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    fn new(rate: u64) -> Self {
+        let rate = rate.max(1) as f64;
+        Self {
+            rate,
+            burst: rate * 2.0,
+            tokens: rate * 2.0,
+            last: Instant::now(),
+        }
+    }
+
+    fn take(&mut self, cost: u64) -> bool {
+        let now = Instant::now();
+        self.tokens =
+            (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.burst);
+        self.last = now;
+        self.tokens -= cost.max(MIN_FRAME_COST) as f64;
+        self.tokens >= 0.0
+    }
+}
+
+async fn read_loop(
+    mut rd: OwnedReadHalf,
+    shared: &Shared,
+    pid: u32,
+    root_pid: u32,
+    id: u64,
+    tx: mpsc::Sender<Vec<u8>>,
+) -> End {
+    let mut bucket = TokenBucket::new(shared.config.max_bytes_per_sec);
+    let mut head = [0u8; wire::LEN_PREFIX];
+    let mut tx = Some(tx);
+    loop {
+        if let Err(e) = rd.read_exact(&mut head).await {
+            return if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                End::Closed
+            } else {
+                End::Io(e)
+            };
+        }
+        let n = u32::from_be_bytes(head) as usize;
+        if n > shared.config.max_frame_bytes {
+            return End::Oversize(n);
+        }
+        if !bucket.take((n + wire::LEN_PREFIX) as u64) {
+            return End::Flooding;
+        }
+        let mut body = vec![0u8; n];
+        if let Err(e) = rd.read_exact(&mut body).await {
+            return End::Io(e);
+        }
+        let frame = match wire::decode(&body) {
+            Ok(f) => f,
+            Err(e) => return End::Malformed(e),
+        };
+        // The first frame registers the peer; its command sender moves into the registry so that
+        // dropping the registry entry (Intake dropped) closes the writer.
+        if let Some(tx) = tx.take() {
+            let info = PeerInfo {
+                pid,
+                root_pid,
+                role: None,
+                python: String::new(),
+                tracer_version: None,
+                connected_at: SystemTime::now(),
+                spans: 0,
+                dropped_in_process: 0,
+                status: None,
+            };
+            shared.peers.lock().insert(
+                pid,
+                PeerEntry {
+                    id,
+                    info,
+                    commands: tx,
+                },
+            );
+        }
+        handle(frame, shared, pid, root_pid, id);
+    }
+}
+
+fn handle(frame: PeerFrame, shared: &Shared, pid: u32, root_pid: u32, id: u64) {
+    let c = &shared.counters;
+    match frame {
+        PeerFrame::Hello {
+            role,
+            python,
+            version,
+            installed,
+        } => {
+            let mut peers = shared.peers.lock();
+            let Some(entry) = peers.get_mut(&pid).filter(|e| e.id == id) else {
+                return;
+            };
+            entry.info.python = python;
+            entry.info.tracer_version = version.or(installed);
+            if role == PeerRole::Bootstrap {
+                let msg = wire::load_message(
+                    TRACER_VERSION,
+                    TRACER_MODULES,
+                    &shared.config.tracer_config,
+                );
+                if entry.commands.try_send(wire::encode(&msg)).is_ok() {
+                    c.modules_served.fetch_add(1, Ordering::Relaxed);
+                    entry.info.tracer_version = Some(TRACER_VERSION.to_string());
+                }
+            }
+            entry.info.role = Some(role);
+        }
+        PeerFrame::Spans {
+            dropped_in_process,
+            spans,
+        } => {
+            c.batches.fetch_add(1, Ordering::Relaxed);
+            c.spans.fetch_add(spans.len() as u64, Ordering::Relaxed);
+            if let Some(entry) = shared.peers.lock().get_mut(&pid) {
+                entry.info.spans += spans.len() as u64;
+                entry.info.dropped_in_process = dropped_in_process;
+            }
+            if !spans.is_empty() {
+                shared.queue.push(SpanBatch {
+                    pid,
+                    root_pid,
+                    spans,
+                    dropped_in_process,
+                    received_at: SystemTime::now(),
+                });
+            }
+        }
+        PeerFrame::Status {
+            status,
+            dropped_in_process,
+            ..
+        } => {
+            if let Some(entry) = shared.peers.lock().get_mut(&pid) {
+                entry.info.dropped_in_process = dropped_in_process;
+                if let Some(v) = status.get("version").and_then(|v| v.as_str()) {
+                    entry.info.tracer_version = Some(v.to_string());
+                }
+                entry.info.status = Some(status);
+            }
+        }
+    }
+}

@@ -1,0 +1,149 @@
+//! The bounded hand-off from the intake to the pipeline. When the pipeline falls behind, the oldest
+//! batch goes (fresh spans are worth more than stale ones) and the loss is counted.
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+use crate::span::Span;
+
+/// Spans from one frame of one traced process.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SpanBatch {
+    /// The sending process, from `SO_PEERCRED` (not from the frame).
+    pub pid: u32,
+    /// The injected process this one is or descends from.
+    pub root_pid: u32,
+    pub spans: Vec<Span>,
+    /// Spans that process dropped so far (its own bounded buffer), cumulative.
+    pub dropped_in_process: u64,
+    pub received_at: SystemTime,
+}
+
+#[derive(Debug)]
+struct Inner {
+    batches: Mutex<VecDeque<SpanBatch>>,
+    capacity: usize,
+    notify: Notify,
+    dropped_batches: AtomicU64,
+    dropped_spans: AtomicU64,
+}
+
+/// Cloneable; every clone is the same queue.
+#[derive(Debug, Clone)]
+pub struct SpanQueue {
+    inner: Arc<Inner>,
+}
+
+impl SpanQueue {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                batches: Mutex::new(VecDeque::with_capacity(capacity.min(1024))),
+                capacity: capacity.max(1),
+                notify: Notify::new(),
+                dropped_batches: AtomicU64::new(0),
+                dropped_spans: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    pub fn push(&self, batch: SpanBatch) {
+        {
+            let mut q = self.inner.batches.lock();
+            while q.len() >= self.inner.capacity {
+                if let Some(old) = q.pop_front() {
+                    self.inner.dropped_batches.fetch_add(1, Ordering::Relaxed);
+                    self.inner
+                        .dropped_spans
+                        .fetch_add(old.spans.len() as u64, Ordering::Relaxed);
+                }
+            }
+            q.push_back(batch);
+        }
+        self.inner.notify.notify_one();
+    }
+
+    pub fn try_pop(&self) -> Option<SpanBatch> {
+        self.inner.batches.lock().pop_front()
+    }
+
+    /// Waits for the next batch.
+    pub async fn recv(&self) -> SpanBatch {
+        loop {
+            let notified = self.inner.notify.notified();
+            if let Some(b) = self.try_pop() {
+                return b;
+            }
+            notified.await;
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.inner.batches.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// (batches, spans) dropped because the queue was full.
+    pub fn dropped(&self) -> (u64, u64) {
+        (
+            self.inner.dropped_batches.load(Ordering::Relaxed),
+            self.inner.dropped_spans.load(Ordering::Relaxed),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(pid: u32, n: usize) -> SpanBatch {
+        let span = Span {
+            trace_id: 1,
+            span_id: 1,
+            parent_span_id: None,
+            name: "x".into(),
+            kind: Default::default(),
+            start_unix_nano: 0,
+            end_unix_nano: 0,
+            status: Default::default(),
+            attributes: vec![],
+            events: vec![],
+        };
+        SpanBatch {
+            pid,
+            root_pid: pid,
+            spans: vec![span; n],
+            dropped_in_process: 0,
+            received_at: SystemTime::now(),
+        }
+    }
+
+    #[test]
+    fn drops_oldest_and_counts() {
+        let q = SpanQueue::new(2);
+        q.push(batch(1, 3));
+        q.push(batch(2, 1));
+        q.push(batch(3, 1));
+        assert_eq!(q.dropped(), (1, 3));
+        assert_eq!(q.try_pop().map(|b| b.pid), Some(2));
+        assert_eq!(q.try_pop().map(|b| b.pid), Some(3));
+        assert!(q.is_empty());
+    }
+
+    #[tokio::test]
+    async fn recv_wakes_on_push() {
+        let q = SpanQueue::new(4);
+        let q2 = q.clone();
+        let t = tokio::spawn(async move { q2.recv().await.pid });
+        tokio::task::yield_now().await;
+        q.push(batch(9, 1));
+        assert_eq!(t.await.expect("join"), 9);
+    }
+}

@@ -1,0 +1,79 @@
+//! The in-process tracer, embedded at build time from host/python/, and the bootstrap the injector
+//! runs in a target to fetch it.
+use serde_json::Value;
+
+/// The tracer's version, as `_zerostep.VERSION` says; a bootstrap that finds a different one
+/// installed upgrades it in place.
+pub const TRACER_VERSION: &str = "0.1.0";
+
+/// (module name, source), the package first and then in dependency order: the bootstrap executes
+/// them in this order. The Python unit tests (host/python/tests) keep the same list.
+pub const MODULES: &[(&str, &str)] = &[
+    (
+        "_zerostep",
+        include_str!("../../python/zerostep/__init__.py"),
+    ),
+    (
+        "_zerostep.trace",
+        include_str!("../../python/zerostep/trace.py"),
+    ),
+    (
+        "_zerostep.patch",
+        include_str!("../../python/zerostep/patch.py"),
+    ),
+    (
+        "_zerostep.report",
+        include_str!("../../python/zerostep/report.py"),
+    ),
+    (
+        "_zerostep.wsgi",
+        include_str!("../../python/zerostep/wsgi.py"),
+    ),
+    (
+        "_zerostep.servers",
+        include_str!("../../python/zerostep/servers.py"),
+    ),
+    (
+        "_zerostep.frameworks",
+        include_str!("../../python/zerostep/frameworks.py"),
+    ),
+    (
+        "_zerostep.clients",
+        include_str!("../../python/zerostep/clients.py"),
+    ),
+    ("_zerostep.db", include_str!("../../python/zerostep/db.py")),
+];
+
+const BOOTSTRAP: &str = include_str!("../../python/bootstrap.py");
+
+/// The code to hand to `PyRun_SimpleString` in the target. `address` is the intake's address as
+/// [`super::IntakeAddress::bootstrap_param`] renders it (a path, or `@name` for an abstract socket).
+///
+/// The bootstrap runs inside `exec` with its own globals and under `try/except BaseException`, so
+/// it defines no name in `__main__` and never makes `PyRun_SimpleString` return -1 (which, from a
+/// pending call, would turn the running request into a 500).
+pub fn bootstrap_code(address: &str, connect_timeout_secs: f64) -> String {
+    let params =
+        serde_json::json!({"address": address, "timeout": connect_timeout_secs}).to_string();
+    // A JSON string literal is also a valid Python string literal.
+    let src = Value::String(BOOTSTRAP.to_string()).to_string();
+    let params = Value::String(params).to_string();
+    format!(
+        "try:\n    exec(compile({src}, '<zerostep-bootstrap>', 'exec'), \
+         {{'PARAMS': __import__('json').loads({params})}})\nexcept BaseException:\n    pass\n"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bootstrap_is_small_and_versions_agree() {
+        let code = bootstrap_code("@zerostep-test", 2.0);
+        assert!(code.len() < 4096, "bootstrap is {} bytes", code.len());
+        assert!(MODULES[0]
+            .1
+            .contains(&format!("VERSION = \"{TRACER_VERSION}\"")));
+    }
+}

@@ -1,0 +1,426 @@
+//! The in-process tracer against real gunicorn and uWSGI, sqlite3, redis and PostgreSQL, through the
+//! real intake. Until `zerostep inject` can be used here, the bootstrap is run by a test-only harness
+//! (tests/tracer_fixtures/zs_inject.py, copied into the test's temp dir) exactly as the injector
+//! would: the same code string, executed in `__main__` of a running master or an already-forked
+//! worker.
+mod support;
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use support::*;
+use zerostep::intake::{self, Intake, IntakeAddress, IntakeConfig, PeerRegistry, SpanBatch};
+use zerostep::span::{AttrValue, Span, SpanKind, StatusCode};
+
+const FIXTURES: &[&str] = &["zs_inject.py", "plain_app.py", "flask_app.py"];
+
+struct Env {
+    rt: tokio::runtime::Runtime,
+    intake: Option<Intake>,
+    dir: tempfile::TempDir,
+    batches: Vec<SpanBatch>,
+}
+
+impl Env {
+    fn new() -> Env {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
+        let dir = tempfile::Builder::new().prefix("zs-tracer-").tempdir().expect("tempdir");
+        for f in FIXTURES {
+            std::fs::copy(repo_root().join("tests/tracer_fixtures").join(f), dir.path().join(f)).expect("copy fixture");
+        }
+        let mut cfg = IntakeConfig::new(IntakeAddress::Path(dir.path().join("intake.sock")));
+        cfg.tracer_config = serde_json::json!({"flush_interval": 0.05});
+        let intake = {
+            let _g = rt.enter();
+            Intake::start(cfg, PeerRegistry::new()).expect("intake")
+        };
+        std::fs::write(dir.path().join("bootstrap.py"), intake.bootstrap_code()).expect("write bootstrap");
+        Env { rt, intake: Some(intake), dir, batches: Vec::new() }
+    }
+
+    fn intake(&self) -> &Intake {
+        self.intake.as_ref().expect("intake running")
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A server command with the harness's environment; `inject` is "master", "worker" or "import".
+    fn server_cmd(&self, bin: PathBuf, inject: &str) -> Command {
+        let mut cmd = Command::new(bin);
+        cmd.current_dir(self.path())
+            .env("ZS_INJECT", inject)
+            .env("ZS_BOOTSTRAP_FILE", self.path().join("bootstrap.py"))
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(self.path().join(format!("server-{}.log", free_port()))).expect("log file"));
+        cmd
+    }
+
+    /// Spawns, allows its pid at the intake (as the injector would before injecting), waits for
+    /// the port and for a tracer to connect.
+    fn start(&self, name: &str, cmd: &mut Command, port: u16) -> Proc {
+        let p = Proc::spawn(name, cmd);
+        self.intake().registry().allow(p.pid());
+        assert!(wait_for_port(port, Duration::from_secs(20)), "{name} did not listen on {port}");
+        p
+    }
+
+    fn drain(&mut self) {
+        let q = self.intake().queue();
+        while let Some(b) = q.try_pop() {
+            self.batches.push(b);
+        }
+    }
+
+    fn spans(&mut self) -> Vec<(u32, Span)> {
+        self.drain();
+        self.batches.iter().flat_map(|b| b.spans.iter().map(move |s| (b.pid, s.clone()))).collect()
+    }
+
+    /// Waits until `pred` matches at least `n` spans; returns all matching.
+    fn wait_spans(&mut self, n: usize, pred: impl Fn(&Span) -> bool) -> Vec<(u32, Span)> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let found: Vec<_> = self.spans().into_iter().filter(|(_, s)| pred(s)).collect();
+            if found.len() >= n || Instant::now() > deadline {
+                return found;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn server_log(&self) -> String {
+        let mut out = String::new();
+        if let Ok(rd) = std::fs::read_dir(self.path()) {
+            for e in rd.flatten() {
+                if e.file_name().to_string_lossy().starts_with("server-") {
+                    out += &std::fs::read_to_string(e.path()).unwrap_or_default();
+                }
+            }
+        }
+        out
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        let _g = self.rt.enter();
+        self.intake.take();
+    }
+}
+
+fn str_attr<'a>(s: &'a Span, k: &str) -> Option<&'a str> {
+    match s.attr(k) {
+        Some(AttrValue::Str(v)) => Some(v),
+        _ => None,
+    }
+}
+
+fn int_attr(s: &Span, k: &str) -> Option<i64> {
+    match s.attr(k) {
+        Some(AttrValue::Int(v)) => Some(*v),
+        _ => None,
+    }
+}
+
+fn server_with_path(path: &'static str) -> impl Fn(&Span) -> bool {
+    move |s| s.kind == SpanKind::Server && str_attr(s, "url.path") == Some(path)
+}
+
+fn gunicorn(env: &Env, venv: &str, app: &str, worker: &str, inject: &str, port: u16, extra: &[(&str, String)]) -> Proc {
+    let mut cmd = env.server_cmd(venv_bin(venv, "gunicorn"), inject);
+    cmd.args(["-c", "zs_inject.py", "-b", &format!("127.0.0.1:{port}"), "-w", "2", "-k", worker, app]);
+    for (k, v) in extra {
+        cmd.env(k, v);
+    }
+    env.start(&format!("gunicorn-{venv}"), &mut cmd, port)
+}
+
+/// The core check, per interpreter: server spans from both workers of a master injected before it
+/// forked, a sqlite child span, an error with its exception event, the forked workers reporting
+/// under their own pids.
+fn gunicorn_basic(venv: &str, worker: &str) {
+    let mut env = Env::new();
+    let port = free_port();
+    let master = gunicorn(&env, venv, "plain_app", worker, "master", port, &[]);
+    for _ in 0..6 {
+        let (code, _) = http_get(port, "/sqlite?q=1").expect("GET /sqlite");
+        assert_eq!(code, 200);
+    }
+    let (code, _) = http_get(port, "/boom").expect("GET /boom");
+    assert_eq!(code, 500);
+    let servers = env.wait_spans(6, server_with_path("/sqlite"));
+    assert!(servers.len() >= 6, "server spans: {servers:?}\nlog:\n{}", env.server_log());
+    let (pid, s) = &servers[0];
+    assert_ne!(*pid, master.pid(), "requests are served by forked workers, reporting as themselves");
+    assert_eq!(s.name, "GET");
+    assert_eq!(str_attr(s, "http.request.method"), Some("GET"));
+    assert_eq!(str_attr(s, "url.query"), Some("q=1"));
+    assert_eq!(int_attr(s, "http.response.status_code"), Some(200));
+    assert_eq!(s.parent_span_id, None);
+    let sqlite = env.wait_spans(3, |x| x.trace_id == s.trace_id && str_attr(x, "db.system") == Some("sqlite"));
+    assert_eq!(sqlite.len(), 3, "three sqlite statements per request");
+    assert!(sqlite.iter().all(|(_, x)| x.parent_span_id == Some(s.span_id) && x.kind == SpanKind::Client));
+    assert_eq!(str_attr(&sqlite[2].1, "db.query.text"), Some("select x from t"));
+    let boom = env.wait_spans(1, server_with_path("/boom"));
+    let b = &boom.first().expect("span for /boom").1;
+    assert_eq!(b.status.code, StatusCode::Error);
+    let ev = b.events.iter().find(|e| e.name == "exception").expect("exception event");
+    assert!(ev.attributes.iter().any(|a| a.key == "exception.type" && a.value == AttrValue::Str("ValueError".into())));
+    // Each worker has its own connection, named by its own pid.
+    let peers = env.intake().peers();
+    assert!(peers.iter().any(|p| p.pid == master.pid()), "master stays connected: {peers:?}");
+    assert!(peers.iter().all(|p| p.root_pid == master.pid()));
+    let ids: HashSet<u64> = env.spans().iter().map(|(_, s)| s.span_id).collect();
+    assert_eq!(ids.len(), env.spans().len(), "span ids are unique across forked workers");
+}
+
+#[test]
+fn gunicorn_sync_every_python() {
+    for venv in ["tracer-38", "tracer-39", "tracer-310", "tracer-311", "tracer-312", "tracer-313", "tracer-debian"] {
+        gunicorn_basic(venv, "sync");
+    }
+}
+
+#[test]
+fn gunicorn_gthread_every_python() {
+    for venv in ["tracer-38", "tracer-310", "tracer-312", "tracer-313"] {
+        gunicorn_basic(venv, "gthread");
+    }
+}
+
+/// Injected into an already-forked worker: only that worker traces, under its pid.
+#[test]
+fn gunicorn_worker_injection() {
+    let mut env = Env::new();
+    let port = free_port();
+    let _master = gunicorn(&env, "tracer-311", "plain_app", "sync", "worker", port, &[]);
+    for _ in 0..4 {
+        http_get(port, "/pid").expect("GET /pid");
+    }
+    let spans = env.wait_spans(4, server_with_path("/pid"));
+    assert!(spans.len() >= 4, "{spans:?}\n{}", env.server_log());
+}
+
+/// A Flask app calling a second, separately injected service through `requests`: the route names
+/// the span, the client span carries `traceparent`, the downstream continues the same trace.
+#[test]
+fn flask_route_and_propagation_to_downstream() {
+    let mut env = Env::new();
+    let down = free_port();
+    let up = free_port();
+    let _d = gunicorn(&env, "tracer-312", "plain_app", "sync", "master", down, &[]);
+    let ds = ("ZS_DOWNSTREAM", format!("http://127.0.0.1:{down}"));
+    let _u = gunicorn(&env, "tracer-312", "flask_app:app", "gthread", "master", up, &[ds]);
+    assert_eq!(http_get(up, "/users/7").expect("GET").0, 200);
+    assert_eq!(http_get(up, "/missing").expect("GET").0, 404);
+    assert_eq!(http_get(up, "/fail").expect("GET").0, 500);
+    assert_eq!(http_get(up, "/call").expect("GET").0, 200);
+
+    let user = env.wait_spans(1, server_with_path("/users/7"));
+    let u = &user.first().expect("span for /users/7").1;
+    assert_eq!(u.name, "GET /users/<int:uid>");
+    assert_eq!(str_attr(u, "http.route"), Some("/users/<int:uid>"));
+    let missing = &env.wait_spans(1, server_with_path("/missing"))[0].1;
+    assert_eq!(int_attr(missing, "http.response.status_code"), Some(404));
+    assert_eq!(missing.status.code, StatusCode::Unset, "4xx is not a server error");
+    let fail = &env.wait_spans(1, server_with_path("/fail"))[0].1;
+    assert_eq!(int_attr(fail, "http.response.status_code"), Some(500));
+    assert_eq!(fail.status.code, StatusCode::Error);
+
+    let call = env.wait_spans(1, server_with_path("/call"))[0].1.clone();
+    let client = env.wait_spans(1, |s| s.kind == SpanKind::Client && s.trace_id == call.trace_id && s.attr("url.full").is_some());
+    let c = &client.first().expect("client span").1;
+    assert_eq!(c.parent_span_id, Some(call.span_id));
+    assert_eq!(str_attr(c, "url.full"), Some(format!("http://127.0.0.1:{down}/sqlite").as_str()));
+    assert_eq!(int_attr(c, "http.response.status_code"), Some(200));
+    let downstream = env.wait_spans(1, |s| s.kind == SpanKind::Server && s.trace_id == call.trace_id && str_attr(s, "url.path") == Some("/sqlite"));
+    let d = &downstream.first().expect("downstream server span in the same trace").1;
+    assert_eq!(d.parent_span_id, Some(c.span_id), "downstream continues from the client span");
+    let dsql = env.wait_spans(1, |s| s.trace_id == call.trace_id && s.parent_span_id == Some(d.span_id));
+    assert!(!dsql.is_empty(), "downstream's own children join the trace");
+}
+
+#[test]
+fn redis_and_postgresql_spans() {
+    let mut env = Env::new();
+    let redis_port = free_port();
+    let _redis = Proc::spawn(
+        "redis-server",
+        Command::new("redis-server")
+            .args(["--port", &redis_port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .current_dir(env.path())
+            .stdout(std::process::Stdio::null()),
+    );
+    assert!(wait_for_port(redis_port, Duration::from_secs(10)), "redis did not start");
+    let pg = Postgres::start();
+    let port = free_port();
+    let extra = [("ZS_REDIS_PORT", redis_port.to_string()), ("ZS_PG_PORT", pg.port.to_string())];
+    let _g = gunicorn(&env, "tracer-312", "plain_app", "sync", "master", port, &extra);
+    assert_eq!(http_get(port, "/redis").expect("GET /redis"), (200, "v".to_string()));
+    assert_eq!(http_get(port, "/pg").expect("GET /pg"), (200, "2".to_string()));
+
+    let r = env.wait_spans(2, |s| str_attr(s, "db.system") == Some("redis"));
+    assert_eq!(r.len(), 2, "SET and GET");
+    assert_eq!(r[0].1.name, "SET");
+    assert_eq!(str_attr(&r[0].1, "db.query.text"), Some("SET ? ?"));
+    assert_eq!(int_attr(&r[0].1, "server.port"), Some(i64::from(redis_port)));
+    let p = env.wait_spans(1, |s| str_attr(s, "db.system") == Some("postgresql"));
+    let p = &p.first().expect("postgresql span").1;
+    assert_eq!(str_attr(p, "db.query.text"), Some("select 1 + %s"));
+    assert_eq!(str_attr(p, "server.address"), Some("127.0.0.1"));
+    let server = env.wait_spans(1, server_with_path("/pg"));
+    assert_eq!(p.parent_span_id, Some(server[0].1.span_id));
+}
+
+/// uWSGI calls the plain function app from C: the master injected at start (before fork, via the
+/// harness's --import) covers the workers through the chained post_fork_hook.
+fn uwsgi_plain(venv: &str) {
+    let mut env = Env::new();
+    let port = free_port();
+    let mut cmd = env.server_cmd(venv_bin(venv, "uwsgi"), "import");
+    cmd.args(["--http-socket", &format!("127.0.0.1:{port}"), "--master", "--processes", "2", "--wsgi-file", "plain_app.py"]);
+    cmd.args(["--pythonpath", &env.path().display().to_string(), "--import", "zs_inject", "--die-on-term"]);
+    let master = env.start(venv, &mut cmd, port);
+    for _ in 0..6 {
+        assert_eq!(http_get(port, "/sqlite").expect("GET").0, 200);
+    }
+    let spans = env.wait_spans(6, server_with_path("/sqlite"));
+    assert!(spans.len() >= 6, "{spans:?}\n{}", env.server_log());
+    assert!(spans.iter().all(|(pid, _)| *pid != master.pid()));
+    let s = &spans[0].1;
+    let kids = env.wait_spans(3, |x| x.parent_span_id == Some(s.span_id));
+    assert_eq!(kids.len(), 3);
+}
+
+#[test]
+fn uwsgi_plain_app_master_injection() {
+    for venv in ["tracer-uwsgi-38", "tracer-uwsgi-312"] {
+        uwsgi_plain(venv);
+    }
+}
+
+/// Detach restores the original code: the app answers the same, and no `_zerostep` module is left.
+#[test]
+fn detach_leaves_no_trace() {
+    let mut env = Env::new();
+    let port = free_port();
+    let master = gunicorn(&env, "tracer-312", "plain_app", "sync", "worker", port, &[]);
+    let _ = master;
+    assert_eq!(http_get(port, "/tracer").expect("GET").1, "yes");
+    let traced = env.wait_spans(1, server_with_path("/tracer"));
+    let pid = traced.first().expect("a traced request").0;
+    env.intake().send(pid, &intake::Command::Detach).expect("send detach");
+    // Both workers answer /tracer; only the one that got detach must say "no" from then on.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut saw_no = false;
+    while Instant::now() < deadline && !saw_no {
+        let (_, body) = http_get(port, "/tracer").expect("GET");
+        saw_no = body == "no";
+        std::thread::sleep(Duration::from_millis(30));
+    }
+    assert!(saw_no, "the detached worker still has the tracer");
+    let wait = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < wait && env.intake().peers().iter().any(|p| p.pid == pid) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!env.intake().peers().iter().any(|p| p.pid == pid), "detached tracer closed its connection");
+}
+
+/// A process nobody injected is refused, and a peer sending garbage is cut off alone.
+#[test]
+fn intake_refuses_strangers_and_cuts_off_bad_peers() {
+    let env = Env::new();
+    let sock = env.path().join("intake.sock");
+    let py = pyenv_python("3.12.1");
+    let script = r#"
+import socket, struct, sys, time
+s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])
+if sys.argv[2] == "garbage":
+    s.sendall(struct.pack(">I", 5) + b"nope!")
+elif sys.argv[2] == "huge":
+    s.sendall(struct.pack(">I", 1 << 30))
+s.settimeout(5)
+try:
+    print("closed" if s.recv(1) == b"" else "open")
+except Exception as e:
+    print("error", e)
+"#;
+    let run = |mode: &str| {
+        let out = Command::new(&py).args(["-c", script, &sock.display().to_string(), mode]).output().expect("python");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(run("stranger"), "closed", "not allowed: closed at once");
+    env.intake().registry().allow(std::process::id());
+    assert_eq!(run("garbage"), "closed");
+    assert_eq!(run("huge"), "closed");
+    let st = env.intake().stats();
+    assert_eq!(st.rejected_peers, 1);
+    assert_eq!(st.cut_off_malformed, 1);
+    assert_eq!(st.cut_off_oversize, 1);
+}
+
+/// The Python unit tests of the tracer, under every interpreter.
+#[test]
+fn python_unit_tests_every_interpreter() {
+    let mut pythons: Vec<PathBuf> = pyenv_pythons().into_iter().map(|(_, p)| p).collect();
+    pythons.push(PathBuf::from(DEBIAN_PYTHON));
+    assert!(pythons.len() >= 6, "expected CPython 3.8-3.13: {pythons:?}");
+    for py in pythons {
+        let out = Command::new(&py)
+            .args(["-m", "unittest", "discover", "-s", "host/python/tests"])
+            .current_dir(repo_root())
+            .output()
+            .expect("python");
+        assert!(out.status.success(), "{}: {}", py.display(), String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+/// A throw-away PostgreSQL cluster on a free port, run as the `postgres` user (it refuses root).
+struct Postgres {
+    port: u16,
+    _dir: tempfile::TempDir,
+    _proc: Proc,
+}
+
+impl Postgres {
+    fn start() -> Postgres {
+        let bin = Path::new("/usr/lib/postgresql/15/bin");
+        let dir = tempfile::Builder::new().prefix("zs-pg-").tempdir().expect("tempdir");
+        let data = dir.path().join("data");
+        std::os::unix::fs::chown(dir.path(), Some(uid("postgres")), None).expect("chown");
+        let st = Command::new("runuser")
+            .args(["-u", "postgres", "--"])
+            .arg(bin.join("initdb"))
+            .args(["-A", "trust", "-U", "postgres", "-D"])
+            .arg(&data)
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("initdb");
+        assert!(st.success(), "initdb failed");
+        let port = free_port();
+        let proc = Proc::spawn(
+            "postgres",
+            Command::new("runuser")
+                .args(["-u", "postgres", "--"])
+                .arg(bin.join("postgres"))
+                .arg("-D")
+                .arg(&data)
+                .args(["-p", &port.to_string(), "-h", "127.0.0.1", "-k"])
+                .arg(dir.path())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null()),
+        );
+        assert!(wait_for_port(port, Duration::from_secs(20)), "postgres did not start");
+        Postgres { port, _dir: dir, _proc: proc }
+    }
+}
+
+fn uid(user: &str) -> u32 {
+    let out = Command::new("id").args(["-u", user]).output().expect("id");
+    String::from_utf8_lossy(&out.stdout).trim().parse().expect("uid")
+}
