@@ -30,6 +30,8 @@ pub enum Command {
     /// Work with sensors (WebAssembly components).
     #[command(subcommand)]
     Sensors(SensorsCommand),
+    /// Run Python code inside a running CPython process (no restart, no gdb).
+    Inject(crate::inject::cli::InjectArgs),
 }
 
 #[derive(Debug, Args, Clone)]
@@ -78,5 +80,6 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Agent(args) => crate::agent::run(args).map(|()| ExitCode::SUCCESS),
         Command::Sensors(SensorsCommand::Check { file }) => crate::sensors::cli::check(&file),
         Command::Sensors(SensorsCommand::List { agent, json }) => crate::sensors::cli::list(agent, json),
+        Command::Inject(args) => crate::inject::cli::run(args),
     }
 }

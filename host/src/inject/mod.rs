@@ -1,1 +1,404 @@
-//! Running code inside a live CPython process (issue: native injector).
+//! Running Python code inside a live CPython process, without restarting it and without gdb.
+//!
+//! # Library API
+//!
+//! [`inject`] is the one entry point: `inject(pid, code, &InjectOptions::default())` runs `code` once in
+//! the target's main interpreter and returns an [`InjectReport`] (mode used, how long the main thread was
+//! stopped, whether the code was confirmed to have run), or an [`InjectError`] whose refusal variants
+//! (`NotCPython`, `UnsupportedVersion`, `FreeThreaded`, `AlreadyTraced`, `OptedOut`, …) had no side
+//! effect on the target. It blocks; call it from a plain or `spawn_blocking` thread (every ptrace request
+//! of one injection must come from the same thread, which a synchronous call guarantees).
+//!
+//! # How (CPython 3.8–3.13)
+//!
+//! 1. Before stopping anything: refusal checks, runtime detection from `/proc/PID/maps`, symbol
+//!    resolution in libpython or the executable (through `/proc/PID/root`), and two gadgets in libc
+//!    (`syscall; ret` and `__restore_rt`).
+//! 2. `PTRACE_SEIZE` + `PTRACE_INTERRUPT` of the main thread only. Its registers, extended state and
+//!    signal mask are written as a kernel signal frame below its red zone ([`sigframe`]).
+//! 3. Scratch memory by a raw `mmap` through the `syscall; ret` gadget; the page gets a small stub and
+//!    the Python text ([`scratch`]).
+//! 4. Blocked in a listed wait (or a futex outside `_PyRuntime`): the stub calls `PyGILState_Ensure` →
+//!    `PyRun_SimpleString` → `PyGILState_Release` (mode [`InjectMode::Direct`]). Otherwise the stub only
+//!    calls `Py_AddPendingCall` (mode [`InjectMode::Pending`]); the code runs when the thread next runs
+//!    bytecode, and the page is released by a second, sub-millisecond stop once it has.
+//! 5. Every stub returns into `__restore_rt`: `rt_sigreturn` restores the exact context (a system call
+//!    that was interrupted is re-entered). Killing the injector at any instant changes nothing about
+//!    that path, which is what makes the injector crash-safe.
+//!
+//! Python 3.14+ uses the PEP 768 remote-execution protocol instead ([`pep768`]).
+pub mod cli;
+pub mod elf_symbols;
+pub mod gadgets;
+mod hijack;
+pub mod pep768;
+pub mod ptrace_call;
+pub mod remote_mem;
+pub mod scratch;
+pub mod sigframe;
+pub mod thread_state;
+pub mod wrapper;
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tracing::{debug, info};
+
+use crate::discover::python_runtime::{self, RuntimeDetails};
+use crate::discover::LibPython;
+use thread_state::ThreadState;
+use wrapper::{Handshake, Outcome};
+
+/// The environment variable a service owner sets to `1` to keep zerostep out of a process.
+pub const OPT_OUT_ENV: &str = "ZEROSTEP_DISABLE";
+
+const API_SYMBOLS: &[&str] =
+    &["PyGILState_Ensure", "PyRun_SimpleString", "PyGILState_Release", "Py_AddPendingCall", "_PyRuntime"];
+
+/// How an injection is carried out.
+#[derive(Debug, Clone)]
+pub struct InjectOptions {
+    /// Bound on every wait: the thread stopping, the injected call, and (pending mode) the
+    /// confirmation that the code ran. On expiry the thread is released and keeps running normally.
+    pub timeout: Duration,
+    /// Pending mode: wait (within `timeout`) for the code to run and then release its page. Without it,
+    /// the report says `confirmed: false` and the page is swept by a later injection.
+    pub wait_for_pending: bool,
+    /// Testing only: sleep this long between ptrace steps (to land kills between them).
+    #[doc(hidden)]
+    pub step_delay: Option<Duration>,
+}
+
+impl Default for InjectOptions {
+    fn default() -> Self {
+        InjectOptions { timeout: Duration::from_secs(5), wait_for_pending: true, step_delay: None }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InjectMode {
+    /// Called on the interrupted main thread while it was blocked in a wait.
+    Direct,
+    /// Scheduled with `Py_AddPendingCall`; runs when the main thread next runs bytecode.
+    Pending,
+    /// Python 3.14+: `sys.remote_exec` protocol, no ptrace stop.
+    Pep768,
+}
+
+/// What happened.
+#[derive(Debug, Clone, Serialize)]
+pub struct InjectReport {
+    pub pid: u32,
+    pub python: String,
+    pub mode: InjectMode,
+    /// Why this mode: the main thread's state at the interrupt (e.g. `epoll_wait`).
+    pub thread_state: String,
+    /// From `PTRACE_INTERRUPT` to `PTRACE_DETACH` of the injection stop (zero for PEP 768).
+    #[serde(serialize_with = "ser_micros")]
+    pub stop_time: Duration,
+    /// Pending mode: the second, short stop that released the page.
+    #[serde(serialize_with = "ser_opt_micros")]
+    pub cleanup_stop_time: Option<Duration>,
+    /// The wrapper reported back with this injection's nonce.
+    pub confirmed: bool,
+    /// The same code had already run in this process (idempotency marker), so it was not run again.
+    pub already_present: bool,
+    /// The code raised (the exception was caught inside the target); the message.
+    pub raised: Option<String>,
+    /// How many times the stub entered the code, read back from the page (exactly-once check).
+    pub runs: Option<u32>,
+    /// The scratch page is unmapped again.
+    pub scratch_released: bool,
+    /// Pages of earlier, interrupted injections removed during this one.
+    pub swept: usize,
+    #[serde(serialize_with = "ser_micros")]
+    pub total_time: Duration,
+}
+
+fn ser_micros<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_u64(d.as_micros() as u64)
+}
+
+fn ser_opt_micros<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => s.serialize_some(&(d.as_micros() as u64)),
+        None => s.serialize_none(),
+    }
+}
+
+/// Why an injection did not happen or did not complete. The refusals (`NotCPython` through `Stopped`)
+/// are decided before the target is touched.
+#[derive(Debug, thiserror::Error)]
+pub enum InjectError {
+    #[error("pid {pid} is not a CPython process: {detail}")]
+    NotCPython { pid: u32, detail: String },
+    #[error("pid {pid} runs Python {version}; supported: 3.8 to 3.13 (ptrace) and 3.14+ (PEP 768)")]
+    UnsupportedVersion { pid: u32, version: String },
+    #[error("pid {pid} runs a free-threaded Python ({version}), which the injector does not support")]
+    FreeThreaded { pid: u32, version: String },
+    #[error("pid {pid} is already traced by pid {tracer_pid} (a debugger, strace or another agent)")]
+    AlreadyTraced { pid: u32, tracer_pid: u32 },
+    #[error("pid {pid} opted out with {OPT_OUT_ENV}=1 in its environment")]
+    OptedOut { pid: u32 },
+    #[error("no permission to inject into pid {pid}: {detail}")]
+    PermissionDenied { pid: u32, detail: String },
+    #[error("pid {pid} is stopped (signal {signal}); not injecting into a stopped process")]
+    Stopped { pid: u32, signal: i32 },
+    #[error("refusing to inject into the injector itself")]
+    SelfInjection,
+    #[error("pid {pid} exited")]
+    ProcessExited { pid: u32 },
+    #[error("timed out: {0}; the thread was released and restores itself")]
+    Timeout(String),
+    #[error("reading the target's ELF file: {0}")]
+    Elf(String),
+    #[error("unsupported target: {0}")]
+    Unsupported(String),
+    #[error("ptrace: {0}")]
+    Ptrace(String),
+    #[error("the interpreter refused the pending call (queue full)")]
+    PendingQueueFull,
+    #[error("handshake socket: {0}")]
+    Handshake(std::io::Error),
+    #[error("PEP 768: {0}")]
+    Pep768(String),
+}
+
+impl InjectError {
+    /// True for the refusals: nothing in the target was touched.
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            InjectError::NotCPython { .. }
+                | InjectError::UnsupportedVersion { .. }
+                | InjectError::FreeThreaded { .. }
+                | InjectError::AlreadyTraced { .. }
+                | InjectError::OptedOut { .. }
+                | InjectError::PermissionDenied { .. }
+                | InjectError::Stopped { .. }
+                | InjectError::SelfInjection
+        )
+    }
+
+    pub(crate) fn from_io(pid: u32, what: &str, e: std::io::Error) -> InjectError {
+        match e.kind() {
+            std::io::ErrorKind::NotFound if !std::path::Path::new(&format!("/proc/{pid}")).exists() => {
+                InjectError::ProcessExited { pid }
+            }
+            std::io::ErrorKind::PermissionDenied => {
+                InjectError::PermissionDenied { pid, detail: format!("{what}: {e}") }
+            }
+            _ => InjectError::Elf(format!("{what}: {e}")),
+        }
+    }
+}
+
+/// `TracerPid` from `/proc/PID/status`, if readable.
+pub fn tracer_pid(pid: u32) -> Option<u32> {
+    status_field(pid, "TracerPid:")?.parse().ok()
+}
+
+fn status_field(pid: u32, key: &str) -> Option<String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|l| l.strip_prefix(key)).map(|v| v.trim().to_string())
+}
+
+/// Checks everything that can refuse an injection without touching the target.
+pub fn preflight(pid: u32) -> Result<RuntimeDetails, InjectError> {
+    if pid == std::process::id() {
+        return Err(InjectError::SelfInjection);
+    }
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .map_err(|_| InjectError::ProcessExited { pid })?;
+    let field = |k: &str| status.lines().find_map(|l| l.strip_prefix(k)).map(|v| v.trim().to_string());
+    let state = field("State:").unwrap_or_default();
+    if state.starts_with('Z') || state.starts_with('X') {
+        return Err(InjectError::ProcessExited { pid });
+    }
+    if state.starts_with('T') || state.starts_with('t') {
+        return Err(InjectError::Stopped { pid, signal: libc::SIGSTOP });
+    }
+    if let Some(t) = field("TracerPid:").and_then(|v| v.parse::<u32>().ok()).filter(|t| *t != 0) {
+        return Err(InjectError::AlreadyTraced { pid, tracer_pid: t });
+    }
+    let environ = std::fs::read(format!("/proc/{pid}/environ"))
+        .map_err(|e| InjectError::from_io(pid, "reading its environment", e))?;
+    let opt_out = format!("{OPT_OUT_ENV}=1");
+    if environ.split(|b| *b == 0).any(|kv| kv == opt_out.as_bytes()) {
+        return Err(InjectError::OptedOut { pid });
+    }
+    let runtime = python_runtime::detect(pid)
+        .map_err(|e| InjectError::from_io(pid, "reading its maps", e))?
+        .ok_or_else(|| InjectError::NotCPython { pid, detail: "no libpython mapped, not a python executable".into() })?;
+    if runtime.free_threaded {
+        return Err(InjectError::FreeThreaded { pid, version: runtime.version_string() });
+    }
+    if runtime.version.0 != 3 || runtime.version.1 < 8 {
+        return Err(InjectError::UnsupportedVersion { pid, version: runtime.version_string() });
+    }
+    Ok(runtime)
+}
+
+/// Runs `code` once inside the CPython process `pid`. See the module documentation.
+pub fn inject(pid: u32, code: &str, opts: &InjectOptions) -> Result<InjectReport, InjectError> {
+    let begun = Instant::now();
+    let deadline = begun + opts.timeout;
+    let runtime = preflight(pid)?;
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
+        .map_err(|e| InjectError::from_io(pid, "reading its executable", e))?
+        .to_string_lossy()
+        .trim_end_matches(" (deleted)")
+        .to_string();
+    let maps = python_runtime::read_maps(pid).map_err(|e| InjectError::from_io(pid, "reading its maps", e))?;
+    let api_path = runtime.api_path(&exe).to_string();
+    if runtime.version.1 >= 14 {
+        return pep768::inject(pid, &runtime, &maps, &api_path, code, opts);
+    }
+    let syms = elf_symbols::resolve(pid, &maps, &api_path, API_SYMBOLS)?;
+    let sym = |n: &str| {
+        syms.get(n).copied().ok_or_else(|| InjectError::NotCPython {
+            pid,
+            detail: format!("{n} not found in {api_path}"),
+        })
+    };
+    let api = scratch::Api {
+        ensure: sym("PyGILState_Ensure")?.addr,
+        run: sym("PyRun_SimpleString")?.addr,
+        release: sym("PyGILState_Release")?.addr,
+        add_pending: sym("Py_AddPendingCall")?.addr,
+    };
+    let rt = sym("_PyRuntime")?;
+    let gadgets = gadgets::find(pid, &maps)?;
+    let leftovers = hijack::find_leftovers(pid, &maps);
+    let mut handshake = Handshake::new().map_err(InjectError::Handshake)?;
+    let text = wrapper::render(code, &handshake.nonce, &handshake.name);
+    let len = scratch::size_for(&text) as u64;
+    debug!(pid, python = %runtime.version_string(), ?api, ?gadgets, prep = ?begun.elapsed(), "resolved");
+
+    let mut session = hijack::Session::open(pid, gadgets, deadline, opts.step_delay)?;
+    let state = session.classify((rt.addr, rt.size));
+    let (mode, thread_state) = match &state {
+        ThreadState::BlockedWait(name) => (InjectMode::Direct, name.to_string()),
+        ThreadState::Busy(why) => (InjectMode::Pending, why.clone()),
+    };
+    let swept = session.sweep(&leftovers);
+    let base = session.map_scratch(|base| scratch::build(base, &api, &text), len)?;
+    let entry = base + if mode == InjectMode::Direct { scratch::STUB_DIRECT } else { scratch::STUB_SCHEDULE } as u64;
+    session.call(entry)?;
+    let header = read_header(pid, base);
+    let started = session.started();
+    let (released, stop_time) = match mode {
+        InjectMode::Direct => session.unmap_and_detach(base, len)?,
+        _ if header.map(|h| h.schedule_result) != Some(0) => {
+            let _ = session.unmap_and_detach(base, len)?;
+            return Err(InjectError::PendingQueueFull);
+        }
+        _ => (false, session.detach()?),
+    };
+    debug!(pid, ?mode, ?stop_time, since_interrupt = ?started.elapsed(), "thread released");
+
+    let mut report = InjectReport {
+        pid,
+        python: runtime.version_string(),
+        mode,
+        thread_state,
+        stop_time,
+        cleanup_stop_time: None,
+        confirmed: false,
+        already_present: false,
+        raised: None,
+        runs: header.map(|h| h.entries),
+        scratch_released: released,
+        swept,
+        total_time: Duration::ZERO,
+    };
+    let confirm_deadline = match mode {
+        // The datagram was sent before the call returned; allow for scheduling only.
+        InjectMode::Direct => Instant::now() + Duration::from_millis(500),
+        _ if opts.wait_for_pending => deadline,
+        _ => Instant::now(),
+    };
+    record_outcome(&mut report, handshake.wait(confirm_deadline.min(deadline.max(Instant::now()))));
+    if mode == InjectMode::Pending && report.confirmed {
+        // The callback sets `state = finished` a few instructions after the datagram went out.
+        let finished = wait_for(deadline.max(Instant::now() + Duration::from_millis(200)), || {
+            read_header(pid, base).is_some_and(|h| h.state == scratch::STATE_FINISHED)
+        });
+        if finished {
+            report.runs = read_header(pid, base).map(|h| h.entries);
+            let (removed, stop) = sweep_pass(pid, gadgets, deadline.max(Instant::now() + Duration::from_millis(500)))?;
+            report.cleanup_stop_time = Some(stop);
+            report.scratch_released = removed > 0;
+        }
+    }
+    handshake.drain_now();
+    if handshake.received.len() > 1 {
+        report.runs = Some(handshake.received.len() as u32);
+    }
+    report.total_time = begun.elapsed();
+    info!(pid, mode = ?report.mode, stop_us = report.stop_time.as_micros() as u64, confirmed = report.confirmed, "injected");
+    Ok(report)
+}
+
+fn record_outcome(report: &mut InjectReport, outcome: Option<Outcome>) {
+    match outcome {
+        Some(Outcome::Ran) => report.confirmed = true,
+        Some(Outcome::AlreadyPresent) => {
+            report.confirmed = true;
+            report.already_present = true;
+        }
+        Some(Outcome::Raised(msg)) => {
+            report.confirmed = true;
+            report.raised = Some(msg);
+        }
+        None => {}
+    }
+}
+
+fn read_header(pid: u32, base: u64) -> Option<scratch::Header> {
+    remote_mem::read(pid, base, scratch::HEADER_LEN).ok().as_deref().and_then(scratch::parse_header)
+}
+
+fn wait_for(deadline: Instant, mut f: impl FnMut() -> bool) -> bool {
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
+
+/// One short stop that unmaps every page earlier injections left behind and nothing still uses.
+/// Returns how many were removed and the stop time.
+fn sweep_pass(pid: u32, gadgets: gadgets::Gadgets, deadline: Instant) -> Result<(usize, Duration), InjectError> {
+    let maps = python_runtime::read_maps(pid).map_err(|e| InjectError::from_io(pid, "reading its maps", e))?;
+    let leftovers = hijack::find_leftovers(pid, &maps);
+    if leftovers.is_empty() {
+        return Ok((0, Duration::ZERO));
+    }
+    let mut session = hijack::Session::open(pid, gadgets, deadline, None)?;
+    let removed = session.sweep(&leftovers);
+    let stop = session.detach()?;
+    Ok((removed, stop))
+}
+
+/// Removes pages of interrupted or pending injections that are no longer needed (one short stop, only
+/// if there is anything to remove). For the agent's housekeeping and `zerostep inject --cleanup`.
+pub fn cleanup(pid: u32, timeout: Duration) -> Result<usize, InjectError> {
+    preflight(pid)?;
+    let maps = python_runtime::read_maps(pid).map_err(|e| InjectError::from_io(pid, "reading its maps", e))?;
+    let gadgets = gadgets::find(pid, &maps)?;
+    sweep_pass(pid, gadgets, Instant::now() + timeout).map(|(n, _)| n)
+}
+
+/// The runtime details the agent will want alongside a report.
+pub fn describe(runtime: &RuntimeDetails) -> String {
+    match &runtime.libpython {
+        LibPython::Shared(p) => format!("CPython {} ({p})", runtime.version_string()),
+        LibPython::LinkedIntoExecutable => format!("CPython {} (linked into the executable)", runtime.version_string()),
+    }
+}

@@ -1,0 +1,300 @@
+//! The stop-the-main-thread sequence. Everything that can be prepared without stopping the target
+//! (symbols, gadgets, the page contents) is prepared by the caller; here the thread is stopped, its
+//! context is saved into a signal frame on its own stack, and from that moment on every register
+//! change makes the thread return through `__restore_rt` → `rt_sigreturn(frame)`. The injector only
+//! watches: if it dies, the thread completes the operation and restores itself.
+use std::time::{Duration, Instant};
+
+use libc::user_regs_struct;
+use nix::errno::Errno;
+use tracing::{debug, warn};
+
+use super::gadgets::{Gadgets, RESTORE_RT_SYSCALL_END};
+use super::ptrace_call::{Stop, Tracee, WaitError};
+use super::scratch::{self, Header};
+use super::sigframe::{self, SigFrame};
+use super::thread_state::{self, ThreadState};
+use super::{remote_mem, InjectError};
+
+const SYS_MMAP: u64 = 9;
+const SYS_MUNMAP: u64 = 11;
+const PROT_RWX: u64 = 7;
+const MAP_PRIVATE_ANON: u64 = 0x22;
+/// Below the red zone, leave room so the frame never touches anything the thread might still own.
+const STACK_SLACK: u64 = 128 + 256;
+
+/// A page left by an earlier injection, found before stopping anything.
+#[derive(Debug, Clone, Copy)]
+pub struct Leftover {
+    pub addr: u64,
+    pub len: u64,
+}
+
+/// A stopped main thread with its saved context.
+pub struct Session {
+    pid: u32,
+    tracee: Tracee,
+    saved: user_regs_struct,
+    frame: SigFrame,
+    gadgets: Gadgets,
+    deadline: Instant,
+    step_delay: Option<Duration>,
+    started: Instant,
+}
+
+fn errno_to(pid: u32, what: &str, e: Errno) -> InjectError {
+    match e {
+        Errno::ESRCH => InjectError::ProcessExited { pid },
+        Errno::EPERM | Errno::EACCES => InjectError::PermissionDenied { pid, detail: what.to_string() },
+        e => InjectError::Ptrace(format!("{what}: {e}")),
+    }
+}
+
+fn wait_to(pid: u32, what: &str, e: WaitError) -> InjectError {
+    match e {
+        WaitError::Timeout => InjectError::Timeout(format!("{what} (pid {pid})")),
+        WaitError::Sys(Errno::ECHILD) | WaitError::Sys(Errno::ESRCH) => InjectError::ProcessExited { pid },
+        WaitError::Sys(e) => InjectError::Ptrace(format!("{what}: {e}")),
+    }
+}
+
+/// The thread's blocked-signal mask, which `rt_sigreturn` will reinstate.
+fn sig_blocked(pid: u32) -> Result<u64, InjectError> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/status"))
+        .map_err(|_| InjectError::ProcessExited { pid })?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigBlk:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .ok_or_else(|| InjectError::Ptrace("no SigBlk in status".into()))
+}
+
+impl Session {
+    /// Seizes and interrupts the main thread, saves its context, and writes the signal frame.
+    pub fn open(
+        pid: u32,
+        gadgets: Gadgets,
+        deadline: Instant,
+        step_delay: Option<Duration>,
+    ) -> Result<Session, InjectError> {
+        let tracee = Tracee::seize(pid).map_err(|e| match e {
+            Errno::EPERM => match super::tracer_pid(pid) {
+                Some(t) if t != 0 => InjectError::AlreadyTraced { pid, tracer_pid: t },
+                _ => InjectError::PermissionDenied { pid, detail: "PTRACE_SEIZE refused".into() },
+            },
+            e => errno_to(pid, "PTRACE_SEIZE", e),
+        })?;
+        let started = Instant::now();
+        tracee.interrupt().map_err(|e| errno_to(pid, "PTRACE_INTERRUPT", e))?;
+        loop {
+            match tracee.wait(deadline).map_err(|e| wait_to(pid, "waiting for the interrupt stop", e))? {
+                Stop::Interrupt => break,
+                Stop::Signal(sig) => tracee.resume(sig).map_err(|e| errno_to(pid, "pass signal", e))?,
+                Stop::GroupStop(sig) => return Err(InjectError::Stopped { pid, signal: sig }),
+                Stop::Gone(_) => return Err(InjectError::ProcessExited { pid }),
+                Stop::SyscallEntry | Stop::SyscallExit => {
+                    tracee.resume(0).map_err(|e| errno_to(pid, "resume", e))?
+                }
+            }
+        }
+        let saved = tracee.regs().map_err(|e| errno_to(pid, "GETREGS", e))?;
+        let xstate = tracee.xstate().map_err(|e| errno_to(pid, "GETREGSET xstate", e))?;
+        let mask = sig_blocked(pid)?;
+        let resume = sigframe::resume_context(&saved);
+        let limit = saved.rsp.checked_sub(STACK_SLACK).ok_or_else(|| InjectError::Ptrace("rsp too low".into()))?;
+        let frame = sigframe::build(&resume, &xstate, mask, gadgets.restore_rt, limit)
+            .map_err(InjectError::Ptrace)?;
+        remote_mem::write(pid, frame.addr, &frame.bytes).map_err(|e| errno_to(pid, "writing the signal frame", e))?;
+        let s = Session { pid, tracee, saved, frame, gadgets, deadline, step_delay, started };
+        s.pause();
+        Ok(s)
+    }
+
+    pub fn saved(&self) -> &user_regs_struct {
+        &self.saved
+    }
+
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    pub fn classify(&self, runtime: (u64, u64)) -> ThreadState {
+        thread_state::classify(&self.saved, runtime)
+    }
+
+    /// Test hook: widen every step so a kill can land between any two of them.
+    fn pause(&self) {
+        if let Some(d) = self.step_delay {
+            std::thread::sleep(d);
+        }
+    }
+
+    /// Runs one system call in the thread through the `syscall; ret` gadget. Called at a stop where the
+    /// registers are ours to set (the interrupt stop, or the exit stop of the previous remote call). The
+    /// `ret` after the call lands in `__restore_rt`, so a vanished injector leaves a restored thread.
+    pub fn remote_syscall(&mut self, nr: u64, args: [u64; 6]) -> Result<u64, InjectError> {
+        let pid = self.pid;
+        let mut r = self.saved;
+        r.rip = self.gadgets.syscall_ret;
+        r.rax = nr;
+        r.orig_rax = u64::MAX;
+        r.rdi = args[0];
+        r.rsi = args[1];
+        r.rdx = args[2];
+        r.r10 = args[3];
+        r.r8 = args[4];
+        r.r9 = args[5];
+        r.rsp = self.frame.addr;
+        self.tracee.set_regs(r).map_err(|e| errno_to(pid, "SETREGS", e))?;
+        self.pause();
+        let at = self.gadgets.syscall_ret + 2;
+        let mut entered = false;
+        self.tracee.resume_syscall(0).map_err(|e| errno_to(pid, "PTRACE_SYSCALL", e))?;
+        loop {
+            let stop = self.tracee.wait(self.deadline).map_err(|e| wait_to(pid, "remote system call", e))?;
+            match stop {
+                Stop::SyscallEntry => {
+                    let regs = self.tracee.regs().map_err(|e| errno_to(pid, "GETREGS", e))?;
+                    if regs.rip == at && regs.orig_rax == nr {
+                        entered = true;
+                    }
+                    self.tracee.resume_syscall(0)
+                }
+                Stop::SyscallExit => {
+                    let regs = self.tracee.regs().map_err(|e| errno_to(pid, "GETREGS", e))?;
+                    if entered && regs.rip == at {
+                        self.pause();
+                        return Ok(regs.rax);
+                    }
+                    self.tracee.resume_syscall(0)
+                }
+                Stop::Signal(sig) => self.tracee.resume_syscall(sig),
+                Stop::Interrupt | Stop::GroupStop(_) => self.tracee.resume_syscall(0),
+                Stop::Gone(_) => return Err(InjectError::ProcessExited { pid }),
+            }
+            .map_err(|e| errno_to(pid, "PTRACE_SYSCALL", e))?;
+        }
+    }
+
+    /// Unmaps pages of earlier injections that nothing can return into any more.
+    pub fn sweep(&mut self, leftovers: &[Leftover]) -> usize {
+        let mut removed = 0;
+        for l in leftovers {
+            let rip = self.saved.rip;
+            let in_page = l.addr <= rip && rip < l.addr + l.len;
+            let fresh = remote_mem::read(self.pid, l.addr, scratch::HEADER_LEN).ok();
+            let Some(h) = fresh.as_deref().and_then(scratch::parse_header) else { continue };
+            if !h.sweepable(in_page) {
+                continue;
+            }
+            match self.remote_syscall(SYS_MUNMAP, [l.addr, l.len, 0, 0, 0, 0]) {
+                Ok(0) => removed += 1,
+                Ok(r) => warn!(pid = self.pid, addr = l.addr, rc = r as i64, "munmap of a leftover page failed"),
+                Err(e) => {
+                    warn!(pid = self.pid, error = %e, "sweeping a leftover page");
+                    break;
+                }
+            }
+        }
+        removed
+    }
+
+    /// Maps the scratch page (read/write/execute, anonymous, private) and fills it.
+    pub fn map_scratch(&mut self, page: impl FnOnce(u64) -> Vec<u8>, len: u64) -> Result<u64, InjectError> {
+        let addr = self.remote_syscall(SYS_MMAP, [0, len, PROT_RWX, MAP_PRIVATE_ANON, u64::MAX, 0])?;
+        if (addr as i64) < 0 && (addr as i64) > -4096 {
+            return Err(InjectError::Ptrace(format!("remote mmap failed: errno {}", -(addr as i64))));
+        }
+        let bytes = page(addr);
+        remote_mem::write(self.pid, addr, &bytes).map_err(|e| errno_to(self.pid, "writing the scratch page", e))?;
+        self.pause();
+        Ok(addr)
+    }
+
+    /// Calls `entry` with `rsp` at the frame, so its final `ret` goes to `__restore_rt`; returns at the
+    /// entry stop of that `rt_sigreturn`, before the thread is restored. Signals arriving meanwhile are
+    /// delivered (their handlers run on top of the call, as they would on top of any C code).
+    pub fn call(&mut self, entry: u64) -> Result<(), InjectError> {
+        let pid = self.pid;
+        let mut r = self.saved;
+        r.rip = entry;
+        r.rsp = self.frame.addr;
+        r.rax = 0;
+        r.orig_rax = u64::MAX;
+        self.tracee.set_regs(r).map_err(|e| errno_to(pid, "SETREGS", e))?;
+        self.pause();
+        let sigreturn_at = self.gadgets.restore_rt + RESTORE_RT_SYSCALL_END;
+        self.tracee.resume_syscall(0).map_err(|e| errno_to(pid, "PTRACE_SYSCALL", e))?;
+        loop {
+            let stop = self.tracee.wait(self.deadline).map_err(|e| wait_to(pid, "the injected call", e))?;
+            match stop {
+                Stop::SyscallEntry => {
+                    let regs = self.tracee.regs().map_err(|e| errno_to(pid, "GETREGS", e))?;
+                    // Signal handlers return through the same `__restore_rt`; ours is the one whose
+                    // stack pointer sits just above our frame's `pretcode`.
+                    if regs.rip == sigreturn_at && regs.rsp == self.frame.addr + 8 {
+                        self.pause();
+                        return Ok(());
+                    }
+                    self.tracee.resume_syscall(0)
+                }
+                Stop::SyscallExit | Stop::Interrupt | Stop::GroupStop(_) => self.tracee.resume_syscall(0),
+                Stop::Signal(sig) => self.tracee.resume_syscall(sig),
+                Stop::Gone(_) => return Err(InjectError::ProcessExited { pid }),
+            }
+            .map_err(|e| errno_to(pid, "PTRACE_SYSCALL", e))?;
+        }
+    }
+
+    /// At the `rt_sigreturn` entry stop: turn that system call into `munmap(page)` and send the thread
+    /// back to `__restore_rt`, so the page is gone before the thread's context is restored. Returns the
+    /// munmap result and detaches.
+    pub fn unmap_and_detach(self, addr: u64, len: u64) -> Result<(bool, Duration), InjectError> {
+        let pid = self.pid;
+        let mut r = self.tracee.regs().map_err(|e| errno_to(pid, "GETREGS", e))?;
+        r.orig_rax = SYS_MUNMAP;
+        r.rdi = addr;
+        r.rsi = len;
+        r.rip = self.gadgets.restore_rt;
+        self.tracee.set_regs(r).map_err(|e| errno_to(pid, "SETREGS", e))?;
+        self.pause();
+        self.tracee.resume_syscall(0).map_err(|e| errno_to(pid, "PTRACE_SYSCALL", e))?;
+        let released = loop {
+            match self.tracee.wait(self.deadline).map_err(|e| wait_to(pid, "munmap", e))? {
+                Stop::SyscallExit => {
+                    let regs = self.tracee.regs().map_err(|e| errno_to(pid, "GETREGS", e))?;
+                    break regs.rax == 0;
+                }
+                Stop::Gone(_) => return Err(InjectError::ProcessExited { pid }),
+                Stop::Signal(sig) => self.tracee.resume_syscall(sig),
+                _ => self.tracee.resume_syscall(0),
+            }
+            .map_err(|e| errno_to(pid, "PTRACE_SYSCALL", e))?;
+        };
+        let stop = self.detach()?;
+        Ok((released, stop))
+    }
+
+    /// Lets the thread go from wherever it is; every path leads through `rt_sigreturn(frame)` (or, at
+    /// the interrupt stop before any change, straight back into its interrupted call). Returns the stop
+    /// time.
+    pub fn detach(mut self) -> Result<Duration, InjectError> {
+        let pid = self.pid;
+        self.tracee.detach().map_err(|e| errno_to(pid, "PTRACE_DETACH", e))?;
+        let stop = self.started.elapsed();
+        debug!(pid, ?stop, "detached");
+        Ok(stop)
+    }
+}
+
+/// Pages of earlier injections: anonymous `rwxp` mappings that start with the scratch magic.
+pub fn find_leftovers(pid: u32, maps: &[crate::discover::python_runtime::Mapping]) -> Vec<Leftover> {
+    maps.iter()
+        .filter(|m| m.perms == "rwxp" && m.path.is_empty() && m.inode == 0)
+        .filter_map(|m| {
+            let b = remote_mem::read(pid, m.start, scratch::HEADER_LEN).ok()?;
+            let h: Header = scratch::parse_header(&b)?;
+            (h.size == m.end - m.start).then_some(Leftover { addr: m.start, len: h.size })
+        })
+        .collect()
+}
