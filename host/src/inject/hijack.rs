@@ -11,7 +11,7 @@ use tracing::{debug, warn};
 
 use super::gadgets::{Gadgets, RESTORE_RT_SYSCALL_END};
 use super::ptrace_call::{Stop, Tracee, WaitError};
-use super::scratch::{self, Header};
+use super::scratch;
 use super::sigframe::{self, SigFrame};
 use super::thread_state::{self, ThreadState};
 use super::{remote_mem, InjectError};
@@ -20,6 +20,9 @@ const SYS_MMAP: u64 = 9;
 const SYS_MUNMAP: u64 = 11;
 const PROT_RWX: u64 = 7;
 const MAP_PRIVATE_ANON: u64 = 0x22;
+/// Scratch pages are requested at a random page inside this 1 GiB window (a hint, not MAP_FIXED), so a
+/// page whose injector died before filling it is still recognisable as ours.
+pub const SCRATCH_WINDOW: (u64, u64) = (0x7a5e_0000_0000, 1 << 30);
 /// Below the red zone, leave room so the frame never touches anything the thread might still own.
 const STACK_SLACK: u64 = 128 + 256;
 
@@ -110,10 +113,6 @@ impl Session {
         Ok(s)
     }
 
-    pub fn saved(&self) -> &user_regs_struct {
-        &self.saved
-    }
-
     pub fn started(&self) -> Instant {
         self.started
     }
@@ -182,9 +181,13 @@ impl Session {
         for l in leftovers {
             let rip = self.saved.rip;
             let in_page = l.addr <= rip && rip < l.addr + l.len;
-            let fresh = remote_mem::read(self.pid, l.addr, scratch::HEADER_LEN).ok();
-            let Some(h) = fresh.as_deref().and_then(scratch::parse_header) else { continue };
-            if !h.sweepable(in_page) {
+            let Ok(fresh) = remote_mem::read(self.pid, l.addr, scratch::HEADER_LEN) else { continue };
+            let sweepable = match scratch::parse_header(&fresh) {
+                Some(h) => h.sweepable(in_page),
+                // Mapped by an injector that died before filling it: nothing can run in it.
+                None => !in_page && fresh.iter().all(|b| *b == 0),
+            };
+            if !sweepable {
                 continue;
             }
             match self.remote_syscall(SYS_MUNMAP, [l.addr, l.len, 0, 0, 0, 0]) {
@@ -201,7 +204,11 @@ impl Session {
 
     /// Maps the scratch page (read/write/execute, anonymous, private) and fills it.
     pub fn map_scratch(&mut self, page: impl FnOnce(u64) -> Vec<u8>, len: u64) -> Result<u64, InjectError> {
-        let addr = self.remote_syscall(SYS_MMAP, [0, len, PROT_RWX, MAP_PRIVATE_ANON, u64::MAX, 0])?;
+        let mut r = [0u8; 8];
+        let _ = getrandom::fill(&mut r);
+        let slots = (SCRATCH_WINDOW.1 - len) / 4096;
+        let hint = SCRATCH_WINDOW.0 + (u64::from_le_bytes(r) % slots.max(1)) * 4096;
+        let addr = self.remote_syscall(SYS_MMAP, [hint, len, PROT_RWX, MAP_PRIVATE_ANON, u64::MAX, 0])?;
         if (addr as i64) < 0 && (addr as i64) > -4096 {
             return Err(InjectError::Ptrace(format!("remote mmap failed: errno {}", -(addr as i64))));
         }
@@ -287,14 +294,20 @@ impl Session {
     }
 }
 
-/// Pages of earlier injections: anonymous `rwxp` mappings that start with the scratch magic.
+/// Pages of earlier injections: anonymous `rwxp` mappings that start with the scratch magic, or that
+/// lie in the scratch window and were never filled.
 pub fn find_leftovers(pid: u32, maps: &[crate::discover::python_runtime::Mapping]) -> Vec<Leftover> {
+    let in_window = |a: u64| SCRATCH_WINDOW.0 <= a && a < SCRATCH_WINDOW.0 + SCRATCH_WINDOW.1;
     maps.iter()
         .filter(|m| m.perms == "rwxp" && m.path.is_empty() && m.inode == 0)
         .filter_map(|m| {
             let b = remote_mem::read(pid, m.start, scratch::HEADER_LEN).ok()?;
-            let h: Header = scratch::parse_header(&b)?;
-            (h.size == m.end - m.start).then_some(Leftover { addr: m.start, len: h.size })
+            let len = m.end - m.start;
+            match scratch::parse_header(&b) {
+                Some(h) if h.size == len => Some(Leftover { addr: m.start, len }),
+                None if in_window(m.start) && b.iter().all(|x| *x == 0) => Some(Leftover { addr: m.start, len }),
+                _ => None,
+            }
         })
         .collect()
 }

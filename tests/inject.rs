@@ -1,0 +1,565 @@
+//! The native injector against real interpreters and servers: every pyenv CPython 3.8–3.13 and Debian's
+//! python3.11 in each wait state, gunicorn (sync, gthread; masters and workers), uWSGI 2.0.31, the
+//! refusals, a stress run under load and SIGKILLs of the injector mid-injection.
+//!
+//! Only processes started here are ever injected into; each runs in its own process group that is
+//! killed when the test ends. The full-size stress (200 injections) and kill test (100 trials) are
+//! `#[ignore]`d and run by `bench/30-inject.sh`; `make test` runs smaller counts.
+mod support;
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::*;
+
+fn fixture(name: &str) -> PathBuf {
+    repo_root().join("tests/fixtures/inject").join(name)
+}
+
+/// A started target with its output files.
+struct Target {
+    proc: Proc,
+    dir: tempfile::TempDir,
+    port: Option<u16>,
+}
+
+impl Target {
+    fn pid(&self) -> u32 {
+        self.proc.pid()
+    }
+    fn stdout(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("out")).unwrap_or_default()
+    }
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("err")).unwrap_or_default()
+    }
+    fn beats(&self) -> usize {
+        self.stdout().lines().filter(|l| l.starts_with("beat")).count()
+    }
+    fn ran_file(&self) -> PathBuf {
+        self.dir.path().join("ran")
+    }
+    fn ran_lines(&self) -> Vec<String> {
+        std::fs::read_to_string(self.ran_file()).unwrap_or_default().lines().map(str::to_string).collect()
+    }
+}
+
+fn start_target(python: &Path, scenario: &str) -> Target {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = (scenario == "accept").then(free_port);
+    let mut cmd = Command::new(python);
+    cmd.arg(fixture("target.py")).arg(scenario);
+    if let Some(p) = port {
+        cmd.arg(p.to_string());
+    }
+    cmd.stdout(std::fs::File::create(dir.path().join("out")).expect("out"));
+    cmd.stderr(std::fs::File::create(dir.path().join("err")).expect("err"));
+    let proc = Proc::spawn(&format!("{scenario} {}", python.display()), &mut cmd);
+    let t = Target { proc, dir, port };
+    assert!(wait_until(Duration::from_secs(10), || t.beats() >= 1), "{scenario}: target never started: {}", t.stderr());
+    // Let the main thread settle into its wait.
+    std::thread::sleep(Duration::from_millis(100));
+    t
+}
+
+/// Runs `zerostep inject --json`; returns (exit code, parsed JSON).
+fn inject_cli(pid: u32, code: &str, extra: &[&str]) -> (i32, Value) {
+    let out = Command::new(zerostep_bin())
+        .args(["inject", "--json", "--pid", &pid.to_string(), "--code", code])
+        .args(extra)
+        .env("ZEROSTEP_LOG", "warn")
+        .output()
+        .expect("run zerostep inject");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let v: Value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("bad JSON {stdout:?} ({e}); stderr: {}", String::from_utf8_lossy(&out.stderr)));
+    (out.status.code().unwrap_or(-1), v)
+}
+
+fn status_field(pid: u32, key: &str) -> String {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    s.lines().find_map(|l| l.strip_prefix(key)).map(|v| v.trim().to_string()).unwrap_or_default()
+}
+
+/// Anonymous rwx mappings (the injector's scratch pages are the only ones these targets have).
+fn rwx_anon_mappings(pid: u32) -> usize {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+    maps.lines()
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() == 5 && f[1] == "rwxp"
+        })
+        .count()
+}
+
+/// Everything the issue demands of a target after an injection.
+fn assert_clean(pid: u32, what: &str) {
+    assert!(Path::new(&format!("/proc/{pid}")).exists(), "{what}: pid {pid} is gone");
+    assert_eq!(status_field(pid, "TracerPid:"), "0", "{what}: still traced");
+    assert_eq!(status_field(pid, "SigPnd:"), "0000000000000000", "{what}: pending thread signal");
+    assert_eq!(status_field(pid, "ShdPnd:"), "0000000000000000", "{what}: pending process signal");
+    assert_eq!(rwx_anon_mappings(pid), 0, "{what}: scratch mapping left in /proc/{pid}/maps");
+}
+
+/// The mode each scenario must get; `threads` may catch its main thread taking the GIL back after a
+/// wait (a completed futex call), where only the pending call is safe.
+fn expect_mode(scenario: &str) -> &'static [&'static str] {
+    match scenario {
+        "busy" | "gil" => &["pending"],
+        "threads" => &["direct", "pending"],
+        _ => &["direct"],
+    }
+}
+
+fn tcp_ok(port: u16) -> bool {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else { return false };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let mut b = String::new();
+    s.read_to_string(&mut b).is_ok() && b == "ok"
+}
+
+const SCENARIOS: &[&str] = &["select", "epoll", "sleep", "accept", "busy", "gil", "threads"];
+
+fn run_scenarios(python: &Path) -> Vec<(String, String, u64)> {
+    let mut stops = Vec::new();
+    for scenario in SCENARIOS {
+        let t = start_target(python, scenario);
+        let pid = t.pid();
+        let what = format!("{} {scenario}", python.display());
+        let code = format!("import os\nwith open({:?}, 'a') as f:\n    f.write('ran %d\\n' % os.getpid())\n", t.ran_file());
+        let (rc, v) = inject_cli(pid, &code, &[]);
+        assert_eq!(rc, 0, "{what}: {v}");
+        assert!(expect_mode(scenario).contains(&v["mode"].as_str().unwrap_or("")), "{what}: {v}");
+        assert_eq!(v["confirmed"], true, "{what}: {v}");
+        assert_eq!(v["runs"], 1, "{what}: {v}");
+        assert_eq!(v["scratch_released"], true, "{what}: {v}");
+        assert_eq!(t.ran_lines(), vec![format!("ran {pid}")], "{what}: ran exactly once in the target");
+        // The same injection again: recognised, not run twice.
+        let (rc, v2) = inject_cli(pid, &code, &[]);
+        assert_eq!(rc, 0, "{what}: {v2}");
+        assert_eq!(v2["already_present"], true, "{what}: {v2}");
+        assert_eq!(t.ran_lines().len(), 1, "{what}: second injection ran the code again");
+        // Keeps working.
+        let before = t.beats();
+        if let Some(port) = t.port {
+            for _ in 0..3 {
+                assert!(tcp_ok(port), "{what}: stopped serving");
+            }
+        }
+        assert!(wait_until(Duration::from_secs(5), || t.beats() > before + 1), "{what}: no progress after injection");
+        assert_clean(pid, &what);
+        assert_eq!(t.stderr(), "", "{what}: target wrote errors");
+        stops.push((scenario.to_string(), v["mode"].as_str().unwrap_or("").to_string(), v["stop_time"].as_u64().unwrap_or(0)));
+    }
+    stops
+}
+
+fn pyenv(version: &str) -> PathBuf {
+    let p = pyenv_python(version);
+    assert!(p.exists(), "{} missing (pyenv {version})", p.display());
+    p
+}
+
+#[test]
+fn cpython_3_8() {
+    run_scenarios(&pyenv("3.8.18"));
+}
+#[test]
+fn cpython_3_9() {
+    run_scenarios(&pyenv("3.9.18"));
+}
+#[test]
+fn cpython_3_10() {
+    run_scenarios(&pyenv("3.10.13"));
+}
+#[test]
+fn cpython_3_11() {
+    run_scenarios(&pyenv("3.11.7"));
+}
+#[test]
+fn cpython_3_12() {
+    run_scenarios(&pyenv("3.12.1"));
+}
+#[test]
+fn cpython_3_13() {
+    run_scenarios(&pyenv("3.13.0"));
+}
+#[test]
+fn debian_python_3_11_stripped_non_pie() {
+    run_scenarios(Path::new(DEBIAN_PYTHON));
+}
+
+// ---- servers ----
+
+struct Server {
+    proc: Proc,
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl Server {
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("log")).unwrap_or_default()
+    }
+    fn master(&self) -> u32 {
+        self.proc.pid()
+    }
+    fn workers(&self) -> Vec<u32> {
+        children(self.master())
+    }
+}
+
+fn children(pid: u32) -> Vec<u32> {
+    let mut v: Vec<u32> = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    v.sort();
+    v
+}
+
+fn start_gunicorn(worker_class: &str, workers: usize) -> Server {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let log = std::fs::File::create(dir.path().join("log")).expect("log");
+    let mut cmd = Command::new(venv_bin("inject-gunicorn", "gunicorn"));
+    cmd.current_dir(fixture(""))
+        .args(["--bind", &format!("127.0.0.1:{port}"), "-w", &workers.to_string(), "-k", worker_class])
+        .args(["--threads", "4", "--log-level", "info", "app:application"])
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log);
+    let proc = Proc::spawn(&format!("gunicorn {worker_class}"), &mut cmd);
+    let s = Server { proc, dir, port };
+    assert!(wait_for_port(port, Duration::from_secs(20)), "gunicorn did not listen: {}", s.log());
+    assert!(wait_until(Duration::from_secs(10), || s.workers().len() == workers), "workers: {}", s.log());
+    std::thread::sleep(Duration::from_millis(300));
+    s
+}
+
+fn start_uwsgi(processes: usize) -> Server {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let log = std::fs::File::create(dir.path().join("log")).expect("log");
+    let mut cmd = Command::new(venv_bin("inject-uwsgi", "uwsgi"));
+    cmd.current_dir(fixture(""))
+        .args(["--http-socket", &format!("127.0.0.1:{port}"), "--master", "--processes", &processes.to_string()])
+        .args(["--wsgi-file", "app.py", "--die-on-term", "--disable-logging"])
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log);
+    let proc = Proc::spawn("uwsgi", &mut cmd);
+    let s = Server { proc, dir, port };
+    assert!(wait_for_port(port, Duration::from_secs(20)), "uwsgi did not listen: {}", s.log());
+    assert!(wait_until(Duration::from_secs(10), || s.workers().len() == processes), "workers: {}", s.log());
+    std::thread::sleep(Duration::from_millis(300));
+    s
+}
+
+fn serves(port: u16, n: usize) -> usize {
+    (0..n).filter(|_| matches!(http_get(port, "/"), Ok((200, _)))).count()
+}
+
+const BAD_LOG_WORDS: &[&str] = &["Traceback", "SIGSEGV", "WORKER TIMEOUT", "was sent", "exited with code", "DAMN"];
+
+fn assert_log_clean(log: &str, what: &str) {
+    for w in BAD_LOG_WORDS {
+        assert!(!log.contains(w), "{what}: log contains {w:?}:\n{log}");
+    }
+}
+
+fn inject_into_server(s: &Server, what: &str) {
+    let workers = s.workers();
+    let mut targets = vec![s.master()];
+    targets.extend(&workers);
+    for pid in targets {
+        let code = format!("import sys\nsys._zerostep_test_{pid} = True\n");
+        let (rc, v) = inject_cli(pid, &code, &[]);
+        assert_eq!(rc, 0, "{what} pid {pid}: {v}");
+        assert_eq!(v["confirmed"], true, "{what} pid {pid}: {v}");
+        assert_eq!(v["runs"], 1, "{what} pid {pid}: {v}");
+        assert_eq!(serves(s.port, 5), 5, "{what}: failed requests after injecting pid {pid}");
+        assert_clean(pid, &format!("{what} pid {pid}"));
+    }
+    assert_eq!(s.workers(), workers, "{what}: workers were replaced");
+    assert_eq!(serves(s.port, 20), 20, "{what}");
+    assert_log_clean(&s.log(), what);
+}
+
+#[test]
+fn gunicorn_sync_master_and_workers() {
+    let s = start_gunicorn("sync", 2);
+    inject_into_server(&s, "gunicorn sync");
+}
+
+#[test]
+fn gunicorn_gthread_master_and_workers() {
+    let s = start_gunicorn("gthread", 2);
+    inject_into_server(&s, "gunicorn gthread");
+}
+
+#[test]
+fn uwsgi_master_and_workers() {
+    let s = start_uwsgi(2);
+    inject_into_server(&s, "uwsgi");
+}
+
+// ---- refusals: clear message, exit status 4, nothing touched ----
+
+fn assert_refused(pid: u32, needle: &str) {
+    let (rc, v) = inject_cli(pid, "import sys", &[]);
+    assert_eq!(rc, 4, "{v}");
+    assert_eq!(v["refused"], true, "{v}");
+    let msg = v["error"].as_str().unwrap_or("");
+    assert!(msg.contains(needle), "{msg:?} should mention {needle:?}");
+    assert_eq!(rwx_anon_mappings(pid), 0);
+    assert_eq!(status_field(pid, "TracerPid:"), "0");
+}
+
+#[test]
+fn refuses_what_it_must() {
+    // Not CPython.
+    let mut sleep = Command::new("sleep");
+    sleep.arg("30");
+    let p = Proc::spawn("sleep", &mut sleep);
+    std::thread::sleep(Duration::from_millis(50));
+    assert_refused(p.pid(), "not a CPython process");
+
+    // Unsupported version (pyenv 3.7 exists on these machines).
+    let py37 = pyenv_python("3.7.16");
+    if py37.exists() {
+        let t = start_target(&py37, "select");
+        assert_refused(t.pid(), "3.7");
+    }
+
+    // Opted out.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cmd = Command::new(pyenv("3.12.1"));
+    cmd.args(["-c", "import time\nwhile True: time.sleep(1)"]).env("ZEROSTEP_DISABLE", "1");
+    let _ = &dir;
+    let opted = Proc::spawn("opted-out", &mut cmd);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_refused(opted.pid(), "opted out");
+
+    // Already traced: this test process seizes it from a helper thread (detached when the thread ends).
+    let t = start_target(&pyenv("3.12.1"), "select");
+    let pid = t.pid() as i32;
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<bool>();
+    let tracer = std::thread::spawn(move || {
+        // SAFETY: PTRACE_SEIZE of our own child, no pointers involved.
+        let ok = unsafe { libc::ptrace(libc::PTRACE_SEIZE, pid, 0usize, 0usize) } == 0;
+        let _ = ready_tx.send(ok);
+        let _ = rx.recv();
+    });
+    assert!(ready_rx.recv().unwrap_or(false), "test could not seize");
+    let (rc, v) = inject_cli(t.pid(), "import sys", &[]);
+    assert_eq!(rc, 4, "{v}");
+    assert!(v["error"].as_str().unwrap_or("").contains("already traced"), "{v}");
+    drop(tx);
+    let _ = tracer.join();
+    assert!(wait_until(Duration::from_secs(2), || status_field(t.pid(), "TracerPid:") == "0"));
+    let before = t.beats();
+    assert!(wait_until(Duration::from_secs(3), || t.beats() > before));
+
+    // No permission: an unprivileged user cannot touch a root process.
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(zerostep_bin())
+        .args(["inject", "--json", "--pid", &t.pid().to_string(), "--code", "import sys"])
+        .output()
+        .expect("setpriv");
+    assert_eq!(out.status.code(), Some(4), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("permission"));
+    assert_clean(t.pid(), "after refusals");
+}
+
+#[test]
+fn process_exiting_mid_injection_is_a_clean_error() {
+    let t = start_target(&pyenv("3.12.1"), "select");
+    let (rc, v) = inject_cli(t.pid(), "import os\nos._exit(7)", &[]);
+    assert_eq!(rc, 1, "{v}");
+    assert!(v["error"].as_str().unwrap_or("").contains("exited"), "{v}");
+}
+
+#[test]
+fn raised_exceptions_are_caught_and_reported() {
+    let t = start_target(&pyenv("3.11.7"), "busy");
+    let (rc, v) = inject_cli(t.pid(), "raise ValueError('boom')", &[]);
+    assert_eq!(rc, 0, "{v}");
+    assert_eq!(v["mode"], "pending");
+    assert!(v["raised"].as_str().unwrap_or("").contains("ValueError: boom"), "{v}");
+    let before = t.beats();
+    assert!(wait_until(Duration::from_secs(3), || t.beats() > before));
+    assert_eq!(t.stderr(), "", "the exception must not reach the target's stderr");
+    assert_clean(t.pid(), "after a raising injection");
+}
+
+// ---- stress and kill ----
+
+/// A client hammering the server from `threads` threads; counts (ok, failed).
+struct Load {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    failed: Arc<AtomicU64>,
+    handles: Vec<std::thread::JoinHandle<()>>,
+    started: Instant,
+}
+
+impl Load {
+    fn start(port: u16, threads: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
+        let failed = Arc::new(AtomicU64::new(0));
+        let handles = (0..threads)
+            .map(|_| {
+                let (stop, ok, failed) = (stop.clone(), ok.clone(), failed.clone());
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        match http_get(port, "/") {
+                            Ok((200, _)) => ok.fetch_add(1, Ordering::Relaxed),
+                            _ => failed.fetch_add(1, Ordering::Relaxed),
+                        };
+                    }
+                })
+            })
+            .collect();
+        Load { stop, ok, failed, handles, started: Instant::now() }
+    }
+
+    fn finish(self) -> (u64, u64, f64) {
+        self.stop.store(true, Ordering::Relaxed);
+        for h in self.handles {
+            let _ = h.join();
+        }
+        let ok = self.ok.load(Ordering::Relaxed);
+        (ok, self.failed.load(Ordering::Relaxed), ok as f64 / self.started.elapsed().as_secs_f64())
+    }
+}
+
+fn stress(injections: usize) {
+    let s = start_gunicorn("sync", 4);
+    let workers = s.workers();
+    let load = Load::start(s.port, 4);
+    let mut modes: BTreeMap<String, usize> = BTreeMap::new();
+    let mut stops: Vec<u64> = Vec::new();
+    for i in 0..injections {
+        let pid = workers[i % workers.len()];
+        let code = format!("import sys\nsys._zs_stress = getattr(sys, '_zs_stress', 0) + 1  # {i}\n");
+        let (rc, v) = inject_cli(pid, &code, &[]);
+        assert_eq!(rc, 0, "injection {i} into {pid}: {v}");
+        assert_eq!(v["runs"], 1, "injection {i}: {v}");
+        *modes.entry(v["mode"].as_str().unwrap_or("?").to_string()).or_default() += 1;
+        stops.push(v["stop_time"].as_u64().unwrap_or(0));
+    }
+    let (ok, failed, rate) = load.finish();
+    stops.sort();
+    println!(
+        "stress: {injections} injections {modes:?}, stop p50 {} us max {} us; requests ok {ok} failed {failed} ({rate:.0} req/s)",
+        stops[stops.len() / 2],
+        stops[stops.len() - 1]
+    );
+    assert_eq!(failed, 0, "failed requests during injections");
+    assert_eq!(s.workers(), workers, "workers were replaced");
+    for pid in &workers {
+        assert_clean(*pid, "after stress");
+    }
+    assert_log_clean(&s.log(), "stress");
+}
+
+#[test]
+fn stress_small() {
+    stress(30);
+}
+
+#[test]
+#[ignore = "full-size stress (200 injections); run by bench/30-inject.sh"]
+fn stress_full() {
+    stress(200);
+}
+
+/// SIGKILL the injector at random moments while it has the worker stopped or hijacked, and check the
+/// worker survives every time. The kill lands after the injector has seized the thread (TracerPid set),
+/// after a random delay within the widened window (`--step-delay-us`) or inside the injected call.
+/// Like `wait_until`, at ~100 µs granularity: a seize lasts only milliseconds.
+fn poll_fast(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_micros(100));
+    }
+    false
+}
+
+fn kill_trials(trials: usize) {
+    let s = start_gunicorn("sync", 1);
+    let worker = s.workers()[0];
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15 ^ std::process::id() as u64;
+    let mut rnd = move |n: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % n.max(1)
+    };
+    let mut landed_while_traced = 0;
+    let mut seized_seen = 0;
+    for trial in 0..trials {
+        let step_delay = [0u64, 300, 2000][rnd(3) as usize];
+        let sleep_ms = rnd(20);
+        let code = format!("import time\ntime.sleep({})  # trial {trial}\n", sleep_ms as f64 / 1000.0);
+        let mut child = Command::new(zerostep_bin())
+            .args(["inject", "--json", "--pid", &worker.to_string(), "--code", &code])
+            .args(["--step-delay-us", &step_delay.to_string()])
+            .env("ZEROSTEP_LOG", "off")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn injector");
+        let injector = child.id().to_string();
+        let seized = poll_fast(Duration::from_secs(5), || status_field(worker, "TracerPid:") == injector);
+        let window_us = 8 * step_delay + sleep_ms * 1000 + 1000;
+        std::thread::sleep(Duration::from_micros(rnd(window_us)));
+        if status_field(worker, "TracerPid:") == injector {
+            landed_while_traced += 1;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        seized_seen += usize::from(seized);
+        assert!(
+            wait_until(Duration::from_secs(3), || status_field(worker, "TracerPid:") == "0"),
+            "trial {trial}: still traced"
+        );
+        assert_eq!(serves(s.port, 2), 2, "trial {trial}: worker stopped serving");
+        assert_eq!(s.workers(), vec![worker], "trial {trial}: worker replaced (crashed?)");
+    }
+    // Pages of killed injections are swept by the next injection or `--cleanup`.
+    let out = Command::new(zerostep_bin())
+        .args(["inject", "--cleanup", "--pid", &worker.to_string()])
+        .output()
+        .expect("cleanup");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    println!("kill test: {trials} trials, seize observed in {seized_seen}, {landed_while_traced} kills landed while the worker was seized; worker {worker} alive and serving after every one");
+    assert!(seized_seen > 0, "the injector never seized the worker");
+    assert_eq!(serves(s.port, 20), 20);
+    assert_clean(worker, "after kill trials");
+    assert_log_clean(&s.log(), "kill test");
+}
+
+#[test]
+fn kill_injector_small() {
+    kill_trials(15);
+}
+
+#[test]
+#[ignore = "full-size kill test (100 trials); run by bench/30-inject.sh"]
+fn kill_injector_full() {
+    kill_trials(100);
+}
