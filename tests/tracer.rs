@@ -25,10 +25,21 @@ struct Env {
 
 impl Env {
     fn new() -> Env {
-        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
-        let dir = tempfile::Builder::new().prefix("zs-tracer-").tempdir().expect("tempdir");
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let dir = tempfile::Builder::new()
+            .prefix("zs-tracer-")
+            .tempdir()
+            .expect("tempdir");
         for f in FIXTURES {
-            std::fs::copy(repo_root().join("tests/tracer_fixtures").join(f), dir.path().join(f)).expect("copy fixture");
+            std::fs::copy(
+                repo_root().join("tests/tracer_fixtures").join(f),
+                dir.path().join(f),
+            )
+            .expect("copy fixture");
         }
         let mut cfg = IntakeConfig::new(IntakeAddress::Path(dir.path().join("intake.sock")));
         cfg.tracer_config = serde_json::json!({"flush_interval": 0.05});
@@ -36,8 +47,14 @@ impl Env {
             let _g = rt.enter();
             Intake::start(cfg, PeerRegistry::new()).expect("intake")
         };
-        std::fs::write(dir.path().join("bootstrap.py"), intake.bootstrap_code()).expect("write bootstrap");
-        Env { rt, intake: Some(intake), dir, batches: Vec::new() }
+        std::fs::write(dir.path().join("bootstrap.py"), intake.bootstrap_code())
+            .expect("write bootstrap");
+        Env {
+            rt,
+            intake: Some(intake),
+            dir,
+            batches: Vec::new(),
+        }
     }
 
     fn intake(&self) -> &Intake {
@@ -56,7 +73,10 @@ impl Env {
             .env("ZS_BOOTSTRAP_FILE", self.path().join("bootstrap.py"))
             .env("PYTHONDONTWRITEBYTECODE", "1")
             .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(self.path().join(format!("server-{}.log", free_port()))).expect("log file"));
+            .stderr(
+                std::fs::File::create(self.path().join(format!("server-{}.log", free_port())))
+                    .expect("log file"),
+            );
         cmd
     }
 
@@ -65,7 +85,10 @@ impl Env {
     fn start(&self, name: &str, cmd: &mut Command, port: u16) -> Proc {
         let p = Proc::spawn(name, cmd);
         self.intake().registry().allow(p.pid());
-        assert!(wait_for_port(port, Duration::from_secs(20)), "{name} did not listen on {port}");
+        assert!(
+            wait_for_port(port, Duration::from_secs(20)),
+            "{name} did not listen on {port}"
+        );
         p
     }
 
@@ -78,7 +101,10 @@ impl Env {
 
     fn spans(&mut self) -> Vec<(u32, Span)> {
         self.drain();
-        self.batches.iter().flat_map(|b| b.spans.iter().map(move |s| (b.pid, s.clone()))).collect()
+        self.batches
+            .iter()
+            .flat_map(|b| b.spans.iter().map(move |s| (b.pid, s.clone())))
+            .collect()
     }
 
     /// Waits until `pred` matches at least `n` spans; returns all matching.
@@ -131,9 +157,27 @@ fn server_with_path(path: &'static str) -> impl Fn(&Span) -> bool {
     move |s| s.kind == SpanKind::Server && str_attr(s, "url.path") == Some(path)
 }
 
-fn gunicorn(env: &Env, venv: &str, app: &str, worker: &str, inject: &str, port: u16, extra: &[(&str, String)]) -> Proc {
+fn gunicorn(
+    env: &Env,
+    venv: &str,
+    app: &str,
+    worker: &str,
+    inject: &str,
+    port: u16,
+    extra: &[(&str, String)],
+) -> Proc {
     let mut cmd = env.server_cmd(venv_bin(venv, "gunicorn"), inject);
-    cmd.args(["-c", "zs_inject.py", "-b", &format!("127.0.0.1:{port}"), "-w", "2", "-k", worker, app]);
+    cmd.args([
+        "-c",
+        "zs_inject.py",
+        "-b",
+        &format!("127.0.0.1:{port}"),
+        "-w",
+        "2",
+        "-k",
+        worker,
+        app,
+    ]);
     for (k, v) in extra {
         cmd.env(k, v);
     }
@@ -154,34 +198,71 @@ fn gunicorn_basic(venv: &str, worker: &str) {
     let (code, _) = http_get(port, "/boom").expect("GET /boom");
     assert_eq!(code, 500);
     let servers = env.wait_spans(6, server_with_path("/sqlite"));
-    assert!(servers.len() >= 6, "server spans: {servers:?}\nlog:\n{}", env.server_log());
+    assert!(
+        servers.len() >= 6,
+        "server spans: {servers:?}\nlog:\n{}",
+        env.server_log()
+    );
     let (pid, s) = &servers[0];
-    assert_ne!(*pid, master.pid(), "requests are served by forked workers, reporting as themselves");
+    assert_ne!(
+        *pid,
+        master.pid(),
+        "requests are served by forked workers, reporting as themselves"
+    );
     assert_eq!(s.name, "GET");
     assert_eq!(str_attr(s, "http.request.method"), Some("GET"));
     assert_eq!(str_attr(s, "url.query"), Some("q=1"));
     assert_eq!(int_attr(s, "http.response.status_code"), Some(200));
     assert_eq!(s.parent_span_id, None);
-    let sqlite = env.wait_spans(3, |x| x.trace_id == s.trace_id && str_attr(x, "db.system") == Some("sqlite"));
+    let sqlite = env.wait_spans(3, |x| {
+        x.trace_id == s.trace_id && str_attr(x, "db.system") == Some("sqlite")
+    });
     assert_eq!(sqlite.len(), 3, "three sqlite statements per request");
-    assert!(sqlite.iter().all(|(_, x)| x.parent_span_id == Some(s.span_id) && x.kind == SpanKind::Client));
-    assert_eq!(str_attr(&sqlite[2].1, "db.query.text"), Some("select x from t"));
+    assert!(sqlite
+        .iter()
+        .all(|(_, x)| x.parent_span_id == Some(s.span_id) && x.kind == SpanKind::Client));
+    assert_eq!(
+        str_attr(&sqlite[2].1, "db.query.text"),
+        Some("select x from t")
+    );
     let boom = env.wait_spans(1, server_with_path("/boom"));
     let b = &boom.first().expect("span for /boom").1;
     assert_eq!(b.status.code, StatusCode::Error);
-    let ev = b.events.iter().find(|e| e.name == "exception").expect("exception event");
-    assert!(ev.attributes.iter().any(|a| a.key == "exception.type" && a.value == AttrValue::Str("ValueError".into())));
+    let ev = b
+        .events
+        .iter()
+        .find(|e| e.name == "exception")
+        .expect("exception event");
+    assert!(ev
+        .attributes
+        .iter()
+        .any(|a| a.key == "exception.type" && a.value == AttrValue::Str("ValueError".into())));
     // Each worker has its own connection, named by its own pid.
     let peers = env.intake().peers();
-    assert!(peers.iter().any(|p| p.pid == master.pid()), "master stays connected: {peers:?}");
+    assert!(
+        peers.iter().any(|p| p.pid == master.pid()),
+        "master stays connected: {peers:?}"
+    );
     assert!(peers.iter().all(|p| p.root_pid == master.pid()));
     let ids: HashSet<u64> = env.spans().iter().map(|(_, s)| s.span_id).collect();
-    assert_eq!(ids.len(), env.spans().len(), "span ids are unique across forked workers");
+    assert_eq!(
+        ids.len(),
+        env.spans().len(),
+        "span ids are unique across forked workers"
+    );
 }
 
 #[test]
 fn gunicorn_sync_every_python() {
-    for venv in ["tracer-38", "tracer-39", "tracer-310", "tracer-311", "tracer-312", "tracer-313", "tracer-debian"] {
+    for venv in [
+        "tracer-38",
+        "tracer-39",
+        "tracer-310",
+        "tracer-311",
+        "tracer-312",
+        "tracer-313",
+        "tracer-debian",
+    ] {
         gunicorn_basic(venv, "sync");
     }
 }
@@ -215,7 +296,15 @@ fn flask_route_and_propagation_to_downstream() {
     let up = free_port();
     let _d = gunicorn(&env, "tracer-312", "plain_app", "sync", "master", down, &[]);
     let ds = ("ZS_DOWNSTREAM", format!("http://127.0.0.1:{down}"));
-    let _u = gunicorn(&env, "tracer-312", "flask_app:app", "gthread", "master", up, &[ds]);
+    let _u = gunicorn(
+        &env,
+        "tracer-312",
+        "flask_app:app",
+        "gthread",
+        "master",
+        up,
+        &[ds],
+    );
     assert_eq!(http_get(up, "/users/7").expect("GET").0, 200);
     assert_eq!(http_get(up, "/missing").expect("GET").0, 404);
     assert_eq!(http_get(up, "/fail").expect("GET").0, 500);
@@ -227,21 +316,43 @@ fn flask_route_and_propagation_to_downstream() {
     assert_eq!(str_attr(u, "http.route"), Some("/users/<int:uid>"));
     let missing = &env.wait_spans(1, server_with_path("/missing"))[0].1;
     assert_eq!(int_attr(missing, "http.response.status_code"), Some(404));
-    assert_eq!(missing.status.code, StatusCode::Unset, "4xx is not a server error");
+    assert_eq!(
+        missing.status.code,
+        StatusCode::Unset,
+        "4xx is not a server error"
+    );
     let fail = &env.wait_spans(1, server_with_path("/fail"))[0].1;
     assert_eq!(int_attr(fail, "http.response.status_code"), Some(500));
     assert_eq!(fail.status.code, StatusCode::Error);
 
     let call = env.wait_spans(1, server_with_path("/call"))[0].1.clone();
-    let client = env.wait_spans(1, |s| s.kind == SpanKind::Client && s.trace_id == call.trace_id && s.attr("url.full").is_some());
+    let client = env.wait_spans(1, |s| {
+        s.kind == SpanKind::Client && s.trace_id == call.trace_id && s.attr("url.full").is_some()
+    });
     let c = &client.first().expect("client span").1;
     assert_eq!(c.parent_span_id, Some(call.span_id));
-    assert_eq!(str_attr(c, "url.full"), Some(format!("http://127.0.0.1:{down}/sqlite").as_str()));
+    assert_eq!(
+        str_attr(c, "url.full"),
+        Some(format!("http://127.0.0.1:{down}/sqlite").as_str())
+    );
     assert_eq!(int_attr(c, "http.response.status_code"), Some(200));
-    let downstream = env.wait_spans(1, |s| s.kind == SpanKind::Server && s.trace_id == call.trace_id && str_attr(s, "url.path") == Some("/sqlite"));
-    let d = &downstream.first().expect("downstream server span in the same trace").1;
-    assert_eq!(d.parent_span_id, Some(c.span_id), "downstream continues from the client span");
-    let dsql = env.wait_spans(1, |s| s.trace_id == call.trace_id && s.parent_span_id == Some(d.span_id));
+    let downstream = env.wait_spans(1, |s| {
+        s.kind == SpanKind::Server
+            && s.trace_id == call.trace_id
+            && str_attr(s, "url.path") == Some("/sqlite")
+    });
+    let d = &downstream
+        .first()
+        .expect("downstream server span in the same trace")
+        .1;
+    assert_eq!(
+        d.parent_span_id,
+        Some(c.span_id),
+        "downstream continues from the client span"
+    );
+    let dsql = env.wait_spans(1, |s| {
+        s.trace_id == call.trace_id && s.parent_span_id == Some(d.span_id)
+    });
     assert!(!dsql.is_empty(), "downstream's own children join the trace");
 }
 
@@ -252,23 +363,55 @@ fn redis_and_postgresql_spans() {
     let _redis = Proc::spawn(
         "redis-server",
         Command::new("redis-server")
-            .args(["--port", &redis_port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args([
+                "--port",
+                &redis_port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .current_dir(env.path())
             .stdout(std::process::Stdio::null()),
     );
-    assert!(wait_for_port(redis_port, Duration::from_secs(10)), "redis did not start");
+    assert!(
+        wait_for_port(redis_port, Duration::from_secs(10)),
+        "redis did not start"
+    );
     let pg = Postgres::start();
     let port = free_port();
-    let extra = [("ZS_REDIS_PORT", redis_port.to_string()), ("ZS_PG_PORT", pg.port.to_string())];
-    let _g = gunicorn(&env, "tracer-312", "plain_app", "sync", "master", port, &extra);
-    assert_eq!(http_get(port, "/redis").expect("GET /redis"), (200, "v".to_string()));
-    assert_eq!(http_get(port, "/pg").expect("GET /pg"), (200, "2".to_string()));
+    let extra = [
+        ("ZS_REDIS_PORT", redis_port.to_string()),
+        ("ZS_PG_PORT", pg.port.to_string()),
+    ];
+    let _g = gunicorn(
+        &env,
+        "tracer-312",
+        "plain_app",
+        "sync",
+        "master",
+        port,
+        &extra,
+    );
+    assert_eq!(
+        http_get(port, "/redis").expect("GET /redis"),
+        (200, "v".to_string())
+    );
+    assert_eq!(
+        http_get(port, "/pg").expect("GET /pg"),
+        (200, "2".to_string())
+    );
 
     let r = env.wait_spans(2, |s| str_attr(s, "db.system") == Some("redis"));
     assert_eq!(r.len(), 2, "SET and GET");
     assert_eq!(r[0].1.name, "SET");
     assert_eq!(str_attr(&r[0].1, "db.query.text"), Some("SET ? ?"));
-    assert_eq!(int_attr(&r[0].1, "server.port"), Some(i64::from(redis_port)));
+    assert_eq!(
+        int_attr(&r[0].1, "server.port"),
+        Some(i64::from(redis_port))
+    );
     let p = env.wait_spans(1, |s| str_attr(s, "db.system") == Some("postgresql"));
     let p = &p.first().expect("postgresql span").1;
     assert_eq!(str_attr(p, "db.query.text"), Some("select 1 + %s"));
@@ -283,8 +426,22 @@ fn uwsgi_plain(venv: &str) {
     let mut env = Env::new();
     let port = free_port();
     let mut cmd = env.server_cmd(venv_bin(venv, "uwsgi"), "import");
-    cmd.args(["--http-socket", &format!("127.0.0.1:{port}"), "--master", "--processes", "2", "--wsgi-file", "plain_app.py"]);
-    cmd.args(["--pythonpath", &env.path().display().to_string(), "--import", "zs_inject", "--die-on-term"]);
+    cmd.args([
+        "--http-socket",
+        &format!("127.0.0.1:{port}"),
+        "--master",
+        "--processes",
+        "2",
+        "--wsgi-file",
+        "plain_app.py",
+    ]);
+    cmd.args([
+        "--pythonpath",
+        &env.path().display().to_string(),
+        "--import",
+        "zs_inject",
+        "--die-on-term",
+    ]);
     let master = env.start(venv, &mut cmd, port);
     for _ in 0..6 {
         assert_eq!(http_get(port, "/sqlite").expect("GET").0, 200);
@@ -314,7 +471,9 @@ fn detach_leaves_no_trace() {
     assert_eq!(http_get(port, "/tracer").expect("GET").1, "yes");
     let traced = env.wait_spans(1, server_with_path("/tracer"));
     let pid = traced.first().expect("a traced request").0;
-    env.intake().send(pid, &intake::Command::Detach).expect("send detach");
+    env.intake()
+        .send(pid, &intake::Command::Detach)
+        .expect("send detach");
     // Both workers answer /tracer; only the one that got detach must say "no" from then on.
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut saw_no = false;
@@ -328,7 +487,10 @@ fn detach_leaves_no_trace() {
     while Instant::now() < wait && env.intake().peers().iter().any(|p| p.pid == pid) {
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(!env.intake().peers().iter().any(|p| p.pid == pid), "detached tracer closed its connection");
+    assert!(
+        !env.intake().peers().iter().any(|p| p.pid == pid),
+        "detached tracer closed its connection"
+    );
 }
 
 /// A process nobody injected is refused, and a peer sending garbage is cut off alone.
@@ -351,7 +513,10 @@ except Exception as e:
     print("error", e)
 "#;
     let run = |mode: &str| {
-        let out = Command::new(&py).args(["-c", script, &sock.display().to_string(), mode]).output().expect("python");
+        let out = Command::new(&py)
+            .args(["-c", script, &sock.display().to_string(), mode])
+            .output()
+            .expect("python");
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     };
     assert_eq!(run("stranger"), "closed", "not allowed: closed at once");
@@ -376,7 +541,12 @@ fn python_unit_tests_every_interpreter() {
             .current_dir(repo_root())
             .output()
             .expect("python");
-        assert!(out.status.success(), "{}: {}", py.display(), String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            py.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
 
@@ -390,7 +560,10 @@ struct Postgres {
 impl Postgres {
     fn start() -> Postgres {
         let bin = Path::new("/usr/lib/postgresql/15/bin");
-        let dir = tempfile::Builder::new().prefix("zs-pg-").tempdir().expect("tempdir");
+        let dir = tempfile::Builder::new()
+            .prefix("zs-pg-")
+            .tempdir()
+            .expect("tempdir");
         let data = dir.path().join("data");
         std::os::unix::fs::chown(dir.path(), Some(uid("postgres")), None).expect("chown");
         let st = Command::new("runuser")
@@ -415,12 +588,22 @@ impl Postgres {
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::null()),
         );
-        assert!(wait_for_port(port, Duration::from_secs(20)), "postgres did not start");
-        Postgres { port, _dir: dir, _proc: proc }
+        assert!(
+            wait_for_port(port, Duration::from_secs(20)),
+            "postgres did not start"
+        );
+        Postgres {
+            port,
+            _dir: dir,
+            _proc: proc,
+        }
     }
 }
 
 fn uid(user: &str) -> u32 {
     let out = Command::new("id").args(["-u", user]).output().expect("id");
-    String::from_utf8_lossy(&out.stdout).trim().parse().expect("uid")
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("uid")
 }
