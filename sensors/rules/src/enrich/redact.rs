@@ -1,0 +1,313 @@
+//! Redaction of credentials in URLs, query strings, connection strings and headers.
+//!
+//! - `url.full` / `http.url`: user and password become `REDACTED:REDACTED` (as the OpenTelemetry
+//!   semantic conventions ask), and sensitive query and fragment parameters get the value
+//!   `REDACTED`.
+//! - `url.query`, and the query part of `http.target`: sensitive parameters.
+//! - `db.connection_string`: a URL keeps its user and loses its password
+//!   (`postgresql://app:REDACTED@db/shop`) and sensitive parameters; a key=value string
+//!   (`host=db password=x`, `Server=db;Pwd=x`) loses sensitive values.
+//! - Credential headers (`authorization`, `cookie`, `set-cookie`, …): the whole value.
+//!
+//! A parameter is sensitive when one of the words of its name (split at `_`, `-`, `.`, spaces and
+//! lower→upper case changes, compared case-insensitively, after percent-decoding) is one of
+//! [`SENSITIVE_WORDS`]: so `access_token`, `apiKey`, `X-Amz-Signature` and `client_secret` are
+//! redacted, while `monkey`, `author` and `keyboard` are not. Words of five letters or more also
+//! count at the end of a longer word (`sslpassword`, `csrftoken`). Values longer than
+//! [`MAX_VALUE_BYTES`] are replaced whole: redaction must not be skipped, and must stay bounded.
+
+use std::borrow::Cow;
+
+use super::attributes::{key, Known, SECRET_HEADERS};
+use super::span::{OwnedValue, Patch, Value};
+
+/// The replacement text.
+pub const REDACTED: &str = "REDACTED";
+/// Longer values are replaced by [`TOO_LONG`] rather than scanned.
+pub const MAX_VALUE_BYTES: usize = 64 * 1024;
+pub const TOO_LONG: &str = "REDACTED (value too long to check)";
+
+/// Words that make a parameter name sensitive.
+pub const SENSITIVE_WORDS: &[&str] = &[
+    "accesstoken",
+    "apikey",
+    "auth",
+    "authorization",
+    "authtoken",
+    "credential",
+    "credentials",
+    "jwt",
+    "key",
+    "pass",
+    "passwd",
+    "password",
+    "pwd",
+    "secret",
+    "session",
+    "sessionid",
+    "sig",
+    "signature",
+    "token",
+];
+
+/// A redaction of one attribute's value.
+type Rule = fn(&str) -> Cow<'_, str>;
+
+/// Sensitive words this long also count at the end of a word (`sslpassword`, `csrftoken`);
+/// shorter ones would catch `monkey`.
+const MIN_SUFFIX_WORD: usize = 5;
+
+pub(crate) fn apply(known: &Known<'_>, patch: &mut Patch) {
+    let rules: [(&str, Rule); 5] = [
+        (key::URL_FULL, url),
+        (key::HTTP_URL, url),
+        (key::URL_QUERY, query),
+        (key::HTTP_TARGET, target),
+        (key::DB_CONNECTION_STRING, connection_string),
+    ];
+    for (k, rule) in rules {
+        if let Some((k, v)) = known.get(k).and_then(|(k, v)| v.as_str().map(|s| (k, s))) {
+            if let Cow::Owned(new) = bounded(v, rule) {
+                patch.set(k, OwnedValue::Str(new));
+            }
+        }
+    }
+    for header in SECRET_HEADERS {
+        match known.get(header) {
+            Some((k, Value::StrArray(values))) if values.iter().any(|v| v != REDACTED) => {
+                patch.set(k, OwnedValue::StrArray(vec![REDACTED.to_string()]));
+            }
+            Some((k, Value::Str(v))) if v != REDACTED => {
+                patch.set(k, OwnedValue::Str(REDACTED.to_string()))
+            }
+            _ => {}
+        }
+    }
+}
+
+fn bounded(value: &str, rule: Rule) -> Cow<'_, str> {
+    if value.len() > MAX_VALUE_BYTES {
+        Cow::Owned(TOO_LONG.to_string())
+    } else {
+        rule(value)
+    }
+}
+
+/// `https://u:p@host/x?token=1#s` → `https://REDACTED:REDACTED@host/x?token=REDACTED#s`.
+pub fn url(s: &str) -> Cow<'_, str> {
+    redact_url(s, Userinfo::All)
+}
+
+/// A DB URL (`postgresql://app:pw@db/shop?sslpassword=x`) or a key=value connection string.
+pub fn connection_string(s: &str) -> Cow<'_, str> {
+    if s.contains("://") {
+        redact_url(s, Userinfo::Password)
+    } else {
+        key_values(s)
+    }
+}
+
+/// `a=1&token=x` → `a=1&token=REDACTED` (also `;`-separated).
+pub fn query(s: &str) -> Cow<'_, str> {
+    let mut out = String::new();
+    let mut changed = false;
+    let mut rest = s;
+    loop {
+        let end = rest.find(['&', ';']).unwrap_or(rest.len());
+        let param = &rest[..end];
+        match param.split_once('=') {
+            Some((k, v)) if v != REDACTED && is_sensitive(k) => {
+                out.push_str(k);
+                out.push('=');
+                out.push_str(REDACTED);
+                changed = true;
+            }
+            _ => out.push_str(param),
+        }
+        if end == rest.len() {
+            break;
+        }
+        // Keep whichever separator was there.
+        out.push_str(&rest[end..end + 1]);
+        rest = &rest[end + 1..];
+    }
+    if changed {
+        Cow::Owned(out)
+    } else {
+        Cow::Borrowed(s)
+    }
+}
+
+/// `http.target` (`/path?query`): the query part.
+pub fn target(s: &str) -> Cow<'_, str> {
+    match s.split_once('?') {
+        Some((path, q)) => match query(q) {
+            Cow::Borrowed(_) => Cow::Borrowed(s),
+            Cow::Owned(new) => Cow::Owned(format!("{path}?{new}")),
+        },
+        None => Cow::Borrowed(s),
+    }
+}
+
+enum Userinfo {
+    /// Both user and password (url.full, per semconv).
+    All,
+    /// Only the password (DB URLs: the user is useful and rarely secret).
+    Password,
+}
+
+fn redact_url(s: &str, userinfo: Userinfo) -> Cow<'_, str> {
+    let Some(scheme_end) = s.find("://").map(|i| i + 3) else {
+        return target(s);
+    };
+    let rest = &s[scheme_end..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..authority_end];
+    let tail = &rest[authority_end..];
+    let new_authority = match authority.rsplit_once('@') {
+        Some((info, host)) => {
+            let new_info = match (&userinfo, info.split_once(':')) {
+                (Userinfo::All, Some(_)) => format!("{REDACTED}:{REDACTED}"),
+                (Userinfo::All, None) => REDACTED.to_string(),
+                (Userinfo::Password, Some((user, _))) => format!("{user}:{REDACTED}"),
+                (Userinfo::Password, None) => info.to_string(),
+            };
+            (new_info != info).then(|| format!("{new_info}@{host}"))
+        }
+        None => None,
+    };
+    let new_tail = url_tail(tail);
+    if new_authority.is_none() && matches!(new_tail, Cow::Borrowed(_)) {
+        return Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len());
+    out.push_str(&s[..scheme_end]);
+    out.push_str(new_authority.as_deref().unwrap_or(authority));
+    out.push_str(&new_tail);
+    Cow::Owned(out)
+}
+
+/// Path, `?query` and `#fragment` (an OAuth implicit flow puts `access_token` in the fragment).
+fn url_tail(tail: &str) -> Cow<'_, str> {
+    let (before_fragment, fragment) = match tail.split_once('#') {
+        Some((b, f)) => (b, Some(f)),
+        None => (tail, None),
+    };
+    let head = target(before_fragment);
+    let new_fragment = fragment.filter(|f| f.contains('=')).map(query);
+    if matches!(head, Cow::Borrowed(_)) && !matches!(new_fragment, Some(Cow::Owned(_))) {
+        return Cow::Borrowed(tail);
+    }
+    let mut out = head.into_owned();
+    if let Some(f) = fragment {
+        out.push('#');
+        out.push_str(new_fragment.as_deref().unwrap_or(f));
+    }
+    Cow::Owned(out)
+}
+
+/// `host=db user=app password='x y'` or `Server=db;Uid=app;Pwd=x;`.
+fn key_values(s: &str) -> Cow<'_, str> {
+    let bytes = s.as_bytes();
+    let mut out = String::new();
+    let mut copied = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        let Some(eq) = s[i..].find('=').map(|e| i + e) else {
+            break;
+        };
+        let key_start = s[..eq]
+            .rfind(|c: char| c.is_whitespace() || c == ';')
+            .map_or(0, |k| k + 1);
+        let value_start = eq + 1;
+        let value_end = value_end(s, value_start);
+        let value = &s[value_start..value_end];
+        let unquoted = value.trim_matches(['\'', '"']);
+        if is_sensitive(s[key_start..eq].trim()) && unquoted != REDACTED && !value.is_empty() {
+            out.push_str(&s[copied..value_start]);
+            out.push_str(REDACTED);
+            copied = value_end;
+        }
+        i = value_end.max(eq + 1);
+    }
+    if copied == 0 {
+        return Cow::Borrowed(s);
+    }
+    out.push_str(&s[copied..]);
+    Cow::Owned(out)
+}
+
+/// Where a key=value value ends: a closing quote, or the next `;` or whitespace.
+fn value_end(s: &str, start: usize) -> usize {
+    let rest = &s[start..];
+    if let Some(q) = rest.chars().next().filter(|c| *c == '\'' || *c == '"') {
+        let mut escaped = false;
+        for (i, c) in rest.char_indices().skip(1) {
+            match c {
+                '\\' if !escaped => escaped = true,
+                c if c == q && !escaped => return start + i + 1,
+                _ => escaped = false,
+            }
+        }
+        return s.len();
+    }
+    start
+        + rest
+            .find(|c: char| c == ';' || c.is_whitespace())
+            .unwrap_or(rest.len())
+}
+
+/// Whether a parameter name holds a credential (see the module docs).
+pub fn is_sensitive(name: &str) -> bool {
+    let decoded = percent_decode(name);
+    let mut word = String::new();
+    let mut prev_lower = false;
+    let mut words = Vec::new();
+    for c in decoded.chars() {
+        if !c.is_alphanumeric() {
+            words.push(std::mem::take(&mut word));
+            prev_lower = false;
+            continue;
+        }
+        if c.is_uppercase() && prev_lower {
+            words.push(std::mem::take(&mut word));
+        }
+        prev_lower = c.is_lowercase() || c.is_ascii_digit();
+        word.extend(c.to_lowercase());
+    }
+    words.push(word);
+    let joined: String = words.concat();
+    words.iter().chain(std::iter::once(&joined)).any(|w| {
+        SENSITIVE_WORDS.contains(&w.as_str())
+            || SENSITIVE_WORDS
+                .iter()
+                .any(|s| s.len() >= MIN_SUFFIX_WORD && w.ends_with(s))
+    })
+}
+
+fn percent_decode(s: &str) -> Cow<'_, str> {
+    if !s.contains('%') {
+        return Cow::Borrowed(s);
+    }
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (
+            bytes[i],
+            bytes.get(i + 1).and_then(|b| hex(*b)),
+            bytes.get(i + 2).and_then(|b| hex(*b)),
+        ) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    Cow::Owned(String::from_utf8_lossy(&out).into_owned())
+}

@@ -1,0 +1,101 @@
+//! Borrowed spans in, patches out.
+
+/// An attribute value, borrowed from the caller's span (the WIT `attribute-value`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Value<'a> {
+    Str(&'a str),
+    Int(i64),
+    Double(f64),
+    Bool(bool),
+    StrArray(&'a [String]),
+}
+
+impl<'a> Value<'a> {
+    pub(crate) fn as_str(&self) -> Option<&'a str> {
+        match self {
+            Value::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+/// An attribute value a patch sets.
+#[derive(Debug, Clone, PartialEq)]
+pub enum OwnedValue {
+    Str(String),
+    Int(i64),
+    Double(f64),
+    Bool(bool),
+    StrArray(Vec<String>),
+}
+
+/// The WIT `span-kind`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpanKind {
+    Internal,
+    Server,
+    Client,
+    Producer,
+    Consumer,
+}
+
+/// The WIT `status-code`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusCode {
+    Unset,
+    Ok,
+    Error,
+}
+
+/// The WIT `span-status`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    pub code: StatusCode,
+    pub message: String,
+}
+
+/// A borrowed span for [`super::enrich_batch`]: only what enrichment reads.
+#[derive(Debug, Clone, Copy)]
+pub struct SpanView<'a> {
+    pub name: &'a str,
+    pub kind: SpanKind,
+    pub status: StatusCode,
+    pub attributes: &'a [(&'a str, Value<'a>)],
+}
+
+/// What enrichment changes on one span (the WIT `span-patch`). Keys are always ones from
+/// [`super::ATTRIBUTE_KEYS`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Patch {
+    /// Index of the span in the batch.
+    pub index: u32,
+    pub name: Option<String>,
+    pub status: Option<Status>,
+    /// Set (add or replace) these attributes.
+    pub set_attributes: Vec<(&'static str, OwnedValue)>,
+    /// Remove these attribute keys.
+    pub remove_attributes: Vec<&'static str>,
+}
+
+impl Patch {
+    pub(crate) fn new(index: u32) -> Self {
+        Patch {
+            index,
+            name: None,
+            status: None,
+            set_attributes: Vec::new(),
+            remove_attributes: Vec::new(),
+        }
+    }
+
+    pub(crate) fn set(&mut self, key: &'static str, value: OwnedValue) {
+        self.set_attributes.push((key, value));
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.name.is_none()
+            && self.status.is_none()
+            && self.set_attributes.is_empty()
+            && self.remove_attributes.is_empty()
+    }
+}

@@ -1,0 +1,74 @@
+//! What a sensor sees of a process, and what it answers.
+
+/// A borrowed view of the facts the host discovered about one process (the WIT `process-info`).
+#[derive(Debug, Clone, Copy)]
+pub struct ProcessView<'a> {
+    /// Target of `/proc/PID/exe`.
+    pub exe: &'a str,
+    /// argv as the process shows it now (process titles included).
+    pub cmdline: &'a [String],
+    /// Working directory.
+    pub cwd: &'a str,
+    /// The parent's argv as it shows it now.
+    pub parent_cmdline: &'a [String],
+}
+
+/// The role of a matched process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Supervises workers and serves no request itself.
+    Master,
+    /// Forked by a master (or by a standalone uWSGI process) to serve requests.
+    Worker,
+    /// Serves requests by itself.
+    Standalone,
+}
+
+impl Role {
+    /// The lower-case name used in settings and fixtures.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Master => "master",
+            Role::Worker => "worker",
+            Role::Standalone => "standalone",
+        }
+    }
+}
+
+/// One in-process instrumentation to turn on, with its settings (see the crate docs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Instrumentation {
+    pub name: &'static str,
+    pub settings: Vec<(&'static str, String)>,
+}
+
+/// A process a sensor knows (the WIT `process-match`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessMatch {
+    /// `"gunicorn"` or `"uwsgi"`.
+    pub technology: &'static str,
+    pub role: Role,
+    pub service_name: String,
+    /// Where the name came from (crate docs list the values).
+    pub service_name_source: &'static str,
+    pub instrumentations: Vec<Instrumentation>,
+}
+
+/// argv without the empty strings that process titles leave behind (setproctitle pads the old
+/// argv area with NULs, which split into empty arguments).
+pub(crate) fn trimmed(cmdline: &[String]) -> &[String] {
+    let end = cmdline
+        .iter()
+        .rposition(|a| !a.is_empty())
+        .map_or(0, |i| i + 1);
+    &cmdline[..end]
+}
+
+/// A process title is a single argument, possibly with spaces; returns it trimmed when argv looks
+/// like one (one non-empty argument that is not a path to an executable).
+pub(crate) fn title(cmdline: &[String]) -> Option<&str> {
+    match trimmed(cmdline) {
+        [one] => Some(one.trim()),
+        _ => None,
+    }
+}

@@ -1,0 +1,454 @@
+//! uWSGI: the `uwsgi` executable (libpython loaded into it) and pyuwsgi (`/venv/bin/pyuwsgi`, a
+//! console script). Workers are forks of the master with the same argv, unless process names
+//! (`--procname*`, `--auto-procname`) replaced argv with titles like `uWSGI worker 1`, in which
+//! case the options are gone and the title, the parent's title and the cwd are all there is.
+
+use crate::argv::{self, Opt};
+use crate::instrumentations::{choose, count, push_some};
+use crate::launcher::{basename, is_python, launch};
+use crate::process::{title, trimmed, ProcessMatch, ProcessView, Role};
+use crate::service_name::{from_dir, from_file, from_module, from_title, pick};
+
+const TECHNOLOGY: &str = "uwsgi";
+const FALLBACK: (&str, &str) = (TECHNOLOGY, "technology");
+/// The word uWSGI puts in its own process names.
+const TITLE_WORD: &str = "uWSGI";
+
+const PROCNAME: Opt = Opt::long(&["--procname"]);
+const PROCNAME_PREFIX: Opt = Opt::long(&["--procname-prefix", "--procname-prefix-spaced"]);
+const PROCNAME_MASTER: Opt = Opt::long(&["--procname-master"]);
+const MODULE: Opt = Opt::both(&["--module", "--wsgi"], 'w');
+const MOUNT: Opt = Opt::long(&["--mount"]);
+const WSGI_FILE: Opt = Opt::long(&["--wsgi-file", "--file"]);
+const INI: Opt = Opt::long(&["--ini"]);
+const OTHER_CONFIG: Opt = Opt::long(&["--yaml", "--yml", "--json", "--js", "--xml", "--xmlconfig"]);
+const VIRTUALENV: Opt = Opt::both(&["--virtualenv", "--venv", "--home", "--pyhome"], 'H');
+const MASTER: Opt = Opt::both(&["--master"], 'M');
+const EMPEROR: Opt = Opt::long(&["--emperor"]);
+const PROCESSES: Opt = Opt::both(&["--processes", "--workers"], 'p');
+const THREADS: Opt = Opt::long(&["--threads"]);
+const ENABLE_THREADS: Opt = Opt::both(&["--enable-threads"], 'T');
+const LAZY_APPS: Opt = Opt::long(&["--lazy-apps", "--lazy"]);
+const GEVENT: Opt = Opt::long(&["--gevent"]);
+
+/// Matches a uWSGI master, worker or standalone process; `None` for anything else (including
+/// uWSGI's own routers and the emperor, which run no application).
+pub fn match_process(p: &ProcessView<'_>) -> Option<ProcessMatch> {
+    let launch = launch(p.cmdline);
+    match launch {
+        Some(l) if l.program == TECHNOLOGY || l.program == "pyuwsgi" => {
+            let launcher = if l.by_interpreter || l.program == "pyuwsgi" {
+                "pyuwsgi"
+            } else {
+                TECHNOLOGY
+            };
+            from_options(p, l.args, launcher)
+        }
+        _ => from_process_title(p),
+    }
+}
+
+fn from_options(
+    p: &ProcessView<'_>,
+    args: &[String],
+    launcher: &'static str,
+) -> Option<ProcessMatch> {
+    if argv::value(args, &EMPEROR).is_some() {
+        return None;
+    }
+    let procname_master = argv::value(args, &PROCNAME_MASTER);
+    let parent = title(p.parent_cmdline);
+    let same_server = trimmed(p.parent_cmdline) == trimmed(p.cmdline)
+        || parent
+            .is_some_and(|t| Some(t) == procname_master || title_role(t) == Some(Role::Master));
+    let config_ini = argv::value(args, &INI).or_else(|| bare_config(args, &[".ini"]));
+    let config_other = argv::value(args, &OTHER_CONFIG)
+        .or_else(|| bare_config(args, &[".yaml", ".yml", ".json", ".xml"]));
+    let has_config = config_ini.is_some() || config_other.is_some();
+    let role = if same_server {
+        Role::Worker
+    } else if argv::flag(args, &MASTER) || has_config {
+        // A config file usually turns the master on, and the sensor cannot read it.
+        Role::Master
+    } else {
+        Role::Standalone
+    };
+    let module = argv::value(args, &MODULE)
+        .or_else(|| argv::value(args, &MOUNT).and_then(|m| m.split_once('=').map(|(_, app)| app)));
+    let (service_name, source) = pick(
+        [
+            (
+                argv::value(args, &PROCNAME_PREFIX).and_then(from_title),
+                "procname",
+            ),
+            (
+                argv::value(args, &PROCNAME).and_then(from_title),
+                "procname",
+            ),
+            (
+                procname_master.and_then(|n| from_title(strip_role_word(n))),
+                "procname",
+            ),
+            (module.and_then(from_module), "--module"),
+            (
+                argv::value(args, &WSGI_FILE).and_then(from_file),
+                "--wsgi-file",
+            ),
+            (config_ini.and_then(from_file), "--ini"),
+            (config_other.and_then(from_file), "config"),
+            (from_dir(p.cwd), "cwd"),
+            (
+                argv::value(args, &VIRTUALENV).and_then(from_dir),
+                "virtualenv",
+            ),
+        ],
+        FALLBACK,
+    );
+    let settings = server_settings(args, launcher, has_config);
+    let instrumentations = choose(TECHNOLOGY, role, &service_name, settings);
+    Some(ProcessMatch {
+        technology: TECHNOLOGY,
+        role,
+        service_name,
+        service_name_source: source,
+        instrumentations,
+    })
+}
+
+/// A process whose argv was replaced by a uWSGI process name. Only the `uwsgi` executable (or
+/// Python, for pyuwsgi) can carry one; a custom name is accepted only from the `uwsgi` executable.
+fn from_process_title(p: &ProcessView<'_>) -> Option<ProcessMatch> {
+    let own = title(p.cmdline)?;
+    let exe = basename(p.exe);
+    let uwsgi_exe = exe.starts_with(TECHNOLOGY);
+    if !(uwsgi_exe || is_python(exe)) {
+        return None;
+    }
+    let parent = title(p.parent_cmdline);
+    let role = match title_role(own) {
+        Some(role) => role,
+        None if own.contains(TITLE_WORD) || !uwsgi_exe => return None,
+        // A custom --procname: workers carry their master's name.
+        None if parent == Some(own) => Role::Worker,
+        None => Role::Master,
+    };
+    let parent_name = parent
+        .filter(|t| role == Role::Worker && *t != own)
+        .and_then(title_name);
+    let (service_name, source) = pick(
+        [
+            (title_name(own), "procname"),
+            (parent_name, "procname"),
+            (from_dir(p.cwd), "cwd"),
+        ],
+        FALLBACK,
+    );
+    let mut settings = vec![(
+        "launcher",
+        if uwsgi_exe { TECHNOLOGY } else { "pyuwsgi" }.to_string(),
+    )];
+    settings.push(("enable-threads", "unknown".to_string()));
+    let instrumentations = choose(TECHNOLOGY, role, &service_name, settings);
+    Some(ProcessMatch {
+        technology: TECHNOLOGY,
+        role,
+        service_name,
+        service_name_source: source,
+        instrumentations,
+    })
+}
+
+/// The role in a uWSGI process name: `[prefix]uWSGI master`, `[prefix]uWSGI worker 3`. Mules and
+/// spoolers run application code, so they count as workers; routers and the emperor do not match.
+fn title_role(t: &str) -> Option<Role> {
+    let (_, rest) = t.rsplit_once(TITLE_WORD)?;
+    match rest.split_whitespace().next()? {
+        "master" => Some(Role::Master),
+        "worker" | "mule" | "spooler" => Some(Role::Worker),
+        _ => None,
+    }
+}
+
+/// The service part of a process name: the prefix before `uWSGI …`, or a custom name without a
+/// trailing `master` / `worker N`.
+fn title_name(t: &str) -> Option<String> {
+    match t.rsplit_once(TITLE_WORD) {
+        Some((prefix, _)) => from_title(prefix),
+        None => from_title(strip_role_word(t)),
+    }
+}
+
+/// `inventory-master` → `inventory-`; `shop worker 2` → `shop `.
+fn strip_role_word(name: &str) -> &str {
+    let trimmed = name.trim_end_matches(|c: char| c.is_ascii_digit() || c.is_whitespace());
+    ["master", "worker"]
+        .iter()
+        .find_map(|w| trimmed.strip_suffix(w))
+        .unwrap_or(name)
+}
+
+/// `uwsgi app.ini` loads a config file given without an option.
+fn bare_config<'a>(args: &'a [String], extensions: &[&str]) -> Option<&'a str> {
+    args.iter()
+        .map(String::as_str)
+        .find(|a| {
+            !a.starts_with('-')
+                && extensions
+                    .iter()
+                    .any(|e| a.split(':').next().unwrap_or(a).ends_with(e))
+        })
+        .filter(|a| args.first().map(String::as_str) == Some(*a))
+}
+
+fn server_settings(
+    args: &[String],
+    launcher: &'static str,
+    has_config: bool,
+) -> Vec<(&'static str, String)> {
+    let threads = count(argv::value(args, &THREADS));
+    let gevent = count(argv::value(args, &GEVENT));
+    // uWSGI turns threads on by itself when given --threads.
+    let enable_threads = if argv::flag(args, &ENABLE_THREADS) || threads.is_some() {
+        "true"
+    } else if has_config {
+        "unknown"
+    } else {
+        "false"
+    };
+    let concurrency = match (gevent, threads) {
+        (Some(_), _) => "gevent",
+        (None, Some(t)) if t > 1 => "threads",
+        _ => "process",
+    };
+    let mut s = vec![
+        ("launcher", launcher.to_string()),
+        ("concurrency", concurrency.to_string()),
+    ];
+    push_some(&mut s, "threads", threads);
+    push_some(&mut s, "workers", count(argv::value(args, &PROCESSES)));
+    s.push(("master", (argv::flag(args, &MASTER)).to_string()));
+    s.push(("lazy-apps", argv::flag(args, &LAZY_APPS).to_string()));
+    s.push(("enable-threads", enable_threads.to_string()));
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(s: &[&str]) -> Vec<String> {
+        s.iter().map(|x| x.to_string()).collect()
+    }
+
+    fn run(exe: &str, cmd: &[&str], parent: &[&str], cwd: &str) -> Option<ProcessMatch> {
+        let (cmdline, parent_cmdline) = (v(cmd), v(parent));
+        match_process(&ProcessView {
+            exe,
+            cmdline: &cmdline,
+            cwd,
+            parent_cmdline: &parent_cmdline,
+        })
+    }
+
+    const EXE: &str = "/venv/bin/uwsgi";
+
+    fn name(cmd: &[&str], cwd: &str) -> (String, &'static str) {
+        let m = run(EXE, cmd, &["systemd"], cwd).expect("matches");
+        (m.service_name, m.service_name_source)
+    }
+
+    #[test]
+    fn name_sources() {
+        assert_eq!(
+            name(&["uwsgi", "--module", "shop.wsgi:application"], "/"),
+            ("shop".into(), "--module")
+        );
+        assert_eq!(
+            name(&["uwsgi", "-w", "shop.wsgi"], "/"),
+            ("shop".into(), "--module")
+        );
+        assert_eq!(
+            name(&["uwsgi", "--wsgi=shop.wsgi"], "/"),
+            ("shop".into(), "--module")
+        );
+        assert_eq!(
+            name(&["uwsgi", "--mount", "/=cart.app:app"], "/"),
+            ("cart".into(), "--module")
+        );
+        assert_eq!(
+            name(&["uwsgi", "--wsgi-file", "/srv/cart/app.py"], "/"),
+            ("cart".into(), "--wsgi-file")
+        );
+        assert_eq!(
+            name(
+                &["uwsgi", "--ini", "/etc/uwsgi/apps-enabled/orders.ini:prod"],
+                "/"
+            ),
+            ("orders".into(), "--ini")
+        );
+        assert_eq!(
+            name(&["uwsgi", "/etc/uwsgi/orders.ini"], "/"),
+            ("orders".into(), "--ini")
+        );
+        assert_eq!(
+            name(&["uwsgi", "--yaml", "/etc/uwsgi/orders.yaml"], "/"),
+            ("orders".into(), "config")
+        );
+        assert_eq!(
+            name(
+                &[
+                    "uwsgi",
+                    "--procname-prefix-spaced",
+                    "pay",
+                    "-w",
+                    "shop.wsgi"
+                ],
+                "/"
+            ),
+            ("pay".into(), "procname")
+        );
+        assert_eq!(
+            name(&["uwsgi", "--procname=ledger", "-w", "shop.wsgi"], "/"),
+            ("ledger".into(), "procname")
+        );
+        assert_eq!(
+            name(&["uwsgi", "--wsgi-file", "app.py"], "/srv/billing"),
+            ("billing".into(), "cwd")
+        );
+        assert_eq!(
+            name(
+                &["uwsgi", "-H", "/srv/ledger/venv", "--wsgi-file", "app.py"],
+                "/"
+            ),
+            ("ledger".into(), "virtualenv")
+        );
+        assert_eq!(
+            name(&["uwsgi", "--wsgi-file", "app.py"], "/"),
+            ("app".into(), "--wsgi-file")
+        );
+    }
+
+    #[test]
+    fn roles() {
+        let cmd = ["uwsgi", "--master", "-w", "shop.wsgi"];
+        assert_eq!(
+            run(EXE, &cmd, &["bash"], "/").map(|m| m.role),
+            Some(Role::Master)
+        );
+        assert_eq!(
+            run(EXE, &cmd, &cmd, "/").map(|m| m.role),
+            Some(Role::Worker)
+        );
+        let alone = ["uwsgi", "-w", "shop.wsgi"];
+        assert_eq!(
+            run(EXE, &alone, &["bash"], "/").map(|m| m.role),
+            Some(Role::Standalone)
+        );
+        assert_eq!(
+            run(EXE, &["uwsgi", "--ini", "x.ini"], &["bash"], "/").map(|m| m.role),
+            Some(Role::Master)
+        );
+        let custom = run(EXE, &["ledger"], &["ledger"], "/").expect("custom procname");
+        assert_eq!(
+            (custom.role, custom.service_name.as_str()),
+            (Role::Worker, "ledger")
+        );
+        let w = run(EXE, &["uWSGI worker 3"], &["inventory-master"], "/srv/x").expect("worker");
+        assert_eq!(
+            (w.role, w.service_name.as_str(), w.service_name_source),
+            (Role::Worker, "inventory", "procname")
+        );
+        let m = run(EXE, &["uWSGI master"], &["bash"], "/srv/x").expect("master");
+        assert_eq!(
+            (m.role, m.service_name.as_str(), m.service_name_source),
+            (Role::Master, "x", "cwd")
+        );
+        let mule = run(EXE, &["shop uWSGI mule 1"], &["shop uWSGI master"], "/").expect("mule");
+        assert_eq!(
+            (mule.role, mule.service_name.as_str()),
+            (Role::Worker, "shop")
+        );
+    }
+
+    #[test]
+    fn not_uwsgi() {
+        assert!(run(EXE, &["uWSGI http 1"], &["uWSGI master"], "/").is_none());
+        assert!(run(
+            EXE,
+            &["uwsgi", "--emperor", "/etc/uwsgi/vassals"],
+            &["bash"],
+            "/"
+        )
+        .is_none());
+        assert!(run(
+            "/usr/bin/python3.11",
+            &["python3", "worker.py", "/etc/uwsgi/apps.ini"],
+            &["bash"],
+            "/"
+        )
+        .is_none());
+        assert!(run(
+            "/usr/bin/python3.11",
+            &["gunicorn: master [app:app]"],
+            &["bash"],
+            "/"
+        )
+        .is_none());
+        assert!(run("/usr/bin/python3.11", &["ledger"], &["bash"], "/").is_none());
+        assert!(run("/usr/bin/bash", &["uWSGI master"], &["bash"], "/").is_none());
+        assert!(run(
+            "/usr/bin/python3.11",
+            &["/v/bin/python", "/v/bin/gunicorn", "-w", "x"],
+            &["bash"],
+            "/"
+        )
+        .is_none());
+    }
+
+    #[test]
+    fn settings() {
+        let m = run(
+            EXE,
+            &[
+                "uwsgi",
+                "--lazy-apps",
+                "--threads",
+                "4",
+                "-p",
+                "2",
+                "-M",
+                "-w",
+                "a",
+            ],
+            &["bash"],
+            "/",
+        )
+        .expect("m");
+        let s = &m.instrumentations[0].settings;
+        for (k, want) in [
+            ("lazy-apps", "true"),
+            ("enable-threads", "true"),
+            ("threads", "4"),
+            ("workers", "2"),
+            ("master", "true"),
+            ("concurrency", "threads"),
+            ("launcher", "uwsgi"),
+        ] {
+            assert_eq!(
+                s.iter().find(|(key, _)| *key == k).map(|(_, v)| v.as_str()),
+                Some(want),
+                "{k}"
+            );
+        }
+        let m = run(
+            "/usr/bin/python3.10",
+            &["/v/bin/python", "/v/bin/pyuwsgi", "-w", "a"],
+            &["bash"],
+            "/",
+        )
+        .expect("pyuwsgi");
+        assert!(m.instrumentations[0]
+            .settings
+            .contains(&("launcher", "pyuwsgi".to_string())));
+    }
+}
