@@ -607,3 +607,108 @@ fn uid(user: &str) -> u32 {
         .parse()
         .expect("uid")
 }
+
+/// The real injector (`zerostep::inject`) into a gunicorn that is already serving, with no harness:
+/// the master (covering workers it forks later) and a running worker. A worker the master forks
+/// after the injection reports under its own pid.
+#[test]
+fn real_injector_into_running_gunicorn() {
+    use zerostep::inject::{inject, InjectOptions};
+    let mut env = Env::new();
+    let port = free_port();
+    let mut cmd = env.server_cmd(venv_bin("tracer-312", "gunicorn"), "none");
+    // --timeout 4: idle sync workers wake every 2 s, so a pending call runs promptly.
+    cmd.args([
+        "-b",
+        &format!("127.0.0.1:{port}"),
+        "-w",
+        "2",
+        "--timeout",
+        "4",
+        "plain_app",
+    ]);
+    let master = env.start("gunicorn-live", &mut cmd, port);
+    assert_eq!(http_get(port, "/tracer").expect("GET").1, "no");
+    let code = env.intake().bootstrap_code();
+    let opts = InjectOptions {
+        timeout: Duration::from_secs(20),
+        ..Default::default()
+    };
+    assert!(wait_until(Duration::from_secs(10), || children(
+        master.pid()
+    )
+    .len()
+        == 2));
+    let workers = children(master.pid());
+    let r = inject(master.pid(), &code, &opts).expect("inject master");
+    assert!(r.raised.is_none(), "{r:?}");
+    let r = inject(workers[0], &code, &opts).expect("inject worker");
+    assert!(r.raised.is_none(), "{r:?}");
+    let peers = |env: &Env| {
+        env.intake()
+            .peers()
+            .iter()
+            .map(|p| p.pid)
+            .collect::<HashSet<u32>>()
+    };
+    assert!(wait_until(Duration::from_secs(10), || peers(&env)
+        .contains(&workers[0])));
+    // Replace the untraced worker: the master forks a new one, traced from birth.
+    unsafe {
+        libc::kill(workers[1] as i32, libc::SIGKILL);
+    }
+    let fresh = || {
+        children(master.pid())
+            .into_iter()
+            .find(|p| !workers.contains(p))
+    };
+    assert!(
+        wait_until(Duration::from_secs(20), || fresh().is_some()),
+        "master did not respawn"
+    );
+    let newcomer = fresh().expect("new worker");
+    let mut served = HashSet::new();
+    for _ in 0..200 {
+        if let Ok((_, body)) = http_get(port, "/pid") {
+            served.insert(body.parse::<u32>().unwrap_or(0));
+        }
+        if served.contains(&newcomer) && served.contains(&workers[0]) && served.len() >= 2 {
+            break;
+        }
+    }
+    assert!(
+        served.contains(&newcomer),
+        "no request reached the new worker: {served:?}"
+    );
+    let mut pids = HashSet::new();
+    wait_until(Duration::from_secs(10), || {
+        pids = env
+            .wait_spans(1, server_with_path("/pid"))
+            .iter()
+            .map(|(p, _)| *p)
+            .collect();
+        pids.contains(&newcomer) && pids.contains(&workers[0])
+    });
+    assert!(
+        pids.contains(&workers[0]),
+        "injected worker traced: {pids:?}"
+    );
+    assert!(
+        pids.contains(&newcomer),
+        "worker forked after master injection traced: {pids:?} newcomer {newcomer} {:?}\n{}",
+        env.intake().peers(),
+        env.server_log()
+    );
+    assert!(!pids.contains(&master.pid()));
+}
+
+fn children(pid: u32) -> Vec<u32> {
+    let path = format!("/proc/{pid}/task/{pid}/children");
+    let mut v: Vec<u32> = std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    v.sort();
+    v
+}
