@@ -139,9 +139,7 @@ pub(crate) fn positionals(args: &[String], is_flag: impl Fn(&str) -> bool) -> Ve
 mod tests {
     use super::*;
 
-    fn v(s: &[&str]) -> Vec<String> {
-        s.iter().map(|x| x.to_string()).collect()
-    }
+    use crate::process::test_support::strings as v;
 
     const NAME: Opt = Opt::both(&["--name"], 'n');
 

@@ -3,7 +3,7 @@
 //! `proc_name`, or the app argument).
 
 use crate::argv::{self, Opt};
-use crate::instrumentations::{choose, count, push_some};
+use crate::instrumentations::{count, matched, push_some};
 use crate::launcher::launch;
 use crate::process::{title, ProcessMatch, ProcessView, Role};
 use crate::service_name::{from_dir, from_file, from_module, pick};
@@ -80,7 +80,7 @@ pub fn match_process(p: &ProcessView<'_>) -> Option<ProcessMatch> {
         Some(module) => from_module(module),
         None => from_file(c),
     });
-    let (service_name, source) = pick(
+    let name = pick(
         [
             (argv::value(args, &NAME).map(str::to_string), "--name"),
             (app.and_then(from_module), "module"),
@@ -89,14 +89,7 @@ pub fn match_process(p: &ProcessView<'_>) -> Option<ProcessMatch> {
         ],
         FALLBACK,
     );
-    let instrumentations = choose(TECHNOLOGY, role, &service_name, server_settings(args));
-    Some(ProcessMatch {
-        technology: TECHNOLOGY,
-        role,
-        service_name,
-        service_name_source: source,
-        instrumentations,
-    })
+    Some(matched(TECHNOLOGY, role, name, server_settings(args)))
 }
 
 /// `gunicorn`, `python -m gunicorn`, `python -m gunicorn.app.wsgiapp`, and the old
@@ -128,15 +121,8 @@ fn from_process_title(p: &ProcessView<'_>, role: Role, bracket: &str) -> Process
     } else {
         (Some(bracket.to_string()), "proc-title")
     };
-    let (service_name, source) = pick([from_bracket, (from_dir(p.cwd), "cwd")], FALLBACK);
-    let instrumentations = choose(TECHNOLOGY, role, &service_name, Vec::new());
-    ProcessMatch {
-        technology: TECHNOLOGY,
-        role,
-        service_name,
-        service_name_source: source,
-        instrumentations,
-    }
+    let name = pick([from_bracket, (from_dir(p.cwd), "cwd")], FALLBACK);
+    matched(TECHNOLOGY, role, name, Vec::new())
 }
 
 /// `myproj.wsgi:application`, `app`, `shop:create_app()`: starts like a Python identifier.
@@ -189,126 +175,48 @@ fn worker_class(value: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::process::test_support::{check_names, check_settings, run as run_with};
 
-    fn v(s: &[&str]) -> Vec<String> {
-        s.iter().map(|x| x.to_string()).collect()
+    const PY: &str = "/usr/bin/python3.11";
+
+    fn run(cmd: &[&str], parent: &[&str]) -> Option<ProcessMatch> {
+        run_with(match_process, PY, cmd, parent, "/srv/a")
     }
 
-    fn run(cmd: &[&str], parent: &[&str], cwd: &str) -> Option<ProcessMatch> {
-        let (cmdline, parent_cmdline) = (v(cmd), v(parent));
-        match_process(&ProcessView {
-            exe: "/usr/bin/python3.11",
-            cmdline: &cmdline,
-            cwd,
-            parent_cmdline: &parent_cmdline,
-        })
-    }
-
-    fn name(cmd: &[&str], cwd: &str) -> (String, &'static str) {
-        let m = run(cmd, &["bash"], cwd).expect("matches");
-        (m.service_name, m.service_name_source)
-    }
-
-    fn setting(m: &ProcessMatch, key: &str) -> Option<String> {
-        m.instrumentations[0]
-            .settings
-            .iter()
-            .find(|(k, _)| *k == key)
-            .map(|(_, v)| v.clone())
-    }
-
+    #[rustfmt::skip]
     #[test]
-    fn name_spellings() {
-        for cmd in [
-            &["gunicorn", "--name", "shop", "app:app"][..],
-            &["gunicorn", "--name=shop", "app:app"],
-            &["gunicorn", "-nshop", "app:app"],
-            &["gunicorn", "-n", "shop", "app:app"],
-            &[
-                "/usr/bin/python3.11",
-                "-m",
-                "gunicorn",
-                "-n",
-                "shop",
-                "app:app",
-            ],
-            &[
-                "python3.8",
-                "/venv/bin/gunicorn",
-                "app:app",
-                "--name",
-                "shop",
-            ],
-        ] {
-            assert_eq!(
-                name(cmd, "/srv/x"),
-                ("shop".to_string(), "--name"),
-                "{cmd:?}"
-            );
-        }
-    }
-
-    #[test]
-    fn name_sources_in_order() {
-        assert_eq!(
-            name(
-                &["gunicorn", "-b", "0.0.0.0:80", "myproj.wsgi:application"],
-                "/"
-            ),
-            ("myproj".into(), "module")
-        );
-        assert_eq!(
-            name(&["gunicorn", "-w", "4", "app:app"], "/srv/billing"),
-            ("billing".into(), "cwd")
-        );
-        assert_eq!(
-            name(
-                &["gunicorn", "-c", "/etc/gunicorn/payments.py", "app:app"],
-                "/srv/billing"
-            ),
-            ("payments".into(), "config")
-        );
-        assert_eq!(
-            name(
-                &["gunicorn", "-c", "python:ledger.gunicorn_conf", "app:app"],
-                "/"
-            ),
-            ("ledger".into(), "config")
-        );
-        assert_eq!(
-            name(&["gunicorn", "--preload", "app:app"], "/"),
-            ("app".into(), "module")
-        );
-        assert_eq!(name(&["gunicorn"], "/"), ("gunicorn".into(), "technology"));
-        assert_eq!(
-            name(&["gunicorn", "--check-config", "shop:create_app()"], "/"),
-            ("shop".into(), "module")
-        );
+    fn service_names() {
+        check_names(match_process, PY, &[
+            (&["gunicorn", "--name", "shop", "app:app"], "/srv/x", "shop", "--name"),
+            (&["gunicorn", "--name=shop", "app:app"], "/srv/x", "shop", "--name"),
+            (&["gunicorn", "-nshop", "app:app"], "/srv/x", "shop", "--name"),
+            (&["gunicorn", "-n", "shop", "app:app"], "/srv/x", "shop", "--name"),
+            (&["/usr/bin/python3.11", "-m", "gunicorn", "-n", "shop", "app:app"], "/", "shop", "--name"),
+            (&["python3.8", "/venv/bin/gunicorn", "app:app", "--name", "shop"], "/", "shop", "--name"),
+            (&["gunicorn", "-b", "0.0.0.0:80", "myproj.wsgi:application"], "/", "myproj", "module"),
+            (&["gunicorn", "--check-config", "shop:create_app()"], "/", "shop", "module"),
+            (&["gunicorn", "-w", "4", "app:app"], "/srv/billing", "billing", "cwd"),
+            (&["gunicorn", "-c", "/etc/gunicorn/payments.py", "app:app"], "/srv/billing", "payments", "config"),
+            (&["gunicorn", "-c", "python:ledger.gunicorn_conf", "app:app"], "/", "ledger", "config"),
+            (&["gunicorn", "--preload", "app:app"], "/", "app", "module"),
+            (&["gunicorn"], "/", "gunicorn", "technology"),
+        ]);
     }
 
     #[test]
     fn roles() {
         let cmd = ["/v/bin/python", "/v/bin/gunicorn", "app:app"];
-        assert_eq!(
-            run(&cmd, &["systemd"], "/srv/a").map(|m| m.role),
-            Some(Role::Master)
-        );
-        assert_eq!(
-            run(&cmd, &cmd, "/srv/a").map(|m| m.role),
-            Some(Role::Worker)
-        );
+        assert_eq!(run(&cmd, &["systemd"]).map(|m| m.role), Some(Role::Master));
+        assert_eq!(run(&cmd, &cmd).map(|m| m.role), Some(Role::Worker));
         let t = run(
             &["gunicorn: worker [shop]", "", ""],
             &["gunicorn: master [shop]"],
-            "/srv/a",
-        )
-        .expect("title");
-        assert_eq!(
-            (t.role, t.service_name.as_str(), t.service_name_source),
-            (Role::Worker, "shop", "proc-title")
         );
+        let t = t.map(|m| (m.role, m.service_name, m.service_name_source));
+        assert_eq!(t, Some((Role::Worker, "shop".to_string(), "proc-title")));
     }
 
+    #[rustfmt::skip]
     #[test]
     fn not_gunicorn() {
         for cmd in [
@@ -320,34 +228,18 @@ mod tests {
             &["gunicorn: arbiter [x]"],
             &[],
         ] {
-            assert!(run(cmd, &["bash"], "/").is_none(), "{cmd:?}");
+            assert!(run(cmd, &["bash"]).is_none(), "{cmd:?}");
         }
     }
 
+    #[rustfmt::skip]
     #[test]
     fn worker_settings() {
-        let m = run(
-            &["gunicorn", "-k", "egg:gunicorn#gevent", "-w4", "app:app"],
-            &["bash"],
-            "/",
-        )
-        .expect("m");
-        assert_eq!(setting(&m, "worker-class").as_deref(), Some("gevent"));
-        assert_eq!(setting(&m, "concurrency").as_deref(), Some("gevent"));
-        assert_eq!(setting(&m, "workers").as_deref(), Some("4"));
-        let m = run(&["gunicorn", "--threads", "8", "app:app"], &["bash"], "/").expect("m");
-        assert_eq!(setting(&m, "worker-class").as_deref(), Some("gthread"));
-        assert_eq!(setting(&m, "threads").as_deref(), Some("8"));
-        let m = run(
-            &[
-                "gunicorn",
-                "--worker-class=uvicorn.workers.UvicornWorker",
-                "app:app",
-            ],
-            &["bash"],
-            "/",
-        )
-        .expect("m");
-        assert_eq!(setting(&m, "concurrency").as_deref(), Some("asyncio"));
+        let m = run(&["gunicorn", "-k", "egg:gunicorn#gevent", "-w4", "app:app"], &["bash"]).expect("m");
+        check_settings(&m, &[("worker-class", "gevent"), ("concurrency", "gevent"), ("workers", "4")]);
+        let m = run(&["gunicorn", "--threads", "8", "app:app"], &["bash"]).expect("m");
+        check_settings(&m, &[("worker-class", "gthread"), ("threads", "8"), ("preload", "false")]);
+        let m = run(&["gunicorn", "--worker-class=uvicorn.workers.UvicornWorker", "app:app"], &["bash"]).expect("m");
+        check_settings(&m, &[("concurrency", "asyncio"), ("server", "gunicorn"), ("role", "master")]);
     }
 }

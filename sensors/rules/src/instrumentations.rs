@@ -2,7 +2,7 @@
 //! docs). The tracer activates a library's instrumentation only once that library is imported, so
 //! asking for all of them costs nothing in processes that do not use them.
 
-use crate::process::{Instrumentation, Role};
+use crate::process::{Instrumentation, ProcessMatch, Role};
 
 /// Library instrumentations that take no settings yet.
 const LIBRARIES: &[&str] = &[
@@ -15,7 +15,7 @@ const LIBRARIES: &[&str] = &[
 ];
 
 /// `server_settings` are the server-specific `wsgi-server` settings.
-pub(crate) fn choose(
+fn choose(
     server: &'static str,
     role: Role,
     service_name: &str,
@@ -36,6 +36,23 @@ pub(crate) fn choose(
         settings: Vec::new(),
     }));
     out
+}
+
+/// A match with its instrumentations; `name` is (service name, where it came from).
+pub(crate) fn matched(
+    technology: &'static str,
+    role: Role,
+    (service_name, source): (String, &'static str),
+    server_settings: Vec<(&'static str, String)>,
+) -> ProcessMatch {
+    let instrumentations = choose(technology, role, &service_name, server_settings);
+    ProcessMatch {
+        technology,
+        role,
+        service_name,
+        service_name_source: source,
+        instrumentations,
+    }
 }
 
 /// Adds `(key, value)` when the value is known.

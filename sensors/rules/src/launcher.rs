@@ -106,9 +106,7 @@ fn script_name(path: &str) -> &str {
 mod tests {
     use super::*;
 
-    fn v(s: &[&str]) -> Vec<String> {
-        s.iter().map(|x| x.to_string()).collect()
-    }
+    use crate::process::test_support::strings as v;
 
     fn program(s: &[&str]) -> Option<(String, usize)> {
         let argv = v(s);

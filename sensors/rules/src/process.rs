@@ -72,3 +72,51 @@ pub(crate) fn title(cmdline: &[String]) -> Option<&str> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::{ProcessMatch, ProcessView};
+
+    pub type Matcher = fn(&ProcessView<'_>) -> Option<ProcessMatch>;
+
+    pub fn strings(s: &[&str]) -> Vec<String> {
+        s.iter().map(|x| x.to_string()).collect()
+    }
+
+    pub fn run(
+        m: Matcher,
+        exe: &str,
+        cmd: &[&str],
+        parent: &[&str],
+        cwd: &str,
+    ) -> Option<ProcessMatch> {
+        let (cmdline, parent_cmdline) = (strings(cmd), strings(parent));
+        m(&ProcessView {
+            exe,
+            cmdline: &cmdline,
+            cwd,
+            parent_cmdline: &parent_cmdline,
+        })
+    }
+
+    /// Cases are (argv, cwd, service name, source); the parent is a shell.
+    pub fn check_names(m: Matcher, exe: &str, cases: &[(&[&str], &str, &str, &str)]) {
+        for (cmd, cwd, name, source) in cases {
+            let got =
+                run(m, exe, cmd, &["bash"], cwd).map(|m| (m.service_name, m.service_name_source));
+            assert_eq!(got, Some((name.to_string(), *source)), "{cmd:?} in {cwd}");
+        }
+    }
+
+    /// Cases are (setting key, value) of the `wsgi-server` instrumentation.
+    pub fn check_settings(m: &ProcessMatch, cases: &[(&str, &str)]) {
+        let settings = &m.instrumentations[0].settings;
+        for (key, want) in cases {
+            let got = settings
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.as_str());
+            assert_eq!(got, Some(*want), "{key}");
+        }
+    }
+}

@@ -4,7 +4,7 @@
 //! case the options are gone and the title, the parent's title and the cwd are all there is.
 
 use crate::argv::{self, Opt};
-use crate::instrumentations::{choose, count, push_some};
+use crate::instrumentations::{count, matched, push_some};
 use crate::launcher::{basename, is_python, launch};
 use crate::process::{title, trimmed, ProcessMatch, ProcessView, Role};
 use crate::service_name::{from_dir, from_file, from_module, from_title, pick};
@@ -75,7 +75,7 @@ fn from_options(
     };
     let module = argv::value(args, &MODULE)
         .or_else(|| argv::value(args, &MOUNT).and_then(|m| m.split_once('=').map(|(_, app)| app)));
-    let (service_name, source) = pick(
+    let name = pick(
         [
             (
                 argv::value(args, &PROCNAME_PREFIX).and_then(from_title),
@@ -105,14 +105,7 @@ fn from_options(
         FALLBACK,
     );
     let settings = server_settings(args, launcher, has_config);
-    let instrumentations = choose(TECHNOLOGY, role, &service_name, settings);
-    Some(ProcessMatch {
-        technology: TECHNOLOGY,
-        role,
-        service_name,
-        service_name_source: source,
-        instrumentations,
-    })
+    Some(matched(TECHNOLOGY, role, name, settings))
 }
 
 /// A process whose argv was replaced by a uWSGI process name. Only the `uwsgi` executable (or
@@ -135,7 +128,7 @@ fn from_process_title(p: &ProcessView<'_>) -> Option<ProcessMatch> {
     let parent_name = parent
         .filter(|t| role == Role::Worker && *t != own)
         .and_then(title_name);
-    let (service_name, source) = pick(
+    let name = pick(
         [
             (title_name(own), "procname"),
             (parent_name, "procname"),
@@ -148,14 +141,7 @@ fn from_process_title(p: &ProcessView<'_>) -> Option<ProcessMatch> {
         if uwsgi_exe { TECHNOLOGY } else { "pyuwsgi" }.to_string(),
     )];
     settings.push(("enable-threads", "unknown".to_string()));
-    let instrumentations = choose(TECHNOLOGY, role, &service_name, settings);
-    Some(ProcessMatch {
-        technology: TECHNOLOGY,
-        role,
-        service_name,
-        service_name_source: source,
-        instrumentations,
-    })
+    Some(matched(TECHNOLOGY, role, name, settings))
 }
 
 /// The role in a uWSGI process name: `[prefix]uWSGI master`, `[prefix]uWSGI worker 3`. Mules and
@@ -187,17 +173,12 @@ fn strip_role_word(name: &str) -> &str {
         .unwrap_or(name)
 }
 
-/// `uwsgi app.ini` loads a config file given without an option.
+/// `uwsgi app.ini`: uWSGI loads arguments left after the options as config files, by extension.
 fn bare_config<'a>(args: &'a [String], extensions: &[&str]) -> Option<&'a str> {
-    args.iter()
-        .map(String::as_str)
-        .find(|a| {
-            !a.starts_with('-')
-                && extensions
-                    .iter()
-                    .any(|e| a.split(':').next().unwrap_or(a).ends_with(e))
-        })
-        .filter(|a| args.first().map(String::as_str) == Some(*a))
+    args.iter().map(String::as_str).find(|a| {
+        let file = a.split(':').next().unwrap_or(a);
+        !a.starts_with('-') && extensions.iter().any(|e| file.ends_with(e))
+    })
 }
 
 fn server_settings(
@@ -235,220 +216,80 @@ fn server_settings(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn v(s: &[&str]) -> Vec<String> {
-        s.iter().map(|x| x.to_string()).collect()
-    }
-
-    fn run(exe: &str, cmd: &[&str], parent: &[&str], cwd: &str) -> Option<ProcessMatch> {
-        let (cmdline, parent_cmdline) = (v(cmd), v(parent));
-        match_process(&ProcessView {
-            exe,
-            cmdline: &cmdline,
-            cwd,
-            parent_cmdline: &parent_cmdline,
-        })
-    }
+    use crate::process::test_support::{check_names, check_settings, run as run_with};
 
     const EXE: &str = "/venv/bin/uwsgi";
 
-    fn name(cmd: &[&str], cwd: &str) -> (String, &'static str) {
-        let m = run(EXE, cmd, &["systemd"], cwd).expect("matches");
-        (m.service_name, m.service_name_source)
+    fn run(cmd: &[&str], parent: &[&str]) -> Option<ProcessMatch> {
+        run_with(match_process, EXE, cmd, parent, "/srv/x")
     }
 
+    fn summary(m: Option<ProcessMatch>) -> Option<(Role, String, &'static str)> {
+        m.map(|m| (m.role, m.service_name, m.service_name_source))
+    }
+
+    #[rustfmt::skip]
     #[test]
-    fn name_sources() {
-        assert_eq!(
-            name(&["uwsgi", "--module", "shop.wsgi:application"], "/"),
-            ("shop".into(), "--module")
-        );
-        assert_eq!(
-            name(&["uwsgi", "-w", "shop.wsgi"], "/"),
-            ("shop".into(), "--module")
-        );
-        assert_eq!(
-            name(&["uwsgi", "--wsgi=shop.wsgi"], "/"),
-            ("shop".into(), "--module")
-        );
-        assert_eq!(
-            name(&["uwsgi", "--mount", "/=cart.app:app"], "/"),
-            ("cart".into(), "--module")
-        );
-        assert_eq!(
-            name(&["uwsgi", "--wsgi-file", "/srv/cart/app.py"], "/"),
-            ("cart".into(), "--wsgi-file")
-        );
-        assert_eq!(
-            name(
-                &["uwsgi", "--ini", "/etc/uwsgi/apps-enabled/orders.ini:prod"],
-                "/"
-            ),
-            ("orders".into(), "--ini")
-        );
-        assert_eq!(
-            name(&["uwsgi", "/etc/uwsgi/orders.ini"], "/"),
-            ("orders".into(), "--ini")
-        );
-        assert_eq!(
-            name(&["uwsgi", "--yaml", "/etc/uwsgi/orders.yaml"], "/"),
-            ("orders".into(), "config")
-        );
-        assert_eq!(
-            name(
-                &[
-                    "uwsgi",
-                    "--procname-prefix-spaced",
-                    "pay",
-                    "-w",
-                    "shop.wsgi"
-                ],
-                "/"
-            ),
-            ("pay".into(), "procname")
-        );
-        assert_eq!(
-            name(&["uwsgi", "--procname=ledger", "-w", "shop.wsgi"], "/"),
-            ("ledger".into(), "procname")
-        );
-        assert_eq!(
-            name(&["uwsgi", "--wsgi-file", "app.py"], "/srv/billing"),
-            ("billing".into(), "cwd")
-        );
-        assert_eq!(
-            name(
-                &["uwsgi", "-H", "/srv/ledger/venv", "--wsgi-file", "app.py"],
-                "/"
-            ),
-            ("ledger".into(), "virtualenv")
-        );
-        assert_eq!(
-            name(&["uwsgi", "--wsgi-file", "app.py"], "/"),
-            ("app".into(), "--wsgi-file")
-        );
+    fn service_names() {
+        check_names(match_process, EXE, &[
+            (&["uwsgi", "--module", "shop.wsgi:application"], "/", "shop", "--module"),
+            (&["uwsgi", "-w", "shop.wsgi"], "/", "shop", "--module"),
+            (&["uwsgi", "--wsgi=shop.wsgi"], "/", "shop", "--module"),
+            (&["uwsgi", "--mount", "/=cart.app:app"], "/", "cart", "--module"),
+            (&["uwsgi", "--wsgi-file", "/srv/cart/app.py"], "/", "cart", "--wsgi-file"),
+            (&["uwsgi", "--ini", "/etc/uwsgi/apps-enabled/orders.ini:prod"], "/", "orders", "--ini"),
+            (&["uwsgi", "/etc/uwsgi/orders.ini"], "/", "orders", "--ini"),
+            (&["uwsgi", "--yaml", "/etc/uwsgi/orders.yaml"], "/", "orders", "config"),
+            (&["uwsgi", "--procname-prefix-spaced", "pay", "-w", "shop.wsgi"], "/", "pay", "procname"),
+            (&["uwsgi", "--procname=ledger", "-w", "shop.wsgi"], "/", "ledger", "procname"),
+            (&["uwsgi", "--wsgi-file", "app.py"], "/srv/billing", "billing", "cwd"),
+            (&["uwsgi", "-H", "/srv/ledger/venv", "--wsgi-file", "app.py"], "/", "ledger", "virtualenv"),
+            (&["uwsgi", "--wsgi-file", "app.py"], "/", "app", "--wsgi-file"),
+        ]);
     }
 
+    #[rustfmt::skip]
     #[test]
     fn roles() {
         let cmd = ["uwsgi", "--master", "-w", "shop.wsgi"];
-        assert_eq!(
-            run(EXE, &cmd, &["bash"], "/").map(|m| m.role),
-            Some(Role::Master)
-        );
-        assert_eq!(
-            run(EXE, &cmd, &cmd, "/").map(|m| m.role),
-            Some(Role::Worker)
-        );
-        let alone = ["uwsgi", "-w", "shop.wsgi"];
-        assert_eq!(
-            run(EXE, &alone, &["bash"], "/").map(|m| m.role),
-            Some(Role::Standalone)
-        );
-        assert_eq!(
-            run(EXE, &["uwsgi", "--ini", "x.ini"], &["bash"], "/").map(|m| m.role),
-            Some(Role::Master)
-        );
-        let custom = run(EXE, &["ledger"], &["ledger"], "/").expect("custom procname");
-        assert_eq!(
-            (custom.role, custom.service_name.as_str()),
-            (Role::Worker, "ledger")
-        );
-        let w = run(EXE, &["uWSGI worker 3"], &["inventory-master"], "/srv/x").expect("worker");
-        assert_eq!(
-            (w.role, w.service_name.as_str(), w.service_name_source),
-            (Role::Worker, "inventory", "procname")
-        );
-        let m = run(EXE, &["uWSGI master"], &["bash"], "/srv/x").expect("master");
-        assert_eq!(
-            (m.role, m.service_name.as_str(), m.service_name_source),
-            (Role::Master, "x", "cwd")
-        );
-        let mule = run(EXE, &["shop uWSGI mule 1"], &["shop uWSGI master"], "/").expect("mule");
-        assert_eq!(
-            (mule.role, mule.service_name.as_str()),
-            (Role::Worker, "shop")
-        );
+        assert_eq!(run(&cmd, &["bash"]).map(|m| m.role), Some(Role::Master));
+        assert_eq!(run(&cmd, &cmd).map(|m| m.role), Some(Role::Worker));
+        assert_eq!(run(&["uwsgi", "-w", "shop.wsgi"], &["bash"]).map(|m| m.role), Some(Role::Standalone));
+        assert_eq!(run(&["uwsgi", "--ini", "x.ini"], &["bash"]).map(|m| m.role), Some(Role::Master));
+        assert_eq!(summary(run(&["ledger"], &["ledger"])), Some((Role::Worker, "ledger".into(), "procname")));
+        assert_eq!(summary(run(&["uWSGI worker 3"], &["inventory-master"])), Some((Role::Worker, "inventory".into(), "procname")));
+        assert_eq!(summary(run(&["uWSGI master"], &["bash"])), Some((Role::Master, "x".into(), "cwd")));
+        assert_eq!(summary(run(&["shop uWSGI mule 1"], &["shop uWSGI master"])), Some((Role::Worker, "shop".into(), "procname")));
     }
 
+    #[rustfmt::skip]
     #[test]
     fn not_uwsgi() {
-        assert!(run(EXE, &["uWSGI http 1"], &["uWSGI master"], "/").is_none());
-        assert!(run(
-            EXE,
-            &["uwsgi", "--emperor", "/etc/uwsgi/vassals"],
-            &["bash"],
-            "/"
-        )
-        .is_none());
-        assert!(run(
-            "/usr/bin/python3.11",
-            &["python3", "worker.py", "/etc/uwsgi/apps.ini"],
-            &["bash"],
-            "/"
-        )
-        .is_none());
-        assert!(run(
-            "/usr/bin/python3.11",
-            &["gunicorn: master [app:app]"],
-            &["bash"],
-            "/"
-        )
-        .is_none());
-        assert!(run("/usr/bin/python3.11", &["ledger"], &["bash"], "/").is_none());
-        assert!(run("/usr/bin/bash", &["uWSGI master"], &["bash"], "/").is_none());
-        assert!(run(
-            "/usr/bin/python3.11",
-            &["/v/bin/python", "/v/bin/gunicorn", "-w", "x"],
-            &["bash"],
-            "/"
-        )
-        .is_none());
+        let py = "/usr/bin/python3.11";
+        assert!(run(&["uWSGI http 1"], &["uWSGI master"]).is_none());
+        assert!(run(&["uwsgi", "--emperor", "/etc/uwsgi/vassals"], &["bash"]).is_none());
+        for (exe, cmd) in [
+            (py, &["python3", "worker.py", "/etc/uwsgi/apps.ini"][..]),
+            (py, &["gunicorn: master [app:app]"]),
+            (py, &["ledger"]),
+            ("/usr/bin/bash", &["uWSGI master"]),
+            (py, &["/v/bin/python", "/v/bin/gunicorn", "-w", "x"]),
+        ] {
+            assert!(run_with(match_process, exe, cmd, &["bash"], "/").is_none(), "{cmd:?}");
+        }
     }
 
+    #[rustfmt::skip]
     #[test]
     fn settings() {
-        let m = run(
-            EXE,
-            &[
-                "uwsgi",
-                "--lazy-apps",
-                "--threads",
-                "4",
-                "-p",
-                "2",
-                "-M",
-                "-w",
-                "a",
-            ],
-            &["bash"],
-            "/",
-        )
-        .expect("m");
-        let s = &m.instrumentations[0].settings;
-        for (k, want) in [
-            ("lazy-apps", "true"),
-            ("enable-threads", "true"),
-            ("threads", "4"),
-            ("workers", "2"),
-            ("master", "true"),
-            ("concurrency", "threads"),
-            ("launcher", "uwsgi"),
-        ] {
-            assert_eq!(
-                s.iter().find(|(key, _)| *key == k).map(|(_, v)| v.as_str()),
-                Some(want),
-                "{k}"
-            );
-        }
-        let m = run(
-            "/usr/bin/python3.10",
-            &["/v/bin/python", "/v/bin/pyuwsgi", "-w", "a"],
-            &["bash"],
-            "/",
-        )
-        .expect("pyuwsgi");
-        assert!(m.instrumentations[0]
-            .settings
-            .contains(&("launcher", "pyuwsgi".to_string())));
+        let m = run(&["uwsgi", "--lazy-apps", "--threads", "4", "-p", "2", "-M", "-w", "a"], &["bash"]).expect("m");
+        check_settings(&m, &[
+            ("lazy-apps", "true"), ("enable-threads", "true"), ("threads", "4"), ("workers", "2"),
+            ("master", "true"), ("concurrency", "threads"), ("launcher", "uwsgi"),
+        ]);
+        let m = run_with(match_process, "/usr/bin/python3.10", &["/v/bin/python", "/v/bin/pyuwsgi", "-w", "a"], &["bash"], "/");
+        check_settings(&m.expect("pyuwsgi"), &[("launcher", "pyuwsgi"), ("enable-threads", "false")]);
+        let m = run(&["uwsgi", "--ini", "a.ini", "--gevent", "100"], &["bash"]).expect("m");
+        check_settings(&m, &[("enable-threads", "unknown"), ("concurrency", "gevent")]);
     }
 }

@@ -71,6 +71,10 @@ impl<'a> Known<'a> {
     pub fn collect(attributes: impl IntoIterator<Item = (&'a str, Value<'a>)>) -> Self {
         let mut values = [None; ATTRIBUTE_KEYS.len()];
         for (k, v) in attributes {
+            // Every known key starts with one of these: most other attributes are skipped here.
+            if !matches!(k.as_bytes().first(), Some(b'h' | b'u' | b'd' | b'e')) {
+                continue;
+            }
             if let Some(slot) = ATTRIBUTE_KEYS.iter().position(|known| *known == k) {
                 values[slot] = Some(v);
             }

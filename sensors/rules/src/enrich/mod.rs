@@ -20,7 +20,7 @@ mod span;
 pub use attributes::ATTRIBUTE_KEYS;
 pub use span::{OwnedValue, Patch, SpanKind, SpanView, Status, StatusCode, Value};
 
-use attributes::{key, Known};
+use attributes::Known;
 
 /// Enriches one span; `None` when nothing changes. `attributes` may hold any keys: those not in
 /// [`ATTRIBUTE_KEYS`] are ignored.
@@ -35,12 +35,8 @@ pub fn enrich_span<'a>(
     let mut patch = Patch::new(index);
     redact::apply(&known, &mut patch);
     sql::apply(&known, &mut patch);
-    let derived_route = route::apply(&known, name, kind, &mut patch);
+    route::apply(&known, name, kind, &mut patch);
     status::apply(&known, kind, status, &mut patch);
-    // A derived route is set last so that status rules read the span as it came in.
-    if let Some(route) = derived_route {
-        patch.set(key::HTTP_ROUTE, OwnedValue::Str(route));
-    }
     (!patch.is_empty()).then_some(patch)
 }
 

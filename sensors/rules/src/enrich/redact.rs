@@ -109,33 +109,29 @@ pub fn connection_string(s: &str) -> Cow<'_, str> {
 
 /// `a=1&token=x` → `a=1&token=REDACTED` (also `;`-separated).
 pub fn query(s: &str) -> Cow<'_, str> {
-    let mut out = String::new();
-    let mut changed = false;
-    let mut rest = s;
-    loop {
-        let end = rest.find(['&', ';']).unwrap_or(rest.len());
-        let param = &rest[..end];
-        match param.split_once('=') {
-            Some((k, v)) if v != REDACTED && is_sensitive(k) => {
-                out.push_str(k);
-                out.push('=');
-                out.push_str(REDACTED);
-                changed = true;
-            }
-            _ => out.push_str(param),
+    // Built only from the first sensitive parameter on: most query strings have none.
+    let mut out: Option<String> = None;
+    let mut offset = 0;
+    for piece in s.split_inclusive(['&', ';']) {
+        let param = piece
+            .strip_suffix('&')
+            .or_else(|| piece.strip_suffix(';'))
+            .unwrap_or(piece);
+        let sensitive = param
+            .split_once('=')
+            .filter(|(k, v)| *v != REDACTED && is_sensitive(k));
+        if let Some((k, _)) = sensitive {
+            let o = out.get_or_insert_with(|| String::from(&s[..offset]));
+            o.push_str(k);
+            o.push('=');
+            o.push_str(REDACTED);
+            o.push_str(&piece[param.len()..]);
+        } else if let Some(o) = out.as_mut() {
+            o.push_str(piece);
         }
-        if end == rest.len() {
-            break;
-        }
-        // Keep whichever separator was there.
-        out.push_str(&rest[end..end + 1]);
-        rest = &rest[end + 1..];
+        offset += piece.len();
     }
-    if changed {
-        Cow::Owned(out)
-    } else {
-        Cow::Borrowed(s)
-    }
+    out.map_or(Cow::Borrowed(s), Cow::Owned)
 }
 
 /// `http.target` (`/path?query`): the query part.
@@ -260,28 +256,37 @@ fn value_end(s: &str, start: usize) -> usize {
 /// Whether a parameter name holds a credential (see the module docs).
 pub fn is_sensitive(name: &str) -> bool {
     let decoded = percent_decode(name);
-    let mut word = String::new();
+    let s: &str = &decoded;
+    let mut start = 0;
     let mut prev_lower = false;
-    let mut words = Vec::new();
-    for c in decoded.chars() {
+    for (i, c) in s.char_indices() {
         if !c.is_alphanumeric() {
-            words.push(std::mem::take(&mut word));
+            if is_sensitive_word(&s[start..i]) {
+                return true;
+            }
+            start = i + c.len_utf8();
             prev_lower = false;
             continue;
         }
         if c.is_uppercase() && prev_lower {
-            words.push(std::mem::take(&mut word));
+            if is_sensitive_word(&s[start..i]) {
+                return true;
+            }
+            start = i;
         }
         prev_lower = c.is_lowercase() || c.is_ascii_digit();
-        word.extend(c.to_lowercase());
     }
-    words.push(word);
-    let joined: String = words.concat();
-    words.iter().chain(std::iter::once(&joined)).any(|w| {
-        SENSITIVE_WORDS.contains(&w.as_str())
-            || SENSITIVE_WORDS
-                .iter()
-                .any(|s| s.len() >= MIN_SUFFIX_WORD && w.ends_with(s))
+    is_sensitive_word(&s[start..])
+}
+
+fn is_sensitive_word(word: &str) -> bool {
+    let w = word.as_bytes();
+    SENSITIVE_WORDS.iter().any(|s| {
+        let s = s.as_bytes();
+        w.eq_ignore_ascii_case(s)
+            || (s.len() >= MIN_SUFFIX_WORD
+                && w.len() > s.len()
+                && w[w.len() - s.len()..].eq_ignore_ascii_case(s))
     })
 }
 

@@ -18,41 +18,34 @@
 use std::borrow::Cow;
 
 use super::attributes::{key, Known};
-use super::span::{Patch, SpanKind};
+use super::span::{OwnedValue, Patch, SpanKind};
 
 /// Longer paths get no template.
 pub const MAX_PATH_BYTES: usize = 4096;
 /// What an id segment becomes.
 pub const ID: &str = "{id}";
 
-/// Returns the route to set on the span (to be set by the caller) and names the span.
-pub(crate) fn apply(
-    known: &Known<'_>,
-    name: &str,
-    kind: SpanKind,
-    patch: &mut Patch,
-) -> Option<String> {
+/// Sets a derived `http.route` and the span name.
+pub(crate) fn apply(known: &Known<'_>, name: &str, kind: SpanKind, patch: &mut Patch) {
     if kind != SpanKind::Server {
-        return None;
+        return;
     }
     let method = known
         .first_str(&[key::HTTP_REQUEST_METHOD, key::HTTP_METHOD])
         .map(|(_, m)| span_method(m));
-    let (route, derived) = match known.str(key::HTTP_ROUTE) {
+    let (route, derived) = match known.str(key::HTTP_ROUTE).filter(|r| !r.is_empty()) {
         Some(route) => (Cow::Borrowed(route), false),
         None => {
-            let status = known
-                .get(key::HTTP_RESPONSE_STATUS_CODE)
-                .or_else(|| known.get(key::HTTP_STATUS_CODE));
-            if status.and_then(|(_, v)| super::status::code_of(v)) == Some(404) {
-                return None;
+            if super::status::http_status_code(known) == Some(404) {
+                return;
             }
             let path = match (known.str(key::URL_PATH), known.str(key::HTTP_TARGET)) {
                 (Some(p), _) => p,
                 (None, Some(t)) => t.split(['?', '#']).next().unwrap_or(t),
-                (None, None) => return None,
+                (None, None) => return,
             };
-            (Cow::Owned(template(path)?.into_owned()), true)
+            let Some(route) = template(path) else { return };
+            (route, true)
         }
     };
     if let Some(method) = method {
@@ -64,7 +57,9 @@ pub(crate) fn apply(
             }
         }
     }
-    derived.then(|| route.into_owned())
+    if derived {
+        patch.set(key::HTTP_ROUTE, OwnedValue::Str(route.into_owned()));
+    }
 }
 
 /// `GET` … as is; anything else is `HTTP` (semconv: unknown methods must not create span names).

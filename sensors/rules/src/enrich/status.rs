@@ -8,11 +8,9 @@ use super::attributes::{key, Known};
 use super::span::{OwnedValue, Patch, SpanKind, Status, StatusCode, Value};
 
 pub(crate) fn apply(known: &Known<'_>, kind: SpanKind, current: StatusCode, patch: &mut Patch) {
-    let code = known
-        .get(key::HTTP_RESPONSE_STATUS_CODE)
-        .or_else(|| known.get(key::HTTP_STATUS_CODE))
-        .and_then(|(_, v)| code_of(v));
-    let Some(code) = code else { return };
+    let Some(code) = http_status_code(known) else {
+        return;
+    };
     if current != StatusCode::Unset || !is_error(kind, code) {
         return;
     }
@@ -34,8 +32,16 @@ pub fn is_error(kind: SpanKind, code: i64) -> bool {
     }
 }
 
+/// The response's status code (current semconv name first, then the older one).
+pub(crate) fn http_status_code(known: &Known<'_>) -> Option<i64> {
+    known
+        .get(key::HTTP_RESPONSE_STATUS_CODE)
+        .or_else(|| known.get(key::HTTP_STATUS_CODE))
+        .and_then(|(_, v)| code_of(v))
+}
+
 /// A status code given as an integer, or as a string by tracers that stringify everything.
-pub(crate) fn code_of(v: Value<'_>) -> Option<i64> {
+fn code_of(v: Value<'_>) -> Option<i64> {
     let code = match v {
         Value::Int(i) => i,
         Value::Str(s) => s.trim().parse().ok()?,
