@@ -9,15 +9,23 @@
 //! [`ProcessMatch`] (technology, [`Role`], service name and where it came from, instrumentations)
 //! or `None` for a process that is not theirs. Service-name sources, in order of preference:
 //!
-//! | technology | sources (`service_name_source`) |
+//! | technology | sources (`service_name_source`), in order |
 //! |---|---|
-//! | gunicorn | `--name` (`--name X`, `--name=X`, `-n X`, `-nX`), `proc-title` (a name in a setproctitle title), `module` (`myproj.wsgi:application` → `myproj`), `config` (`-c`/`--config` path), `cwd` |
-//! | uWSGI | `procname` (`--procname*` or a title they produced), `--module` (also `-w`, `--wsgi`), `--wsgi-file` (also `--file`), `--ini` (also `--yaml`/`--json`/`--xml` or a bare config argument), `cwd` |
+//! | gunicorn | `--name` (`--name X`, `--name=X`, `-n X`, `-nX`); `proc-title` (a name in a setproctitle title `gunicorn: master [NAME]`); `module` (the app argument, or the title's `[module:variable]`: `myproj.wsgi:application` → `myproj`); `config` (`-c`/`--config` path, or `python:module`); `cwd` |
+//! | uWSGI | `procname` (`--procname-prefix[-spaced]`, `--procname`, `--procname-master`, or a title they produced, also the parent's); `--module` (also `-w`, `--wsgi`, `--mount /=app`); `--wsgi-file` (also `--file`); `--ini` (also a bare `app.ini` argument); `config` (`--yaml`/`--json`/`--xml`); `cwd`; `virtualenv` (`-H`/`--home`/`--virtualenv`) |
 //!
-//! A source whose value is generic (`app`, `wsgi`, `main`, `src`, `/` …) is skipped in favour of
-//! the next; if every source is generic the first generic one is used, then the technology name —
-//! never "unknown".
+//! A source whose value is generic (`app`, `wsgi`, `main`, `src`, `/`, `/srv/app`, release
+//! directories …) is skipped in favour of the next; paths are walked up to the nearest
+//! non-generic directory (`/srv/shop/shop/wsgi.py` → `shop`). If every source is generic the first
+//! generic one is used, then the technology name (source `technology`) — never "unknown".
 //!
+//! Roles: a process whose parent shows the same argv (or a master's title) is a worker. A gunicorn
+//! root process is a master. A uWSGI root process is a master with `--master`/`-M` or a config
+//! file (which usually sets it; the sensor cannot read it), otherwise standalone. Known limits:
+//! a gunicorn master re-executed by `USR2` looks like a worker of the old master (without
+//! setproctitle), and a uWSGI `--http` router process, forked with the same argv, looks like a
+//! worker unless process names are on (`uWSGI http 1` does not match).
+
 //! # Instrumentations and their settings
 //! Every match asks for the same instrumentation names (the tracer turns on only those whose library
 //! is imported): `wsgi-server`, `flask`, `django`, `http-client`, `dbapi`, `sqlalchemy`, `redis`.
@@ -47,6 +55,8 @@
 //! are [`ATTRIBUTE_KEYS`]. Enriching an already enriched span returns no patch (idempotent), and
 //! the work per value is bounded. The rules: [`enrich::route`], [`enrich::sql`], [`enrich::redact`],
 //! [`enrich::status`].
+
+#![warn(missing_docs)]
 
 mod argv;
 pub mod component;

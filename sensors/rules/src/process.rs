@@ -38,7 +38,9 @@ impl Role {
 /// One in-process instrumentation to turn on, with its settings (see the crate docs).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Instrumentation {
+    /// `wsgi-server`, `flask`, `django`, `http-client`, `dbapi`, `sqlalchemy`, `redis`.
     pub name: &'static str,
+    /// (key, value) settings for the in-process tracer.
     pub settings: Vec<(&'static str, String)>,
 }
 
@@ -47,10 +49,13 @@ pub struct Instrumentation {
 pub struct ProcessMatch {
     /// `"gunicorn"` or `"uwsgi"`.
     pub technology: &'static str,
+    /// Master, worker or standalone.
     pub role: Role,
+    /// The service name to report.
     pub service_name: String,
     /// Where the name came from (crate docs list the values).
     pub service_name_source: &'static str,
+    /// In-process instrumentations to turn on.
     pub instrumentations: Vec<Instrumentation>,
 }
 

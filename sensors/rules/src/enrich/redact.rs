@@ -25,6 +25,7 @@ use super::span::{OwnedValue, Patch, Value};
 pub const REDACTED: &str = "REDACTED";
 /// Longer values are replaced by [`TOO_LONG`] rather than scanned.
 pub const MAX_VALUE_BYTES: usize = 64 * 1024;
+/// What a value longer than [`MAX_VALUE_BYTES`] becomes.
 pub const TOO_LONG: &str = "REDACTED (value too long to check)";
 
 /// Words that make a parameter name sensitive.

@@ -3,10 +3,15 @@
 /// An attribute value, borrowed from the caller's span (the WIT `attribute-value`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Value<'a> {
+    /// A string.
     Str(&'a str),
+    /// A signed integer.
     Int(i64),
+    /// A float.
     Double(f64),
+    /// A boolean.
     Bool(bool),
+    /// A list of strings (e.g. HTTP header values).
     StrArray(&'a [String]),
 }
 
@@ -22,44 +27,63 @@ impl<'a> Value<'a> {
 /// An attribute value a patch sets.
 #[derive(Debug, Clone, PartialEq)]
 pub enum OwnedValue {
+    /// A string.
     Str(String),
+    /// A signed integer.
     Int(i64),
+    /// A float.
     Double(f64),
+    /// A boolean.
     Bool(bool),
+    /// A list of strings.
     StrArray(Vec<String>),
 }
 
 /// The WIT `span-kind`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SpanKind {
+    /// Work inside the process.
     Internal,
+    /// Handles an incoming request (HTTP server spans get routes).
     Server,
+    /// An outgoing request (HTTP client, database).
     Client,
+    /// Sends a message.
     Producer,
+    /// Receives a message.
     Consumer,
 }
 
 /// The WIT `status-code`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StatusCode {
+    /// Nobody said (most spans).
     Unset,
+    /// Explicitly fine.
     Ok,
+    /// Failed.
     Error,
 }
 
 /// The WIT `span-status`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Status {
+    /// The code.
     pub code: StatusCode,
+    /// A description; empty when the code says it all.
     pub message: String,
 }
 
 /// A borrowed span for [`super::enrich_batch`]: only what enrichment reads.
 #[derive(Debug, Clone, Copy)]
 pub struct SpanView<'a> {
+    /// The span's name.
     pub name: &'a str,
+    /// The span's kind.
     pub kind: SpanKind,
+    /// The span's status code as the tracer set it.
     pub status: StatusCode,
+    /// (key, value) pairs; keys outside [`super::ATTRIBUTE_KEYS`] are ignored.
     pub attributes: &'a [(&'a str, Value<'a>)],
 }
 
@@ -69,7 +93,9 @@ pub struct SpanView<'a> {
 pub struct Patch {
     /// Index of the span in the batch.
     pub index: u32,
+    /// A new name.
     pub name: Option<String>,
+    /// A new status.
     pub status: Option<Status>,
     /// Set (add or replace) these attributes.
     pub set_attributes: Vec<(&'static str, OwnedValue)>,
