@@ -95,3 +95,83 @@ fn real_processes_match_as_expected() {
         failures.join("\n")
     );
 }
+
+/// Random command lines over the tokens the matchers look at: no panic, and a match always has
+/// a non-empty service name.
+#[test]
+fn random_command_lines_never_panic() {
+    const TOKENS: &[&str] = &[
+        "",
+        "-",
+        "--",
+        "-m",
+        "-c",
+        "-W",
+        "-X",
+        "-um",
+        "-n",
+        "-nX",
+        "--name",
+        "--name=",
+        "-w",
+        "-k",
+        "--threads",
+        "=",
+        ":",
+        "app:app",
+        "a.b:c",
+        "gunicorn",
+        "uwsgi",
+        "pyuwsgi",
+        "python3.11",
+        "/usr/bin/python3",
+        "x.ini",
+        "x.ini:",
+        ":x",
+        "--ini",
+        "--procname-master",
+        "--procname-prefix",
+        "--mount",
+        "/=",
+        "uWSGI",
+        "uWSGI master",
+        "uWSGI worker 1",
+        "gunicorn: master [",
+        "gunicorn: worker [a:b]",
+        "]",
+        "[",
+        "é",
+        "/",
+        "master",
+        "4",
+    ];
+    let mut seed: u64 = 0xc0ffee;
+    let mut next = move |n: usize| {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (seed >> 33) as usize % n
+    };
+    let mut pick = |len: usize| -> Vec<String> {
+        (0..len)
+            .map(|_| TOKENS[next(TOKENS.len())].to_string())
+            .collect()
+    };
+    for i in 0..20_000 {
+        let (cmdline, parent_cmdline) = (pick(i % 7), pick(i % 3));
+        let exe = ["/venv/bin/uwsgi", "/usr/bin/python3.11", "/bin/bash"][i % 3];
+        let cwd = ["/", "", "/srv/app", "/srv/é/src"][i % 4];
+        let view = ProcessView {
+            exe,
+            cmdline: &cmdline,
+            cwd,
+            parent_cmdline: &parent_cmdline,
+        };
+        for m in [gunicorn::match_process(&view), uwsgi::match_process(&view)]
+            .into_iter()
+            .flatten()
+        {
+            assert!(!m.service_name.is_empty(), "{cmdline:?} in {cwd:?}");
+        }
+    }
+}

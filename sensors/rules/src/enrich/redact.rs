@@ -234,24 +234,24 @@ fn key_values(s: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
-/// Where a key=value value ends: a closing quote, or the next `;` or whitespace.
+/// Where a key=value value ends: at the next `;` or whitespace outside quotes.
 fn value_end(s: &str, start: usize) -> usize {
-    let rest = &s[start..];
-    if let Some(q) = rest.chars().next().filter(|c| *c == '\'' || *c == '"') {
-        let mut escaped = false;
-        for (i, c) in rest.char_indices().skip(1) {
-            match c {
-                '\\' if !escaped => escaped = true,
-                c if c == q && !escaped => return start + i + 1,
-                _ => escaped = false,
+    let mut quote = None;
+    let mut escaped = false;
+    for (i, c) in s[start..].char_indices() {
+        match (quote, c) {
+            (Some(_), '\\') if !escaped => {
+                escaped = true;
+                continue;
             }
+            (Some(q), c) if c == q && !escaped => quote = None,
+            (None, '\'' | '"') => quote = Some(c),
+            (None, c) if c == ';' || c.is_whitespace() => return start + i,
+            _ => {}
         }
-        return s.len();
+        escaped = false;
     }
-    start
-        + rest
-            .find(|c: char| c == ';' || c.is_whitespace())
-            .unwrap_or(rest.len())
+    s.len()
 }
 
 /// Whether a parameter name holds a credential (see the module docs).

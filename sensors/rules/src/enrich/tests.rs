@@ -579,3 +579,43 @@ fn attribute_keys_are_unique() {
     keys.dedup();
     assert_eq!(keys.len(), ATTRIBUTE_KEYS.len());
 }
+
+/// Random strings over the characters the rules care about: no panic, and every rule is
+/// idempotent.
+#[test]
+fn random_inputs_never_panic_and_settle() {
+    const ALPHABET: &[&str] = &[
+        "'", "\"", "`", "$", "$$", "%", "%s", "%(", ")s", ":", "::", "?", "-", "--", "/", "/*",
+        "*/", "/*+", "+", ".", "0", "7", "42", "0x", "e", "E", "x", "N", "_", "(", ")", ",", ";",
+        "=", "@", "#", "&", "é", "名", " ", "\n", "\\", "IN", "VALUES", "NULL", "token", "://",
+        "u:p@", "?a=", "9f1c0e2a", "{id}",
+    ];
+    let mut seed: u64 = 0x5eed;
+    let mut next = move |n: usize| {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (seed >> 33) as usize % n
+    };
+    for _ in 0..20_000 {
+        let input: String = (0..next(24))
+            .map(|_| ALPHABET[next(ALPHABET.len())])
+            .collect();
+        for dialect in [Dialect::Standard, Dialect::MySql] {
+            let once = normalize(&input, dialect).into_owned();
+            assert_eq!(normalize(&once, dialect), once, "sql {input:?}");
+        }
+        let path = format!("/{input}");
+        let once = route(&path).unwrap_or_default();
+        assert_eq!(route(&once).unwrap_or_default(), once, "route {input:?}");
+        for rule in [
+            redact::url,
+            redact::query,
+            redact::target,
+            redact::connection_string,
+        ] {
+            let once = rule(&input).into_owned();
+            assert_eq!(rule(&once), once, "redaction {input:?}");
+        }
+    }
+}
