@@ -95,10 +95,11 @@ pub fn match_process(p: &ProcessView<'_>) -> Option<ProcessMatch> {
 /// `gunicorn`, `python -m gunicorn`, `python -m gunicorn.app.wsgiapp`, and the old
 /// `gunicorn_django` / `gunicorn_paster` scripts.
 fn is_gunicorn_program(program: &str) -> bool {
+    // `gunicorn.py` would be someone's own script.
     program == TECHNOLOGY
-        || program
-            .strip_prefix(TECHNOLOGY)
-            .is_some_and(|rest| rest.starts_with('.') || rest.starts_with('_'))
+        || program.strip_prefix(TECHNOLOGY).is_some_and(|rest| {
+            (rest.starts_with('.') || rest.starts_with('_')) && !rest.ends_with(".py")
+        })
 }
 
 /// `gunicorn: master [shop]` → (Master, "shop").
@@ -221,6 +222,7 @@ mod tests {
     fn not_gunicorn() {
         for cmd in [
             &["python3", "worker.py", "/var/log/gunicorn/access.log"][..],
+            &["python3", "/srv/shop/gunicorn.py", "app:app"],
             &["/v/bin/uwsgi", "--module", "gunicorn"],
             &["python3", "-c", "import gunicorn"],
             &["gunicornc", "status"],

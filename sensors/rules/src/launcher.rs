@@ -7,7 +7,7 @@ use crate::process::trimmed;
 /// The program a command line runs, and the arguments it gets.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct Launch<'a> {
-    /// Script or executable base name without `.py`, or the module of `python -m`.
+    /// Script or executable base name (`gunicorn`, `run.py`), or the module of `python -m`.
     pub program: &'a str,
     pub args: &'a [String],
     /// Run by a Python interpreter (script or `-m`), not as its own executable.
@@ -38,7 +38,7 @@ pub(crate) fn launch(cmdline: &[String]) -> Option<Launch<'_>> {
     let first = argv.first()?;
     if !is_python(first) {
         return Some(Launch {
-            program: script_name(first),
+            program: basename(first),
             args: &argv[1..],
             by_interpreter: false,
         });
@@ -47,7 +47,7 @@ pub(crate) fn launch(cmdline: &[String]) -> Option<Launch<'_>> {
     while let Some(arg) = argv.get(i) {
         let Some(cluster) = arg.strip_prefix('-') else {
             return Some(Launch {
-                program: script_name(arg),
+                program: basename(arg),
                 args: &argv[i + 1..],
                 by_interpreter: true,
             });
@@ -95,11 +95,6 @@ pub(crate) fn launch(cmdline: &[String]) -> Option<Launch<'_>> {
         i += 1;
     }
     None
-}
-
-fn script_name(path: &str) -> &str {
-    let b = basename(path);
-    b.strip_suffix(".py").unwrap_or(b)
 }
 
 #[cfg(test)]
@@ -155,7 +150,7 @@ mod tests {
         );
         assert_eq!(
             program(&["python3", "-W", "ignore", "run.py"]),
-            Some(("run".into(), 0))
+            Some(("run.py".into(), 0))
         );
         assert_eq!(
             program(&["/usr/local/bin/uwsgi", "--ini", "x"]),

@@ -34,16 +34,12 @@ const GEVENT: Opt = Opt::long(&["--gevent"]);
 /// Matches a uWSGI master, worker or standalone process; `None` for anything else (including
 /// uWSGI's own routers and the emperor, which run no application).
 pub fn match_process(p: &ProcessView<'_>) -> Option<ProcessMatch> {
-    let launch = launch(p.cmdline);
-    match launch {
-        Some(l) if l.program == TECHNOLOGY || l.program == "pyuwsgi" => {
-            let launcher = if l.by_interpreter || l.program == "pyuwsgi" {
-                "pyuwsgi"
-            } else {
-                TECHNOLOGY
-            };
-            from_options(p, l.args, launcher)
+    match launch(p.cmdline) {
+        // `python uwsgi.py` is someone's script, not uWSGI.
+        Some(l) if l.program == TECHNOLOGY && !l.by_interpreter => {
+            from_options(p, l.args, TECHNOLOGY)
         }
+        Some(l) if l.program == "pyuwsgi" => from_options(p, l.args, "pyuwsgi"),
         _ => from_process_title(p),
     }
 }
@@ -270,6 +266,8 @@ mod tests {
         assert!(run(&["uwsgi", "--emperor", "/etc/uwsgi/vassals"], &["bash"]).is_none());
         for (exe, cmd) in [
             (py, &["python3", "worker.py", "/etc/uwsgi/apps.ini"][..]),
+            (py, &["python3", "/srv/shop/uwsgi.py"]),
+            (py, &["python3", "/srv/shop/uwsgi"]),
             (py, &["gunicorn: master [app:app]"]),
             (py, &["ledger"]),
             ("/usr/bin/bash", &["uWSGI master"]),
