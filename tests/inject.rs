@@ -41,13 +41,20 @@ impl Target {
         std::fs::read_to_string(self.dir.path().join("err")).unwrap_or_default()
     }
     fn beats(&self) -> usize {
-        self.stdout().lines().filter(|l| l.starts_with("beat")).count()
+        self.stdout()
+            .lines()
+            .filter(|l| l.starts_with("beat"))
+            .count()
     }
     fn ran_file(&self) -> PathBuf {
         self.dir.path().join("ran")
     }
     fn ran_lines(&self) -> Vec<String> {
-        std::fs::read_to_string(self.ran_file()).unwrap_or_default().lines().map(str::to_string).collect()
+        std::fs::read_to_string(self.ran_file())
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect()
     }
 }
 
@@ -63,7 +70,11 @@ fn start_target(python: &Path, scenario: &str) -> Target {
     cmd.stderr(std::fs::File::create(dir.path().join("err")).expect("err"));
     let proc = Proc::spawn(&format!("{scenario} {}", python.display()), &mut cmd);
     let t = Target { proc, dir, port };
-    assert!(wait_until(Duration::from_secs(10), || t.beats() >= 1), "{scenario}: target never started: {}", t.stderr());
+    assert!(
+        wait_until(Duration::from_secs(10), || t.beats() >= 1),
+        "{scenario}: target never started: {}",
+        t.stderr()
+    );
     // Let the main thread settle into its wait.
     std::thread::sleep(Duration::from_millis(100));
     t
@@ -72,20 +83,34 @@ fn start_target(python: &Path, scenario: &str) -> Target {
 /// Runs `zerostep inject --json`; returns (exit code, parsed JSON).
 fn inject_cli(pid: u32, code: &str, extra: &[&str]) -> (i32, Value) {
     let out = Command::new(zerostep_bin())
-        .args(["inject", "--json", "--pid", &pid.to_string(), "--code", code])
+        .args([
+            "inject",
+            "--json",
+            "--pid",
+            &pid.to_string(),
+            "--code",
+            code,
+        ])
         .args(extra)
         .env("ZEROSTEP_LOG", "warn")
         .output()
         .expect("run zerostep inject");
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let v: Value = serde_json::from_str(stdout.trim())
-        .unwrap_or_else(|e| panic!("bad JSON {stdout:?} ({e}); stderr: {}", String::from_utf8_lossy(&out.stderr)));
+    let v: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+        panic!(
+            "bad JSON {stdout:?} ({e}); stderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
     (out.status.code().unwrap_or(-1), v)
 }
 
 fn status_field(pid: u32, key: &str) -> String {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines().find_map(|l| l.strip_prefix(key)).map(|v| v.trim().to_string()).unwrap_or_default()
+    s.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .map(|v| v.trim().to_string())
+        .unwrap_or_default()
 }
 
 /// Anonymous rwx mappings (the injector's scratch pages are the only ones these targets have).
@@ -101,11 +126,26 @@ fn rwx_anon_mappings(pid: u32) -> usize {
 
 /// Everything the issue demands of a target after an injection.
 fn assert_clean(pid: u32, what: &str) {
-    assert!(Path::new(&format!("/proc/{pid}")).exists(), "{what}: pid {pid} is gone");
+    assert!(
+        Path::new(&format!("/proc/{pid}")).exists(),
+        "{what}: pid {pid} is gone"
+    );
     assert_eq!(status_field(pid, "TracerPid:"), "0", "{what}: still traced");
-    assert_eq!(status_field(pid, "SigPnd:"), "0000000000000000", "{what}: pending thread signal");
-    assert_eq!(status_field(pid, "ShdPnd:"), "0000000000000000", "{what}: pending process signal");
-    assert_eq!(rwx_anon_mappings(pid), 0, "{what}: scratch mapping left in /proc/{pid}/maps");
+    assert_eq!(
+        status_field(pid, "SigPnd:"),
+        "0000000000000000",
+        "{what}: pending thread signal"
+    );
+    assert_eq!(
+        status_field(pid, "ShdPnd:"),
+        "0000000000000000",
+        "{what}: pending process signal"
+    );
+    assert_eq!(
+        rwx_anon_mappings(pid),
+        0,
+        "{what}: scratch mapping left in /proc/{pid}/maps"
+    );
 }
 
 /// The mode each scenario must get; `threads` may catch its main thread taking the GIL back after a
@@ -119,13 +159,17 @@ fn expect_mode(scenario: &str) -> &'static [&'static str] {
 }
 
 fn tcp_ok(port: u16) -> bool {
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else { return false };
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
     let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
     let mut b = String::new();
     s.read_to_string(&mut b).is_ok() && b == "ok"
 }
 
-const SCENARIOS: &[&str] = &["select", "epoll", "sleep", "accept", "busy", "gil", "threads"];
+const SCENARIOS: &[&str] = &[
+    "select", "epoll", "sleep", "accept", "busy", "gil", "threads",
+];
 
 fn run_scenarios(python: &Path) -> Vec<(String, String, u64)> {
     let mut stops = Vec::new();
@@ -133,19 +177,33 @@ fn run_scenarios(python: &Path) -> Vec<(String, String, u64)> {
         let t = start_target(python, scenario);
         let pid = t.pid();
         let what = format!("{} {scenario}", python.display());
-        let code = format!("import os\nwith open({:?}, 'a') as f:\n    f.write('ran %d\\n' % os.getpid())\n", t.ran_file());
+        let code = format!(
+            "import os\nwith open({:?}, 'a') as f:\n    f.write('ran %d\\n' % os.getpid())\n",
+            t.ran_file()
+        );
         let (rc, v) = inject_cli(pid, &code, &[]);
         assert_eq!(rc, 0, "{what}: {v}");
-        assert!(expect_mode(scenario).contains(&v["mode"].as_str().unwrap_or("")), "{what}: {v}");
+        assert!(
+            expect_mode(scenario).contains(&v["mode"].as_str().unwrap_or("")),
+            "{what}: {v}"
+        );
         assert_eq!(v["confirmed"], true, "{what}: {v}");
         assert_eq!(v["runs"], 1, "{what}: {v}");
         assert_eq!(v["scratch_released"], true, "{what}: {v}");
-        assert_eq!(t.ran_lines(), vec![format!("ran {pid}")], "{what}: ran exactly once in the target");
+        assert_eq!(
+            t.ran_lines(),
+            vec![format!("ran {pid}")],
+            "{what}: ran exactly once in the target"
+        );
         // The same injection again: recognised, not run twice.
         let (rc, v2) = inject_cli(pid, &code, &[]);
         assert_eq!(rc, 0, "{what}: {v2}");
         assert_eq!(v2["already_present"], true, "{what}: {v2}");
-        assert_eq!(t.ran_lines().len(), 1, "{what}: second injection ran the code again");
+        assert_eq!(
+            t.ran_lines().len(),
+            1,
+            "{what}: second injection ran the code again"
+        );
         // Keeps working.
         let before = t.beats();
         if let Some(port) = t.port {
@@ -153,10 +211,17 @@ fn run_scenarios(python: &Path) -> Vec<(String, String, u64)> {
                 assert!(tcp_ok(port), "{what}: stopped serving");
             }
         }
-        assert!(wait_until(Duration::from_secs(5), || t.beats() > before + 1), "{what}: no progress after injection");
+        assert!(
+            wait_until(Duration::from_secs(5), || t.beats() > before + 1),
+            "{what}: no progress after injection"
+        );
         assert_clean(pid, &what);
         assert_eq!(t.stderr(), "", "{what}: target wrote errors");
-        stops.push((scenario.to_string(), v["mode"].as_str().unwrap_or("").to_string(), v["stop_time"].as_u64().unwrap_or(0)));
+        stops.push((
+            scenario.to_string(),
+            v["mode"].as_str().unwrap_or("").to_string(),
+            v["stop_time"].as_u64().unwrap_or(0),
+        ));
     }
     stops
 }
@@ -232,14 +297,29 @@ fn start_gunicorn(worker_class: &str, workers: usize) -> Server {
     let log = std::fs::File::create(dir.path().join("log")).expect("log");
     let mut cmd = Command::new(venv_bin("inject-gunicorn", "gunicorn"));
     cmd.current_dir(fixture(""))
-        .args(["--bind", &format!("127.0.0.1:{port}"), "-w", &workers.to_string(), "-k", worker_class])
+        .args([
+            "--bind",
+            &format!("127.0.0.1:{port}"),
+            "-w",
+            &workers.to_string(),
+            "-k",
+            worker_class,
+        ])
         .args(["--threads", "4", "--log-level", "info", "app:application"])
         .stdout(log.try_clone().expect("log"))
         .stderr(log);
     let proc = Proc::spawn(&format!("gunicorn {worker_class}"), &mut cmd);
     let s = Server { proc, dir, port };
-    assert!(wait_for_port(port, Duration::from_secs(20)), "gunicorn did not listen: {}", s.log());
-    assert!(wait_until(Duration::from_secs(10), || s.workers().len() == workers), "workers: {}", s.log());
+    assert!(
+        wait_for_port(port, Duration::from_secs(20)),
+        "gunicorn did not listen: {}",
+        s.log()
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || s.workers().len() == workers),
+        "workers: {}",
+        s.log()
+    );
     std::thread::sleep(Duration::from_millis(300));
     s
 }
@@ -250,23 +330,51 @@ fn start_uwsgi(processes: usize) -> Server {
     let log = std::fs::File::create(dir.path().join("log")).expect("log");
     let mut cmd = Command::new(venv_bin("inject-uwsgi", "uwsgi"));
     cmd.current_dir(fixture(""))
-        .args(["--http-socket", &format!("127.0.0.1:{port}"), "--master", "--processes", &processes.to_string()])
-        .args(["--wsgi-file", "app.py", "--die-on-term", "--disable-logging"])
+        .args([
+            "--http-socket",
+            &format!("127.0.0.1:{port}"),
+            "--master",
+            "--processes",
+            &processes.to_string(),
+        ])
+        .args([
+            "--wsgi-file",
+            "app.py",
+            "--die-on-term",
+            "--disable-logging",
+        ])
         .stdout(log.try_clone().expect("log"))
         .stderr(log);
     let proc = Proc::spawn("uwsgi", &mut cmd);
     let s = Server { proc, dir, port };
-    assert!(wait_for_port(port, Duration::from_secs(20)), "uwsgi did not listen: {}", s.log());
-    assert!(wait_until(Duration::from_secs(10), || s.workers().len() == processes), "workers: {}", s.log());
+    assert!(
+        wait_for_port(port, Duration::from_secs(20)),
+        "uwsgi did not listen: {}",
+        s.log()
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || s.workers().len() == processes),
+        "workers: {}",
+        s.log()
+    );
     std::thread::sleep(Duration::from_millis(300));
     s
 }
 
 fn serves(port: u16, n: usize) -> usize {
-    (0..n).filter(|_| matches!(http_get(port, "/"), Ok((200, _)))).count()
+    (0..n)
+        .filter(|_| matches!(http_get(port, "/"), Ok((200, _))))
+        .count()
 }
 
-const BAD_LOG_WORDS: &[&str] = &["Traceback", "SIGSEGV", "WORKER TIMEOUT", "was sent", "exited with code", "DAMN"];
+const BAD_LOG_WORDS: &[&str] = &[
+    "Traceback",
+    "SIGSEGV",
+    "WORKER TIMEOUT",
+    "was sent",
+    "exited with code",
+    "DAMN",
+];
 
 fn assert_log_clean(log: &str, what: &str) {
     for w in BAD_LOG_WORDS {
@@ -284,7 +392,11 @@ fn inject_into_server(s: &Server, what: &str) {
         assert_eq!(rc, 0, "{what} pid {pid}: {v}");
         assert_eq!(v["confirmed"], true, "{what} pid {pid}: {v}");
         assert_eq!(v["runs"], 1, "{what} pid {pid}: {v}");
-        assert_eq!(serves(s.port, 5), 5, "{what}: failed requests after injecting pid {pid}");
+        assert_eq!(
+            serves(s.port, 5),
+            5,
+            "{what}: failed requests after injecting pid {pid}"
+        );
         assert_clean(pid, &format!("{what} pid {pid}"));
     }
     assert_eq!(s.workers(), workers, "{what}: workers were replaced");
@@ -341,7 +453,8 @@ fn refuses_what_it_must() {
     // Opted out.
     let dir = tempfile::tempdir().expect("tempdir");
     let mut cmd = Command::new(pyenv("3.12.1"));
-    cmd.args(["-c", "import time\nwhile True: time.sleep(1)"]).env("ZEROSTEP_DISABLE", "1");
+    cmd.args(["-c", "import time\nwhile True: time.sleep(1)"])
+        .env("ZEROSTEP_DISABLE", "1");
     let _ = &dir;
     let opted = Proc::spawn("opted-out", &mut cmd);
     std::thread::sleep(Duration::from_millis(200));
@@ -361,10 +474,16 @@ fn refuses_what_it_must() {
     assert!(ready_rx.recv().unwrap_or(false), "test could not seize");
     let (rc, v) = inject_cli(t.pid(), "import sys", &[]);
     assert_eq!(rc, 4, "{v}");
-    assert!(v["error"].as_str().unwrap_or("").contains("already traced"), "{v}");
+    assert!(
+        v["error"].as_str().unwrap_or("").contains("already traced"),
+        "{v}"
+    );
     drop(tx);
     let _ = tracer.join();
-    assert!(wait_until(Duration::from_secs(2), || status_field(t.pid(), "TracerPid:") == "0"));
+    assert!(wait_until(Duration::from_secs(2), || status_field(
+        t.pid(),
+        "TracerPid:"
+    ) == "0"));
     let before = t.beats();
     assert!(wait_until(Duration::from_secs(3), || t.beats() > before));
 
@@ -372,10 +491,22 @@ fn refuses_what_it_must() {
     let out = Command::new("setpriv")
         .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
         .arg(zerostep_bin())
-        .args(["inject", "--json", "--pid", &t.pid().to_string(), "--code", "import sys"])
+        .args([
+            "inject",
+            "--json",
+            "--pid",
+            &t.pid().to_string(),
+            "--code",
+            "import sys",
+        ])
         .output()
         .expect("setpriv");
-    assert_eq!(out.status.code(), Some(4), "{}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("permission"));
     assert_clean(t.pid(), "after refusals");
 }
@@ -394,10 +525,20 @@ fn raised_exceptions_are_caught_and_reported() {
     let (rc, v) = inject_cli(t.pid(), "raise ValueError('boom')", &[]);
     assert_eq!(rc, 0, "{v}");
     assert_eq!(v["mode"], "pending");
-    assert!(v["raised"].as_str().unwrap_or("").contains("ValueError: boom"), "{v}");
+    assert!(
+        v["raised"]
+            .as_str()
+            .unwrap_or("")
+            .contains("ValueError: boom"),
+        "{v}"
+    );
     let before = t.beats();
     assert!(wait_until(Duration::from_secs(3), || t.beats() > before));
-    assert_eq!(t.stderr(), "", "the exception must not reach the target's stderr");
+    assert_eq!(
+        t.stderr(),
+        "",
+        "the exception must not reach the target's stderr"
+    );
     assert_clean(t.pid(), "after a raising injection");
 }
 
@@ -430,7 +571,13 @@ impl Load {
                 })
             })
             .collect();
-        Load { stop, ok, failed, handles, started: Instant::now() }
+        Load {
+            stop,
+            ok,
+            failed,
+            handles,
+            started: Instant::now(),
+        }
     }
 
     fn finish(self) -> (u64, u64, f64) {
@@ -439,7 +586,11 @@ impl Load {
             let _ = h.join();
         }
         let ok = self.ok.load(Ordering::Relaxed);
-        (ok, self.failed.load(Ordering::Relaxed), ok as f64 / self.started.elapsed().as_secs_f64())
+        (
+            ok,
+            self.failed.load(Ordering::Relaxed),
+            ok as f64 / self.started.elapsed().as_secs_f64(),
+        )
     }
 }
 
@@ -451,11 +602,14 @@ fn stress(injections: usize) {
     let mut stops: Vec<u64> = Vec::new();
     for i in 0..injections {
         let pid = workers[i % workers.len()];
-        let code = format!("import sys\nsys._zs_stress = getattr(sys, '_zs_stress', 0) + 1  # {i}\n");
+        let code =
+            format!("import sys\nsys._zs_stress = getattr(sys, '_zs_stress', 0) + 1  # {i}\n");
         let (rc, v) = inject_cli(pid, &code, &[]);
         assert_eq!(rc, 0, "injection {i} into {pid}: {v}");
         assert_eq!(v["runs"], 1, "injection {i}: {v}");
-        *modes.entry(v["mode"].as_str().unwrap_or("?").to_string()).or_default() += 1;
+        *modes
+            .entry(v["mode"].as_str().unwrap_or("?").to_string())
+            .or_default() += 1;
         stops.push(v["stop_time"].as_u64().unwrap_or(0));
     }
     let (ok, failed, rate) = load.finish();
@@ -514,9 +668,19 @@ fn kill_trials(trials: usize) {
     for trial in 0..trials {
         let step_delay = [0u64, 300, 2000][rnd(3) as usize];
         let sleep_ms = rnd(20);
-        let code = format!("import time\ntime.sleep({})  # trial {trial}\n", sleep_ms as f64 / 1000.0);
+        let code = format!(
+            "import time\ntime.sleep({})  # trial {trial}\n",
+            sleep_ms as f64 / 1000.0
+        );
         let mut child = Command::new(zerostep_bin())
-            .args(["inject", "--json", "--pid", &worker.to_string(), "--code", &code])
+            .args([
+                "inject",
+                "--json",
+                "--pid",
+                &worker.to_string(),
+                "--code",
+                &code,
+            ])
             .args(["--step-delay-us", &step_delay.to_string()])
             .env("ZEROSTEP_LOG", "off")
             .stdout(std::process::Stdio::null())
@@ -524,7 +688,9 @@ fn kill_trials(trials: usize) {
             .spawn()
             .expect("spawn injector");
         let injector = child.id().to_string();
-        let seized = poll_fast(Duration::from_secs(5), || status_field(worker, "TracerPid:") == injector);
+        let seized = poll_fast(Duration::from_secs(5), || {
+            status_field(worker, "TracerPid:") == injector
+        });
         let window_us = 8 * step_delay + sleep_ms * 1000 + 1000;
         std::thread::sleep(Duration::from_micros(rnd(window_us)));
         if status_field(worker, "TracerPid:") == injector {
@@ -534,18 +700,33 @@ fn kill_trials(trials: usize) {
         let _ = child.wait();
         seized_seen += usize::from(seized);
         assert!(
-            wait_until(Duration::from_secs(3), || status_field(worker, "TracerPid:") == "0"),
+            wait_until(Duration::from_secs(3), || status_field(
+                worker,
+                "TracerPid:"
+            ) == "0"),
             "trial {trial}: still traced"
         );
-        assert_eq!(serves(s.port, 2), 2, "trial {trial}: worker stopped serving");
-        assert_eq!(s.workers(), vec![worker], "trial {trial}: worker replaced (crashed?)");
+        assert_eq!(
+            serves(s.port, 2),
+            2,
+            "trial {trial}: worker stopped serving"
+        );
+        assert_eq!(
+            s.workers(),
+            vec![worker],
+            "trial {trial}: worker replaced (crashed?)"
+        );
     }
     // Pages of killed injections are swept by the next injection or `--cleanup`.
     let out = Command::new(zerostep_bin())
         .args(["inject", "--cleanup", "--pid", &worker.to_string()])
         .output()
         .expect("cleanup");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     println!("kill test: {trials} trials, seize observed in {seized_seen}, {landed_while_traced} kills landed while the worker was seized; worker {worker} alive and serving after every one");
     assert!(seized_seen > 0, "the injector never seized the worker");
     assert_eq!(serves(s.port, 20), 20);
@@ -562,4 +743,197 @@ fn kill_injector_small() {
 #[ignore = "full-size kill test (100 trials); run by bench/30-inject.sh"]
 fn kill_injector_full() {
     kill_trials(100);
+}
+
+// ---- benchmark (run by bench/30-inject.sh in release mode) ----
+
+/// Watches `TracerPid` of `pid` from a thread and records how long each tracing episode lasted: the
+/// same outside view of "how long was the target held" for zerostep and for gdb.
+struct TracedWatch {
+    stop: Arc<AtomicBool>,
+    handle: std::thread::JoinHandle<Vec<Duration>>,
+}
+
+impl TracedWatch {
+    fn start(pid: u32) -> TracedWatch {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let handle = std::thread::spawn(move || {
+            let mut episodes = Vec::new();
+            let mut since: Option<Instant> = None;
+            let mut last_seen = Instant::now();
+            while !flag.load(Ordering::Relaxed) {
+                let traced = status_field(pid, "TracerPid:") != "0";
+                let now = Instant::now();
+                match (traced, since) {
+                    (true, None) => since = Some(now),
+                    (false, Some(s)) => {
+                        episodes.push(last_seen.duration_since(s));
+                        since = None;
+                    }
+                    _ => {}
+                }
+                if traced {
+                    last_seen = now;
+                }
+                std::thread::sleep(Duration::from_micros(20));
+            }
+            episodes
+        });
+        TracedWatch { stop, handle }
+    }
+
+    fn finish(self) -> Vec<Duration> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.join().unwrap_or_default()
+    }
+}
+
+fn pct(v: &mut [f64]) -> (f64, f64, f64) {
+    if v.is_empty() {
+        return (0.0, 0.0, 0.0);
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let p = |q: f64| v[((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1];
+    (p(0.5), p(0.99), v[v.len() - 1])
+}
+
+fn lib_inject(pid: u32, code: &str) -> zerostep::inject::InjectReport {
+    zerostep::inject::inject(pid, code, &zerostep::inject::InjectOptions::default())
+        .unwrap_or_else(|e| panic!("inject into {pid}: {e}"))
+}
+
+fn row(label: &str, mode: &str, ms: &mut [f64]) -> String {
+    let (p50, p99, max) = pct(ms);
+    format!(
+        "| {label} | {mode} | {} | {p50:.3} | {p99:.3} | {max:.3} |",
+        ms.len()
+    )
+}
+
+#[test]
+#[ignore = "benchmark; run by bench/30-inject.sh (release build)"]
+fn bench_stop_times() {
+    let n: usize = std::env::var("INJECT_BENCH_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100);
+    let n_gdb: usize = std::env::var("INJECT_BENCH_GDB_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let mut rows = vec![
+        "| target | mode | n | p50 ms | p99 ms | max ms |".to_string(),
+        "|---|---|---|---|---|---|".to_string(),
+    ];
+
+    // Idle gunicorn sync worker: zerostep direct, then gdb on the same worker.
+    let s = start_gunicorn("sync", 2);
+    let worker = s.workers()[0];
+    let watch = TracedWatch::start(worker);
+    let mut own = Vec::new();
+    for i in 0..n {
+        let r = lib_inject(worker, &format!("import sys\nsys._zs_bench = {i}\n"));
+        assert_eq!(
+            r.mode,
+            zerostep::inject::InjectMode::Direct,
+            "idle worker should get the direct call"
+        );
+        own.push(r.stop_time.as_secs_f64() * 1e3);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut own_outside: Vec<f64> = watch
+        .finish()
+        .iter()
+        .map(|d| d.as_secs_f64() * 1e3)
+        .collect();
+    rows.push(row(
+        "gunicorn 23 sync worker, idle (py3.12)",
+        "zerostep direct (self-reported)",
+        &mut own,
+    ));
+    rows.push(row(
+        "gunicorn 23 sync worker, idle (py3.12)",
+        "zerostep direct (TracerPid window)",
+        &mut own_outside,
+    ));
+
+    let gdb = which("gdb");
+    let mut gdb_outside = Vec::new();
+    let mut gdb_wall = Vec::new();
+    if let Some(gdb) = &gdb {
+        let watch = TracedWatch::start(worker);
+        for i in 0..n_gdb {
+            let t = Instant::now();
+            let out = Command::new(gdb)
+                .args(["-batch", "--readnever", "-nx", "-p", &worker.to_string()])
+                .args(["-ex", "call (int)PyGILState_Ensure()"])
+                .args([
+                    "-ex",
+                    &format!("call (int)PyRun_SimpleString(\"import sys; sys._gdb_bench = {i}\")"),
+                ])
+                .args(["-ex", "call (void)PyGILState_Release($1)"])
+                .output()
+                .expect("gdb");
+            gdb_wall.push(t.elapsed().as_secs_f64() * 1e3);
+            assert!(
+                out.status.success(),
+                "gdb: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        gdb_outside = watch
+            .finish()
+            .iter()
+            .map(|d| d.as_secs_f64() * 1e3)
+            .collect();
+        rows.push(row(
+            "gunicorn 23 sync worker, idle (py3.12)",
+            "gdb -batch --readnever (TracerPid window)",
+            &mut gdb_outside,
+        ));
+        rows.push(row(
+            "gunicorn 23 sync worker, idle (py3.12)",
+            "gdb -batch --readnever (wall)",
+            &mut gdb_wall,
+        ));
+    }
+    assert_eq!(serves(s.port, 20), 20);
+    assert_log_clean(&s.log(), "bench");
+    drop(s);
+
+    // Per interpreter: direct (idle in select) and pending (busy loop).
+    let mut pythons: Vec<(String, PathBuf)> = pyenv_pythons();
+    pythons.push(("debian 3.11".into(), PathBuf::from(DEBIAN_PYTHON)));
+    let per = (n / 4).max(10);
+    for (label, py) in &pythons {
+        for (scenario, mode) in [("select", "direct"), ("busy", "pending")] {
+            let t = start_target(py, scenario);
+            let mut ms = Vec::new();
+            for i in 0..per {
+                let r = lib_inject(t.pid(), &format!("import sys\nsys._zs_bench = {i}\n"));
+                ms.push(r.stop_time.as_secs_f64() * 1e3);
+            }
+            rows.push(row(&format!("python {label}, {scenario}"), mode, &mut ms));
+        }
+    }
+    println!("\n{}\n", rows.join("\n"));
+    if gdb.is_some() {
+        let (own50, own99, _) = pct(&mut own_outside);
+        let (gdb50, gdb99, _) = pct(&mut gdb_outside);
+        println!(
+            "gdb / zerostep direct, TracerPid window: p50 {:.0}x, p99 {:.0}x",
+            gdb50 / own50.max(1e-3),
+            gdb99 / own99.max(1e-3)
+        );
+    }
+}
+
+fn which(bin: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| Path::new(d).join(bin))
+        .find(|p| p.exists())
 }

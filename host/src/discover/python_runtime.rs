@@ -69,12 +69,20 @@ pub struct RuntimeDetails {
 
 impl RuntimeDetails {
     pub fn version_string(&self) -> String {
-        format!("{}.{}{}", self.version.0, self.version.1, if self.free_threaded { "t" } else { "" })
+        format!(
+            "{}.{}{}",
+            self.version.0,
+            self.version.1,
+            if self.free_threaded { "t" } else { "" }
+        )
     }
 
     /// The shared type handed to sensors.
     pub fn to_runtime(&self) -> PythonRuntime {
-        PythonRuntime { version: self.version_string(), libpython: self.libpython.clone() }
+        PythonRuntime {
+            version: self.version_string(),
+            libpython: self.libpython.clone(),
+        }
     }
 
     /// The file holding the C API, as the process sees it.
@@ -107,11 +115,19 @@ pub fn detect_from(exe: &str, maps: &[Mapping]) -> Option<RuntimeDetails> {
             }
         }
     }
-    let exe_name = exe.trim_end_matches(" (deleted)").rsplit('/').next().unwrap_or("");
+    let exe_name = exe
+        .trim_end_matches(" (deleted)")
+        .rsplit('/')
+        .next()
+        .unwrap_or("");
     let rest = exe_name.strip_prefix("python")?;
     let (version, free_threaded) = parse_version_prefix(rest)?;
     // `python3.11` with no libpython mapped: the API is linked into the executable.
-    Some(RuntimeDetails { version, free_threaded, libpython: LibPython::LinkedIntoExecutable })
+    Some(RuntimeDetails {
+        version,
+        free_threaded,
+        libpython: LibPython::LinkedIntoExecutable,
+    })
 }
 
 /// `3.12.so.1.0` → ((3, 12), false); `3.13t.so` → ((3, 13), true); `3.11` → ((3, 11), false).
@@ -165,7 +181,11 @@ mod tests {
     #[test]
     fn free_threaded_and_non_python() {
         let maps = parse_maps("7f00-7f10 r--p 00000000 fd:01 9 /opt/lib/libpython3.13t.so.1.0\n");
-        assert!(detect_from("/opt/bin/python3.13t", &maps).unwrap().free_threaded);
+        assert!(
+            detect_from("/opt/bin/python3.13t", &maps)
+                .unwrap()
+                .free_threaded
+        );
         assert!(detect_from("/usr/bin/perl", &[]).is_none());
         assert!(detect_from("/usr/bin/python-config", &[]).is_none());
     }

@@ -61,7 +61,9 @@ pub fn run(args: InjectArgs) -> Result<ExitCode> {
     }
     let code = match (&args.code, &args.file) {
         (Some(c), _) => c.clone(),
-        (None, Some(f)) => std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?,
+        (None, Some(f)) => {
+            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?
+        }
         (None, None) => anyhow::bail!("--code or --file is required"),
     };
     let opts = InjectOptions {
@@ -72,7 +74,11 @@ pub fn run(args: InjectArgs) -> Result<ExitCode> {
     match inject(args.pid, &code, &opts) {
         Ok(report) => {
             print_report(&report, args.json)?;
-            Ok(ExitCode::from(if report.confirmed { EXIT_RAN } else { EXIT_PENDING }))
+            Ok(ExitCode::from(if report.confirmed {
+                EXIT_RAN
+            } else {
+                EXIT_PENDING
+            }))
         }
         Err(e) => refusal_or_failure(&e, args.json),
     }
@@ -84,9 +90,16 @@ fn refusal_or_failure(e: &super::InjectError, json: bool) -> Result<ExitCode> {
         let v = serde_json::json!({ "error": e.to_string(), "refused": refused });
         println!("{v}");
     } else {
-        eprintln!("zerostep inject: {}: {e}", if refused { "refused" } else { "failed" });
+        eprintln!(
+            "zerostep inject: {}: {e}",
+            if refused { "refused" } else { "failed" }
+        );
     }
-    Ok(ExitCode::from(if refused { EXIT_REFUSED } else { EXIT_FAILED }))
+    Ok(ExitCode::from(if refused {
+        EXIT_REFUSED
+    } else {
+        EXIT_FAILED
+    }))
 }
 
 fn print_report(r: &InjectReport, json: bool) -> Result<()> {

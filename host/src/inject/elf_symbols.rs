@@ -33,7 +33,9 @@ pub fn resolve(
         .filter(|m| m.path == path && m.offset == 0)
         .map(|m| m.start)
         .min()
-        .ok_or_else(|| InjectError::Elf(format!("{path} is not mapped at offset 0 in pid {pid}")))?;
+        .ok_or_else(|| {
+            InjectError::Elf(format!("{path} is not mapped at offset 0 in pid {pid}"))
+        })?;
     resolve_in_image(&data, base, names).map_err(|e| InjectError::Elf(format!("{path}: {e}")))
 }
 
@@ -62,7 +64,10 @@ pub fn resolve_in_image(
         if names.contains(&name) && !found.contains_key(name) {
             found.insert(
                 name.to_string(),
-                Symbol { addr: bias.wrapping_add(sym.address()), size: sym.size() },
+                Symbol {
+                    addr: bias.wrapping_add(sym.address()),
+                    size: sym.size(),
+                },
             );
         }
     }

@@ -31,13 +31,17 @@ fn is_libc(path: &str) -> bool {
 
 /// Scans libc's executable mappings first, then every other file-backed executable mapping.
 pub fn find(pid: u32, maps: &[Mapping]) -> Result<Gadgets, InjectError> {
-    let mut candidates: Vec<&Mapping> =
-        maps.iter().filter(|m| m.perms.starts_with("r-x") && m.path.starts_with('/')).collect();
+    let mut candidates: Vec<&Mapping> = maps
+        .iter()
+        .filter(|m| m.perms.starts_with("r-x") && m.path.starts_with('/'))
+        .collect();
     candidates.sort_by_key(|m| !is_libc(&m.path));
     let (mut syscall_ret, mut restore_rt) = (None, None);
     for m in candidates {
         let len = (m.end - m.start) as usize;
-        let Ok(code) = remote_mem::read(pid, m.start, len) else { continue };
+        let Ok(code) = remote_mem::read(pid, m.start, len) else {
+            continue;
+        };
         if syscall_ret.is_none() {
             syscall_ret = find_bytes(&code, SYSCALL_RET).map(|o| m.start + o as u64);
         }
@@ -45,7 +49,10 @@ pub fn find(pid: u32, maps: &[Mapping]) -> Result<Gadgets, InjectError> {
             restore_rt = find_bytes(&code, RESTORE_RT).map(|o| m.start + o as u64);
         }
         if let (Some(syscall_ret), Some(restore_rt)) = (syscall_ret, restore_rt) {
-            return Ok(Gadgets { syscall_ret, restore_rt });
+            return Ok(Gadgets {
+                syscall_ret,
+                restore_rt,
+            });
         }
     }
     Err(InjectError::Unsupported(
@@ -63,7 +70,9 @@ mod tests {
 
     #[test]
     fn finds_sequences() {
-        let code = [0x90, 0x0f, 0x05, 0xc3, 0x48, 0xc7, 0xc0, 0x0f, 0, 0, 0, 0x0f, 0x05];
+        let code = [
+            0x90, 0x0f, 0x05, 0xc3, 0x48, 0xc7, 0xc0, 0x0f, 0, 0, 0, 0x0f, 0x05,
+        ];
         assert_eq!(find_bytes(&code, SYSCALL_RET), Some(1));
         assert_eq!(find_bytes(&code, RESTORE_RT), Some(4));
         assert_eq!(find_bytes(&code[..5], RESTORE_RT), None);

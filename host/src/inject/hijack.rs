@@ -48,7 +48,10 @@ pub struct Session {
 fn errno_to(pid: u32, what: &str, e: Errno) -> InjectError {
     match e {
         Errno::ESRCH => InjectError::ProcessExited { pid },
-        Errno::EPERM | Errno::EACCES => InjectError::PermissionDenied { pid, detail: what.to_string() },
+        Errno::EPERM | Errno::EACCES => InjectError::PermissionDenied {
+            pid,
+            detail: what.to_string(),
+        },
         e => InjectError::Ptrace(format!("{what}: {e}")),
     }
 }
@@ -56,7 +59,9 @@ fn errno_to(pid: u32, what: &str, e: Errno) -> InjectError {
 fn wait_to(pid: u32, what: &str, e: WaitError) -> InjectError {
     match e {
         WaitError::Timeout => InjectError::Timeout(format!("{what} (pid {pid})")),
-        WaitError::Sys(Errno::ECHILD) | WaitError::Sys(Errno::ESRCH) => InjectError::ProcessExited { pid },
+        WaitError::Sys(Errno::ECHILD) | WaitError::Sys(Errno::ESRCH) => {
+            InjectError::ProcessExited { pid }
+        }
         WaitError::Sys(e) => InjectError::Ptrace(format!("{what}: {e}")),
     }
 }
@@ -83,16 +88,26 @@ impl Session {
         let tracee = Tracee::seize(pid).map_err(|e| match e {
             Errno::EPERM => match super::tracer_pid(pid) {
                 Some(t) if t != 0 => InjectError::AlreadyTraced { pid, tracer_pid: t },
-                _ => InjectError::PermissionDenied { pid, detail: "PTRACE_SEIZE refused".into() },
+                _ => InjectError::PermissionDenied {
+                    pid,
+                    detail: "PTRACE_SEIZE refused".into(),
+                },
             },
             e => errno_to(pid, "PTRACE_SEIZE", e),
         })?;
         let started = Instant::now();
-        tracee.interrupt().map_err(|e| errno_to(pid, "PTRACE_INTERRUPT", e))?;
+        tracee
+            .interrupt()
+            .map_err(|e| errno_to(pid, "PTRACE_INTERRUPT", e))?;
         loop {
-            match tracee.wait(deadline).map_err(|e| wait_to(pid, "waiting for the interrupt stop", e))? {
+            match tracee
+                .wait(deadline)
+                .map_err(|e| wait_to(pid, "waiting for the interrupt stop", e))?
+            {
                 Stop::Interrupt => break,
-                Stop::Signal(sig) => tracee.resume(sig).map_err(|e| errno_to(pid, "pass signal", e))?,
+                Stop::Signal(sig) => tracee
+                    .resume(sig)
+                    .map_err(|e| errno_to(pid, "pass signal", e))?,
                 Stop::GroupStop(sig) => return Err(InjectError::Stopped { pid, signal: sig }),
                 Stop::Gone(_) => return Err(InjectError::ProcessExited { pid }),
                 Stop::SyscallEntry | Stop::SyscallExit => {
@@ -101,14 +116,29 @@ impl Session {
             }
         }
         let saved = tracee.regs().map_err(|e| errno_to(pid, "GETREGS", e))?;
-        let xstate = tracee.xstate().map_err(|e| errno_to(pid, "GETREGSET xstate", e))?;
+        let xstate = tracee
+            .xstate()
+            .map_err(|e| errno_to(pid, "GETREGSET xstate", e))?;
         let mask = sig_blocked(pid)?;
         let resume = sigframe::resume_context(&saved);
-        let limit = saved.rsp.checked_sub(STACK_SLACK).ok_or_else(|| InjectError::Ptrace("rsp too low".into()))?;
+        let limit = saved
+            .rsp
+            .checked_sub(STACK_SLACK)
+            .ok_or_else(|| InjectError::Ptrace("rsp too low".into()))?;
         let frame = sigframe::build(&resume, &xstate, mask, gadgets.restore_rt, limit)
             .map_err(InjectError::Ptrace)?;
-        remote_mem::write(pid, frame.addr, &frame.bytes).map_err(|e| errno_to(pid, "writing the signal frame", e))?;
-        let s = Session { pid, tracee, saved, frame, gadgets, deadline, step_delay, started };
+        remote_mem::write(pid, frame.addr, &frame.bytes)
+            .map_err(|e| errno_to(pid, "writing the signal frame", e))?;
+        let s = Session {
+            pid,
+            tracee,
+            saved,
+            frame,
+            gadgets,
+            deadline,
+            step_delay,
+            started,
+        };
         s.pause();
         Ok(s)
     }
@@ -144,23 +174,36 @@ impl Session {
         r.r8 = args[4];
         r.r9 = args[5];
         r.rsp = self.frame.addr;
-        self.tracee.set_regs(r).map_err(|e| errno_to(pid, "SETREGS", e))?;
+        self.tracee
+            .set_regs(r)
+            .map_err(|e| errno_to(pid, "SETREGS", e))?;
         self.pause();
         let at = self.gadgets.syscall_ret + 2;
         let mut entered = false;
-        self.tracee.resume_syscall(0).map_err(|e| errno_to(pid, "PTRACE_SYSCALL", e))?;
+        self.tracee
+            .resume_syscall(0)
+            .map_err(|e| errno_to(pid, "PTRACE_SYSCALL", e))?;
         loop {
-            let stop = self.tracee.wait(self.deadline).map_err(|e| wait_to(pid, "remote system call", e))?;
+            let stop = self
+                .tracee
+                .wait(self.deadline)
+                .map_err(|e| wait_to(pid, "remote system call", e))?;
             match stop {
                 Stop::SyscallEntry => {
-                    let regs = self.tracee.regs().map_err(|e| errno_to(pid, "GETREGS", e))?;
+                    let regs = self
+                        .tracee
+                        .regs()
+                        .map_err(|e| errno_to(pid, "GETREGS", e))?;
                     if regs.rip == at && regs.orig_rax == nr {
                         entered = true;
                     }
                     self.tracee.resume_syscall(0)
                 }
                 Stop::SyscallExit => {
-                    let regs = self.tracee.regs().map_err(|e| errno_to(pid, "GETREGS", e))?;
+                    let regs = self
+                        .tracee
+                        .regs()
+                        .map_err(|e| errno_to(pid, "GETREGS", e))?;
                     if entered && regs.rip == at {
                         self.pause();
                         return Ok(regs.rax);
@@ -181,7 +224,9 @@ impl Session {
         for l in leftovers {
             let rip = self.saved.rip;
             let in_page = l.addr <= rip && rip < l.addr + l.len;
-            let Ok(fresh) = remote_mem::read(self.pid, l.addr, scratch::HEADER_LEN) else { continue };
+            let Ok(fresh) = remote_mem::read(self.pid, l.addr, scratch::HEADER_LEN) else {
+                continue;
+            };
             let sweepable = match scratch::parse_header(&fresh) {
                 Some(h) => h.sweepable(in_page),
                 // Mapped by an injector that died before filling it: nothing can run in it.
@@ -192,7 +237,12 @@ impl Session {
             }
             match self.remote_syscall(SYS_MUNMAP, [l.addr, l.len, 0, 0, 0, 0]) {
                 Ok(0) => removed += 1,
-                Ok(r) => warn!(pid = self.pid, addr = l.addr, rc = r as i64, "munmap of a leftover page failed"),
+                Ok(r) => warn!(
+                    pid = self.pid,
+                    addr = l.addr,
+                    rc = r as i64,
+                    "munmap of a leftover page failed"
+                ),
                 Err(e) => {
                     warn!(pid = self.pid, error = %e, "sweeping a leftover page");
                     break;
@@ -203,17 +253,28 @@ impl Session {
     }
 
     /// Maps the scratch page (read/write/execute, anonymous, private) and fills it.
-    pub fn map_scratch(&mut self, page: impl FnOnce(u64) -> Vec<u8>, len: u64) -> Result<u64, InjectError> {
+    pub fn map_scratch(
+        &mut self,
+        page: impl FnOnce(u64) -> Vec<u8>,
+        len: u64,
+    ) -> Result<u64, InjectError> {
         let mut r = [0u8; 8];
         let _ = getrandom::fill(&mut r);
         let slots = (SCRATCH_WINDOW.1 - len) / 4096;
         let hint = SCRATCH_WINDOW.0 + (u64::from_le_bytes(r) % slots.max(1)) * 4096;
-        let addr = self.remote_syscall(SYS_MMAP, [hint, len, PROT_RWX, MAP_PRIVATE_ANON, u64::MAX, 0])?;
+        let addr = self.remote_syscall(
+            SYS_MMAP,
+            [hint, len, PROT_RWX, MAP_PRIVATE_ANON, u64::MAX, 0],
+        )?;
         if (addr as i64) < 0 && (addr as i64) > -4096 {
-            return Err(InjectError::Ptrace(format!("remote mmap failed: errno {}", -(addr as i64))));
+            return Err(InjectError::Ptrace(format!(
+                "remote mmap failed: errno {}",
+                -(addr as i64)
+            )));
         }
         let bytes = page(addr);
-        remote_mem::write(self.pid, addr, &bytes).map_err(|e| errno_to(self.pid, "writing the scratch page", e))?;
+        remote_mem::write(self.pid, addr, &bytes)
+            .map_err(|e| errno_to(self.pid, "writing the scratch page", e))?;
         self.pause();
         Ok(addr)
     }
@@ -228,24 +289,40 @@ impl Session {
         r.rsp = self.frame.addr;
         r.rax = 0;
         r.orig_rax = u64::MAX;
-        self.tracee.set_regs(r).map_err(|e| errno_to(pid, "SETREGS", e))?;
+        self.tracee
+            .set_regs(r)
+            .map_err(|e| errno_to(pid, "SETREGS", e))?;
         self.pause();
         let sigreturn_at = self.gadgets.restore_rt + RESTORE_RT_SYSCALL_END;
-        self.tracee.resume_syscall(0).map_err(|e| errno_to(pid, "PTRACE_SYSCALL", e))?;
+        self.tracee
+            .resume_syscall(0)
+            .map_err(|e| errno_to(pid, "PTRACE_SYSCALL", e))?;
+        let began = Instant::now();
+        let mut stops = 0u32;
         loop {
-            let stop = self.tracee.wait(self.deadline).map_err(|e| wait_to(pid, "the injected call", e))?;
+            let stop = self
+                .tracee
+                .wait(self.deadline)
+                .map_err(|e| wait_to(pid, "the injected call", e))?;
+            stops += 1;
             match stop {
                 Stop::SyscallEntry => {
-                    let regs = self.tracee.regs().map_err(|e| errno_to(pid, "GETREGS", e))?;
+                    let regs = self
+                        .tracee
+                        .regs()
+                        .map_err(|e| errno_to(pid, "GETREGS", e))?;
                     // Signal handlers return through the same `__restore_rt`; ours is the one whose
                     // stack pointer sits just above our frame's `pretcode`.
                     if regs.rip == sigreturn_at && regs.rsp == self.frame.addr + 8 {
+                        debug!(pid, stops, took = ?began.elapsed(), "call returned");
                         self.pause();
                         return Ok(());
                     }
                     self.tracee.resume_syscall(0)
                 }
-                Stop::SyscallExit | Stop::Interrupt | Stop::GroupStop(_) => self.tracee.resume_syscall(0),
+                Stop::SyscallExit | Stop::Interrupt | Stop::GroupStop(_) => {
+                    self.tracee.resume_syscall(0)
+                }
                 Stop::Signal(sig) => self.tracee.resume_syscall(sig),
                 Stop::Gone(_) => return Err(InjectError::ProcessExited { pid }),
             }
@@ -258,18 +335,32 @@ impl Session {
     /// munmap result and detaches.
     pub fn unmap_and_detach(self, addr: u64, len: u64) -> Result<(bool, Duration), InjectError> {
         let pid = self.pid;
-        let mut r = self.tracee.regs().map_err(|e| errno_to(pid, "GETREGS", e))?;
+        let mut r = self
+            .tracee
+            .regs()
+            .map_err(|e| errno_to(pid, "GETREGS", e))?;
         r.orig_rax = SYS_MUNMAP;
         r.rdi = addr;
         r.rsi = len;
         r.rip = self.gadgets.restore_rt;
-        self.tracee.set_regs(r).map_err(|e| errno_to(pid, "SETREGS", e))?;
+        self.tracee
+            .set_regs(r)
+            .map_err(|e| errno_to(pid, "SETREGS", e))?;
         self.pause();
-        self.tracee.resume_syscall(0).map_err(|e| errno_to(pid, "PTRACE_SYSCALL", e))?;
+        self.tracee
+            .resume_syscall(0)
+            .map_err(|e| errno_to(pid, "PTRACE_SYSCALL", e))?;
         let released = loop {
-            match self.tracee.wait(self.deadline).map_err(|e| wait_to(pid, "munmap", e))? {
+            match self
+                .tracee
+                .wait(self.deadline)
+                .map_err(|e| wait_to(pid, "munmap", e))?
+            {
                 Stop::SyscallExit => {
-                    let regs = self.tracee.regs().map_err(|e| errno_to(pid, "GETREGS", e))?;
+                    let regs = self
+                        .tracee
+                        .regs()
+                        .map_err(|e| errno_to(pid, "GETREGS", e))?;
                     break regs.rax == 0;
                 }
                 Stop::Gone(_) => return Err(InjectError::ProcessExited { pid }),
@@ -287,7 +378,9 @@ impl Session {
     /// time.
     pub fn detach(mut self) -> Result<Duration, InjectError> {
         let pid = self.pid;
-        self.tracee.detach().map_err(|e| errno_to(pid, "PTRACE_DETACH", e))?;
+        self.tracee
+            .detach()
+            .map_err(|e| errno_to(pid, "PTRACE_DETACH", e))?;
         let stop = self.started.elapsed();
         debug!(pid, ?stop, "detached");
         Ok(stop)
@@ -296,7 +389,10 @@ impl Session {
 
 /// Pages of earlier injections: anonymous `rwxp` mappings that start with the scratch magic, or that
 /// lie in the scratch window and were never filled.
-pub fn find_leftovers(pid: u32, maps: &[crate::discover::python_runtime::Mapping]) -> Vec<Leftover> {
+pub fn find_leftovers(
+    pid: u32,
+    maps: &[crate::discover::python_runtime::Mapping],
+) -> Vec<Leftover> {
     let in_window = |a: u64| SCRATCH_WINDOW.0 <= a && a < SCRATCH_WINDOW.0 + SCRATCH_WINDOW.1;
     maps.iter()
         .filter(|m| m.perms == "rwxp" && m.path.is_empty() && m.inode == 0)
@@ -305,7 +401,9 @@ pub fn find_leftovers(pid: u32, maps: &[crate::discover::python_runtime::Mapping
             let len = m.end - m.start;
             match scratch::parse_header(&b) {
                 Some(h) if h.size == len => Some(Leftover { addr: m.start, len }),
-                None if in_window(m.start) && b.iter().all(|x| *x == 0) => Some(Leftover { addr: m.start, len }),
+                None if in_window(m.start) && b.iter().all(|x| *x == 0) => {
+                    Some(Leftover { addr: m.start, len })
+                }
                 _ => None,
             }
         })

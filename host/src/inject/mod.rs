@@ -52,8 +52,13 @@ use wrapper::{Handshake, Outcome};
 /// The environment variable a service owner sets to `1` to keep zerostep out of a process.
 pub const OPT_OUT_ENV: &str = "ZEROSTEP_DISABLE";
 
-const API_SYMBOLS: &[&str] =
-    &["PyGILState_Ensure", "PyRun_SimpleString", "PyGILState_Release", "Py_AddPendingCall", "_PyRuntime"];
+const API_SYMBOLS: &[&str] = &[
+    "PyGILState_Ensure",
+    "PyRun_SimpleString",
+    "PyGILState_Release",
+    "Py_AddPendingCall",
+    "_PyRuntime",
+];
 
 /// How an injection is carried out.
 #[derive(Debug, Clone)]
@@ -71,7 +76,11 @@ pub struct InjectOptions {
 
 impl Default for InjectOptions {
     fn default() -> Self {
-        InjectOptions { timeout: Duration::from_secs(5), wait_for_pending: true, step_delay: None }
+        InjectOptions {
+            timeout: Duration::from_secs(5),
+            wait_for_pending: true,
+            step_delay: None,
+        }
     }
 }
 
@@ -133,11 +142,17 @@ fn ser_opt_micros<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S:
 pub enum InjectError {
     #[error("pid {pid} is not a CPython process: {detail}")]
     NotCPython { pid: u32, detail: String },
-    #[error("pid {pid} runs Python {version}; supported: 3.8 to 3.13 (ptrace) and 3.14+ (PEP 768)")]
+    #[error(
+        "pid {pid} runs Python {version}; supported: 3.8 to 3.13 (ptrace) and 3.14+ (PEP 768)"
+    )]
     UnsupportedVersion { pid: u32, version: String },
-    #[error("pid {pid} runs a free-threaded Python ({version}), which the injector does not support")]
+    #[error(
+        "pid {pid} runs a free-threaded Python ({version}), which the injector does not support"
+    )]
     FreeThreaded { pid: u32, version: String },
-    #[error("pid {pid} is already traced by pid {tracer_pid} (a debugger, strace or another agent)")]
+    #[error(
+        "pid {pid} is already traced by pid {tracer_pid} (a debugger, strace or another agent)"
+    )]
     AlreadyTraced { pid: u32, tracer_pid: u32 },
     #[error("pid {pid} opted out with {OPT_OUT_ENV}=1 in its environment")]
     OptedOut { pid: u32 },
@@ -183,12 +198,15 @@ impl InjectError {
 
     pub(crate) fn from_io(pid: u32, what: &str, e: std::io::Error) -> InjectError {
         match e.kind() {
-            std::io::ErrorKind::NotFound if !std::path::Path::new(&format!("/proc/{pid}")).exists() => {
+            std::io::ErrorKind::NotFound
+                if !std::path::Path::new(&format!("/proc/{pid}")).exists() =>
+            {
                 InjectError::ProcessExited { pid }
             }
-            std::io::ErrorKind::PermissionDenied => {
-                InjectError::PermissionDenied { pid, detail: format!("{what}: {e}") }
-            }
+            std::io::ErrorKind::PermissionDenied => InjectError::PermissionDenied {
+                pid,
+                detail: format!("{what}: {e}"),
+            },
             _ => InjectError::Elf(format!("{what}: {e}")),
         }
     }
@@ -201,7 +219,10 @@ pub fn tracer_pid(pid: u32) -> Option<u32> {
 
 fn status_field(pid: u32, key: &str) -> Option<String> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status.lines().find_map(|l| l.strip_prefix(key)).map(|v| v.trim().to_string())
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .map(|v| v.trim().to_string())
 }
 
 /// Checks everything that can refuse an injection without touching the target.
@@ -211,31 +232,54 @@ pub fn preflight(pid: u32) -> Result<RuntimeDetails, InjectError> {
     }
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .map_err(|_| InjectError::ProcessExited { pid })?;
-    let field = |k: &str| status.lines().find_map(|l| l.strip_prefix(k)).map(|v| v.trim().to_string());
+    let field = |k: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(k))
+            .map(|v| v.trim().to_string())
+    };
     let state = field("State:").unwrap_or_default();
     if state.starts_with('Z') || state.starts_with('X') {
         return Err(InjectError::ProcessExited { pid });
     }
     if state.starts_with('T') || state.starts_with('t') {
-        return Err(InjectError::Stopped { pid, signal: libc::SIGSTOP });
+        return Err(InjectError::Stopped {
+            pid,
+            signal: libc::SIGSTOP,
+        });
     }
-    if let Some(t) = field("TracerPid:").and_then(|v| v.parse::<u32>().ok()).filter(|t| *t != 0) {
+    if let Some(t) = field("TracerPid:")
+        .and_then(|v| v.parse::<u32>().ok())
+        .filter(|t| *t != 0)
+    {
         return Err(InjectError::AlreadyTraced { pid, tracer_pid: t });
     }
     let environ = std::fs::read(format!("/proc/{pid}/environ"))
         .map_err(|e| InjectError::from_io(pid, "reading its environment", e))?;
     let opt_out = format!("{OPT_OUT_ENV}=1");
-    if environ.split(|b| *b == 0).any(|kv| kv == opt_out.as_bytes()) {
+    if environ
+        .split(|b| *b == 0)
+        .any(|kv| kv == opt_out.as_bytes())
+    {
         return Err(InjectError::OptedOut { pid });
     }
     let runtime = python_runtime::detect(pid)
         .map_err(|e| InjectError::from_io(pid, "reading its maps", e))?
-        .ok_or_else(|| InjectError::NotCPython { pid, detail: "no libpython mapped, not a python executable".into() })?;
+        .ok_or_else(|| InjectError::NotCPython {
+            pid,
+            detail: "no libpython mapped, not a python executable".into(),
+        })?;
     if runtime.free_threaded {
-        return Err(InjectError::FreeThreaded { pid, version: runtime.version_string() });
+        return Err(InjectError::FreeThreaded {
+            pid,
+            version: runtime.version_string(),
+        });
     }
     if runtime.version.0 != 3 || runtime.version.1 < 8 {
-        return Err(InjectError::UnsupportedVersion { pid, version: runtime.version_string() });
+        return Err(InjectError::UnsupportedVersion {
+            pid,
+            version: runtime.version_string(),
+        });
     }
     Ok(runtime)
 }
@@ -250,7 +294,8 @@ pub fn inject(pid: u32, code: &str, opts: &InjectOptions) -> Result<InjectReport
         .to_string_lossy()
         .trim_end_matches(" (deleted)")
         .to_string();
-    let maps = python_runtime::read_maps(pid).map_err(|e| InjectError::from_io(pid, "reading its maps", e))?;
+    let maps = python_runtime::read_maps(pid)
+        .map_err(|e| InjectError::from_io(pid, "reading its maps", e))?;
     let api_path = runtime.api_path(&exe).to_string();
     if runtime.version.1 >= 14 {
         return pep768::inject(pid, &runtime, &maps, &api_path, code, opts);
@@ -284,7 +329,12 @@ pub fn inject(pid: u32, code: &str, opts: &InjectOptions) -> Result<InjectReport
     };
     let swept = session.sweep(&leftovers);
     let base = session.map_scratch(|base| scratch::build(base, &api, &text), len)?;
-    let entry = base + if mode == InjectMode::Direct { scratch::STUB_DIRECT } else { scratch::STUB_SCHEDULE } as u64;
+    let entry = base
+        + if mode == InjectMode::Direct {
+            scratch::STUB_DIRECT
+        } else {
+            scratch::STUB_SCHEDULE
+        } as u64;
     session.call(entry)?;
     let header = read_header(pid, base);
     let started = session.started();
@@ -319,15 +369,23 @@ pub fn inject(pid: u32, code: &str, opts: &InjectOptions) -> Result<InjectReport
         _ if opts.wait_for_pending => deadline,
         _ => Instant::now(),
     };
-    record_outcome(&mut report, handshake.wait(confirm_deadline.min(deadline.max(Instant::now()))));
+    record_outcome(
+        &mut report,
+        handshake.wait(confirm_deadline.min(deadline.max(Instant::now()))),
+    );
     if mode == InjectMode::Pending && report.confirmed {
         // The callback sets `state = finished` a few instructions after the datagram went out.
-        let finished = wait_for(deadline.max(Instant::now() + Duration::from_millis(200)), || {
-            read_header(pid, base).is_some_and(|h| h.state == scratch::STATE_FINISHED)
-        });
+        let finished = wait_for(
+            deadline.max(Instant::now() + Duration::from_millis(200)),
+            || read_header(pid, base).is_some_and(|h| h.state == scratch::STATE_FINISHED),
+        );
         if finished {
             report.runs = read_header(pid, base).map(|h| h.entries);
-            let (removed, stop) = sweep_pass(pid, gadgets, deadline.max(Instant::now() + Duration::from_millis(500)))?;
+            let (removed, stop) = sweep_pass(
+                pid,
+                gadgets,
+                deadline.max(Instant::now() + Duration::from_millis(500)),
+            )?;
             report.cleanup_stop_time = Some(stop);
             report.scratch_released = removed > 0;
         }
@@ -357,7 +415,10 @@ fn record_outcome(report: &mut InjectReport, outcome: Option<Outcome>) {
 }
 
 fn read_header(pid: u32, base: u64) -> Option<scratch::Header> {
-    remote_mem::read(pid, base, scratch::HEADER_LEN).ok().as_deref().and_then(scratch::parse_header)
+    remote_mem::read(pid, base, scratch::HEADER_LEN)
+        .ok()
+        .as_deref()
+        .and_then(scratch::parse_header)
 }
 
 fn wait_for(deadline: Instant, mut f: impl FnMut() -> bool) -> bool {
@@ -374,8 +435,13 @@ fn wait_for(deadline: Instant, mut f: impl FnMut() -> bool) -> bool {
 
 /// One short stop that unmaps every page earlier injections left behind and nothing still uses.
 /// Returns how many were removed and the stop time.
-fn sweep_pass(pid: u32, gadgets: gadgets::Gadgets, deadline: Instant) -> Result<(usize, Duration), InjectError> {
-    let maps = python_runtime::read_maps(pid).map_err(|e| InjectError::from_io(pid, "reading its maps", e))?;
+fn sweep_pass(
+    pid: u32,
+    gadgets: gadgets::Gadgets,
+    deadline: Instant,
+) -> Result<(usize, Duration), InjectError> {
+    let maps = python_runtime::read_maps(pid)
+        .map_err(|e| InjectError::from_io(pid, "reading its maps", e))?;
     let leftovers = hijack::find_leftovers(pid, &maps);
     if leftovers.is_empty() {
         return Ok((0, Duration::ZERO));
@@ -390,7 +456,8 @@ fn sweep_pass(pid: u32, gadgets: gadgets::Gadgets, deadline: Instant) -> Result<
 /// if there is anything to remove). For the agent's housekeeping and `zerostep inject --cleanup`.
 pub fn cleanup(pid: u32, timeout: Duration) -> Result<usize, InjectError> {
     preflight(pid)?;
-    let maps = python_runtime::read_maps(pid).map_err(|e| InjectError::from_io(pid, "reading its maps", e))?;
+    let maps = python_runtime::read_maps(pid)
+        .map_err(|e| InjectError::from_io(pid, "reading its maps", e))?;
     let gadgets = gadgets::find(pid, &maps)?;
     sweep_pass(pid, gadgets, Instant::now() + timeout).map(|(n, _)| n)
 }
@@ -399,6 +466,9 @@ pub fn cleanup(pid: u32, timeout: Duration) -> Result<usize, InjectError> {
 pub fn describe(runtime: &RuntimeDetails) -> String {
     match &runtime.libpython {
         LibPython::Shared(p) => format!("CPython {} ({p})", runtime.version_string()),
-        LibPython::LinkedIntoExecutable => format!("CPython {} (linked into the executable)", runtime.version_string()),
+        LibPython::LinkedIntoExecutable => format!(
+            "CPython {} (linked into the executable)",
+            runtime.version_string()
+        ),
     }
 }

@@ -57,7 +57,11 @@ impl Tracee {
     pub fn seize(tid: u32) -> Result<Tracee, Errno> {
         let pid = Pid::from_raw(tid as i32);
         ptrace::seize(pid, ptrace::Options::PTRACE_O_TRACESYSGOOD)?;
-        Ok(Tracee { tid: pid, attached: true, _not_send: PhantomData })
+        Ok(Tracee {
+            tid: pid,
+            attached: true,
+            _not_send: PhantomData,
+        })
     }
 
     pub fn interrupt(&self) -> Result<(), Errno> {
@@ -105,7 +109,9 @@ impl Tracee {
         let event = status >> 16;
         if event == PTRACE_EVENT_STOP {
             return Ok(match sig {
-                libc::SIGSTOP | libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU => Stop::GroupStop(sig),
+                libc::SIGSTOP | libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU => {
+                    Stop::GroupStop(sig)
+                }
                 _ => Stop::Interrupt,
             });
         }
@@ -136,7 +142,11 @@ impl Tracee {
         if r < 0 {
             return Err(Errno::last());
         }
-        Ok(if info[0] == PTRACE_SYSCALL_INFO_EXIT { info[0] } else { PTRACE_SYSCALL_INFO_ENTRY })
+        Ok(if info[0] == PTRACE_SYSCALL_INFO_EXIT {
+            info[0]
+        } else {
+            PTRACE_SYSCALL_INFO_ENTRY
+        })
     }
 
     pub fn regs(&self) -> Result<user_regs_struct, Errno> {
@@ -150,7 +160,10 @@ impl Tracee {
     /// The thread's complete extended state (`NT_X86_XSTATE`), in the kernel's user ABI XSAVE format.
     pub fn xstate(&self) -> Result<Vec<u8>, Errno> {
         let mut buf = vec![0u8; XSTATE_BUF];
-        let mut iov = libc::iovec { iov_base: buf.as_mut_ptr() as *mut libc::c_void, iov_len: buf.len() };
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr() as *mut libc::c_void,
+            iov_len: buf.len(),
+        };
         // SAFETY: the kernel writes at most iov_len bytes into `buf` and updates iov_len.
         let r = unsafe {
             libc::ptrace(
@@ -181,7 +194,12 @@ impl Tracee {
     fn raw_resume(&self, request: libc::c_uint, sig: i32) -> Result<(), Errno> {
         // SAFETY: a resume request takes no pointers; `data` is the signal number.
         let r = unsafe {
-            libc::ptrace(request, self.tid.as_raw(), std::ptr::null_mut::<libc::c_void>(), sig as libc::c_long)
+            libc::ptrace(
+                request,
+                self.tid.as_raw(),
+                std::ptr::null_mut::<libc::c_void>(),
+                sig as libc::c_long,
+            )
         };
         if r < 0 {
             Err(Errno::last())

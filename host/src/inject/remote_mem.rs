@@ -10,7 +10,10 @@ pub fn read(pid: u32, addr: u64, len: usize) -> nix::Result<Vec<u8>> {
     let mut buf = vec![0u8; len];
     let mut done = 0;
     while done < len {
-        let remote = [RemoteIoVec { base: (addr as usize) + done, len: len - done }];
+        let remote = [RemoteIoVec {
+            base: (addr as usize) + done,
+            len: len - done,
+        }];
         let mut local = [IoSliceMut::new(&mut buf[done..])];
         let n = process_vm_readv(Pid::from_raw(pid as i32), &mut local, &remote)?;
         if n == 0 {
@@ -25,7 +28,10 @@ pub fn read(pid: u32, addr: u64, len: usize) -> nix::Result<Vec<u8>> {
 pub fn write(pid: u32, addr: u64, data: &[u8]) -> nix::Result<()> {
     let mut done = 0;
     while done < data.len() {
-        let remote = [RemoteIoVec { base: (addr as usize) + done, len: data.len() - done }];
+        let remote = [RemoteIoVec {
+            base: (addr as usize) + done,
+            len: data.len() - done,
+        }];
         let local = [IoSlice::new(&data[done..])];
         let n = process_vm_writev(Pid::from_raw(pid as i32), &local, &remote)?;
         if n == 0 {

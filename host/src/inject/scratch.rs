@@ -86,7 +86,10 @@ struct Asm {
 
 impl Asm {
     fn new(at: usize) -> Self {
-        Asm { at, out: Vec::new() }
+        Asm {
+            at,
+            out: Vec::new(),
+        }
     }
 
     fn here(&self) -> usize {
@@ -196,7 +199,8 @@ impl Header {
         if rip_in_page {
             return false;
         }
-        self.state == STATE_FINISHED || (self.state == 0 && self.schedule_started == 0 && self.entries == 0)
+        self.state == STATE_FINISHED
+            || (self.state == 0 && self.schedule_started == 0 && self.entries == 0)
     }
 }
 
@@ -237,18 +241,41 @@ mod tests {
 
     #[test]
     fn page_round_trip() {
-        let api = Api { ensure: 1, run: 2, release: 3, add_pending: 4 };
+        let api = Api {
+            ensure: 1,
+            run: 2,
+            release: 3,
+            add_pending: 4,
+        };
         let page = build(0x7000_0000, &api, "print(1)");
         assert_eq!(page.len(), 8192);
         assert_eq!(&page[CODE..CODE + 9], b"print(1)\0");
         let h = parse_header(&page).unwrap();
         assert_eq!((h.entries, h.state, h.size), (0, 0, 8192));
         assert!(h.sweepable(false) && !h.sweepable(true));
-        let queued = Header { schedule_started: 1, schedule_done: 1, ..h };
-        assert!(!queued.sweepable(false), "a queued pending call still needs the page");
-        let running = Header { state: 1, entries: 1, ..h };
+        let queued = Header {
+            schedule_started: 1,
+            schedule_done: 1,
+            ..h
+        };
+        assert!(
+            !queued.sweepable(false),
+            "a queued pending call still needs the page"
+        );
+        let running = Header {
+            state: 1,
+            entries: 1,
+            ..h
+        };
         assert!(!running.sweepable(false));
-        assert!(Header { state: STATE_FINISHED, ..running }.sweepable(false));
-        assert_eq!(u64::from_le_bytes(page[P_CODE..P_CODE + 8].try_into().unwrap()), 0x7000_1000);
+        assert!(Header {
+            state: STATE_FINISHED,
+            ..running
+        }
+        .sweepable(false));
+        assert_eq!(
+            u64::from_le_bytes(page[P_CODE..P_CODE + 8].try_into().unwrap()),
+            0x7000_1000
+        );
     }
 }

@@ -92,28 +92,36 @@ pub fn build(
     limit: u64,
 ) -> Result<SigFrame, String> {
     if xstate.len() < FXSAVE_LEN {
-        return Err(format!("extended state of {} bytes is too short", xstate.len()));
+        return Err(format!(
+            "extended state of {} bytes is too short",
+            xstate.len()
+        ));
     }
     let magic1 = u32_at(xstate, SW_BYTES_OFF);
     let xstate_size = u32_at(xstate, SW_BYTES_OFF + 16) as usize;
     // Without the software bytes the kernel falls back to restoring the legacy FXSAVE part only.
-    let fp_len = if magic1 == FP_XSTATE_MAGIC1 && xstate_size <= xstate.len() && xstate_size >= FXSAVE_LEN {
-        xstate_size
-    } else {
-        FXSAVE_LEN
-    };
+    let fp_len =
+        if magic1 == FP_XSTATE_MAGIC1 && xstate_size <= xstate.len() && xstate_size >= FXSAVE_LEN {
+            xstate_size
+        } else {
+            FXSAVE_LEN
+        };
     let fp_addr = (limit - (fp_len as u64 + 4)) & !63;
     let addr = ((fp_addr - FRAME_LEN as u64) & !15) - 8;
     let total = (fp_addr - addr) as usize + fp_len + 4;
     let mut b = vec![0u8; total];
     put_u64(&mut b, 0, restore_rt);
-    put_u64(&mut b, UCONTEXT_OFF, UC_FP_XSTATE | UC_SIGCONTEXT_SS | UC_STRICT_RESTORE_SS);
+    put_u64(
+        &mut b,
+        UCONTEXT_OFF,
+        UC_FP_XSTATE | UC_SIGCONTEXT_SS | UC_STRICT_RESTORE_SS,
+    );
     // uc_stack: ss_sp = 0, ss_flags = invalid on purpose, ss_size = 0.
     put_u32(&mut b, STACK_OFF + 8, SS_FLAGS_KEEP_CURRENT);
     let r = resume;
     let gp = [
-        r.r8, r.r9, r.r10, r.r11, r.r12, r.r13, r.r14, r.r15, r.rdi, r.rsi, r.rbp, r.rbx, r.rdx, r.rax,
-        r.rcx, r.rsp, r.rip, r.eflags,
+        r.r8, r.r9, r.r10, r.r11, r.r12, r.r13, r.r14, r.r15, r.rdi, r.rsi, r.rbp, r.rbx, r.rdx,
+        r.rax, r.rcx, r.rsp, r.rip, r.eflags,
     ];
     for (i, v) in gp.iter().enumerate() {
         put_u64(&mut b, SIGCONTEXT_OFF + i * 8, *v);
@@ -169,7 +177,10 @@ mod tests {
         s.orig_rax = 232; // epoll_wait
         s.rax = (-514i64) as u64;
         let r = resume_context(&s);
-        assert_eq!((r.rax, r.rip, r.orig_rax), (232, 0x7f00_0000_1000, u64::MAX));
+        assert_eq!(
+            (r.rax, r.rip, r.orig_rax),
+            (232, 0x7f00_0000_1000, u64::MAX)
+        );
         s.rax = (-516i64) as u64;
         assert_eq!(resume_context(&s).rax, 219);
         s.rax = (-4i64) as u64; // EINTR is a result, not a restart
@@ -190,14 +201,28 @@ mod tests {
         let f = build(&s, &x, 0x4000, 0x7f00_dead_0000, limit).unwrap();
         assert_eq!(f.addr % 16, 8);
         assert!(f.end() <= limit);
-        assert_eq!(u64::from_le_bytes(f.bytes[0..8].try_into().unwrap()), 0x7f00_dead_0000);
-        let rip = u64::from_le_bytes(f.bytes[SIGCONTEXT_OFF + 128..SIGCONTEXT_OFF + 136].try_into().unwrap());
+        assert_eq!(
+            u64::from_le_bytes(f.bytes[0..8].try_into().unwrap()),
+            0x7f00_dead_0000
+        );
+        let rip = u64::from_le_bytes(
+            f.bytes[SIGCONTEXT_OFF + 128..SIGCONTEXT_OFF + 136]
+                .try_into()
+                .unwrap(),
+        );
         assert_eq!(rip, s.rip);
-        let fp = u64::from_le_bytes(f.bytes[SIGCONTEXT_OFF + 184..SIGCONTEXT_OFF + 192].try_into().unwrap());
+        let fp = u64::from_le_bytes(
+            f.bytes[SIGCONTEXT_OFF + 184..SIGCONTEXT_OFF + 192]
+                .try_into()
+                .unwrap(),
+        );
         assert_eq!(fp % 64, 0);
         let fp_off = (fp - f.addr) as usize;
         assert_eq!(u32_at(&f.bytes, fp_off + SW_BYTES_OFF), FP_XSTATE_MAGIC1);
         assert_eq!(u32_at(&f.bytes, fp_off + 832), FP_XSTATE_MAGIC2);
-        assert_eq!(u64::from_le_bytes(f.bytes[SIGMASK_OFF..SIGMASK_OFF + 8].try_into().unwrap()), 0x4000);
+        assert_eq!(
+            u64::from_le_bytes(f.bytes[SIGMASK_OFF..SIGMASK_OFF + 8].try_into().unwrap()),
+            0x4000
+        );
     }
 }

@@ -65,11 +65,16 @@ pub fn classify(regs: &user_regs_struct, runtime: (u64, u64)) -> ThreadState {
     if (nr as i64) < 0 {
         return ThreadState::Busy("running user code".into());
     }
-    if !was_blocked(regs.rax) {
-        return ThreadState::Busy(format!("finishing system call {nr}"));
-    }
+    // A listed wait that already completed is as safe as a blocked one: the thread is on its way
+    // back into the C wrapper, which still has to re-take the GIL it released around the call.
     if let Some(name) = blocking_wait_name(nr) {
         return ThreadState::BlockedWait(name);
+    }
+    if !was_blocked(regs.rax) {
+        return ThreadState::Busy(format!(
+            "finishing system call {nr} (result {})",
+            regs.rax as i64
+        ));
     }
     if nr == SYS_FUTEX {
         let op = regs.rsi & FUTEX_CMD_MASK;
@@ -78,7 +83,9 @@ pub fn classify(regs: &user_regs_struct, runtime: (u64, u64)) -> ThreadState {
             return ThreadState::Busy(format!("futex op {op}"));
         }
         if runtime.0 <= addr && addr < runtime.0 + runtime.1 {
-            return ThreadState::Busy(format!("waiting for the GIL (futex {addr:#x} inside _PyRuntime)"));
+            return ThreadState::Busy(format!(
+                "waiting for the GIL (futex {addr:#x} inside _PyRuntime)"
+            ));
         }
         return ThreadState::BlockedWait("futex");
     }
@@ -100,15 +107,35 @@ mod tests {
     #[test]
     fn verdicts() {
         let rt = (0x1000, 0x100);
-        assert_eq!(classify(&regs(232, -514), rt), ThreadState::BlockedWait("epoll_wait"));
-        assert_eq!(classify(&regs(230, -516), rt), ThreadState::BlockedWait("clock_nanosleep"));
+        assert_eq!(
+            classify(&regs(232, -514), rt),
+            ThreadState::BlockedWait("epoll_wait")
+        );
+        assert_eq!(
+            classify(&regs(230, -516), rt),
+            ThreadState::BlockedWait("clock_nanosleep")
+        );
         assert!(matches!(classify(&regs(-1, 0), rt), ThreadState::Busy(_)));
-        assert!(matches!(classify(&regs(232, 1), rt), ThreadState::Busy(_)), "completed call");
-        assert!(matches!(classify(&regs(0, -512), rt), ThreadState::Busy(_)), "read is not listed");
+        assert_eq!(
+            classify(&regs(232, 1), rt),
+            ThreadState::BlockedWait("epoll_wait"),
+            "completed wait"
+        );
+        assert!(
+            matches!(classify(&regs(202, 0), rt), ThreadState::Busy(_)),
+            "completed futex"
+        );
+        assert!(
+            matches!(classify(&regs(0, -512), rt), ThreadState::Busy(_)),
+            "read is not listed"
+        );
         let mut gil = regs(202, -512);
         gil.rdi = 0x1080;
         gil.rsi = 0x80 | 9; // FUTEX_WAIT_BITSET | FUTEX_PRIVATE_FLAG
-        assert!(matches!(classify(&gil, rt), ThreadState::Busy(_)), "GIL futex");
+        assert!(
+            matches!(classify(&gil, rt), ThreadState::Busy(_)),
+            "GIL futex"
+        );
         gil.rdi = 0x9000;
         assert_eq!(classify(&gil, rt), ThreadState::BlockedWait("futex"));
         gil.rsi = 1; // FUTEX_WAKE

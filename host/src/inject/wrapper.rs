@@ -90,10 +90,19 @@ impl Handshake {
         let mut raw = [0u8; 16];
         getrandom::fill(&mut raw).map_err(|e| std::io::Error::other(e.to_string()))?;
         let nonce = hex::encode(&raw[..8]);
-        let name = format!("zerostep-inject-{}-{}", std::process::id(), hex::encode(&raw[8..]));
+        let name = format!(
+            "zerostep-inject-{}-{}",
+            std::process::id(),
+            hex::encode(&raw[8..])
+        );
         let addr = SocketAddr::from_abstract_name(name.as_bytes())?;
         let sock = UnixDatagram::bind_addr(&addr)?;
-        Ok(Handshake { sock, name, nonce, received: Vec::new() })
+        Ok(Handshake {
+            sock,
+            name,
+            nonce,
+            received: Vec::new(),
+        })
     }
 
     /// Collects reports until one arrived or `deadline` passed; returns the first outcome.
@@ -111,7 +120,9 @@ impl Handshake {
                 let _ = self.sock.set_nonblocking(false);
                 return self.received.first().map(|(_, o)| o.clone());
             }
-            let _ = self.sock.set_read_timeout(Some(left.max(Duration::from_micros(100))));
+            let _ = self
+                .sock
+                .set_read_timeout(Some(left.max(Duration::from_micros(100))));
             match self.sock.recv(&mut buf) {
                 Ok(n) => {
                     self.accept(&buf[..n]);
@@ -169,7 +180,10 @@ mod tests {
     #[test]
     fn reports_parse_and_foreign_nonces_are_ignored() {
         assert_eq!(parse_report("abc 42 ran", "abc"), Some((42, Outcome::Ran)));
-        assert_eq!(parse_report("abc 42 already", "abc"), Some((42, Outcome::AlreadyPresent)));
+        assert_eq!(
+            parse_report("abc 42 already", "abc"),
+            Some((42, Outcome::AlreadyPresent))
+        );
         assert_eq!(
             parse_report("abc 7 raised ValueError: x y", "abc"),
             Some((7, Outcome::Raised("ValueError: x y".into())))
@@ -192,7 +206,8 @@ mod tests {
         let peer = UnixDatagram::unbound().unwrap();
         let addr = SocketAddr::from_abstract_name(h.name.as_bytes()).unwrap();
         peer.send_to_addr(b"other 1 ran", &addr).unwrap();
-        peer.send_to_addr(format!("{} 9 ran", h.nonce).as_bytes(), &addr).unwrap();
+        peer.send_to_addr(format!("{} 9 ran", h.nonce).as_bytes(), &addr)
+            .unwrap();
         let got = h.wait(Instant::now() + Duration::from_secs(2));
         assert_eq!(got, Some(Outcome::Ran));
         assert_eq!(h.received, vec![(9, Outcome::Ran)]);
