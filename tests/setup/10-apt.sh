@@ -3,6 +3,7 @@
 set -euo pipefail
 PACKAGES=(
   python3.11 python3.11-dev libpython3.11-dev gcc make
+  gdb  # the injector benchmark compares against gdb-based injection
   redis-server postgresql
 )
 missing=()
