@@ -68,8 +68,9 @@ pub(crate) fn apply(known: &Known<'_>, patch: &mut Patch) {
     ];
     for (k, rule) in rules {
         if let Some((k, v)) = known.get(k).and_then(|(k, v)| v.as_str().map(|s| (k, s))) {
-            if let Cow::Owned(new) = bounded(v, rule) {
-                patch.set(k, OwnedValue::Str(new));
+            match bounded(v, rule) {
+                Cow::Owned(new) if new != v => patch.set(k, OwnedValue::Str(new)),
+                _ => {}
             }
         }
     }
