@@ -252,6 +252,10 @@ impl SensorRegistry {
             restored = restored.as_ref().map(|r| r.info.version.as_str()).unwrap_or("none"),
             "sensor quarantined"
         );
+        // Remember a few quarantined contents so a rescan does not retry them; bounded.
+        if st.quarantined_shas.len() >= 16 {
+            st.quarantined_shas.remove(0);
+        }
         st.quarantined_shas.push(failed.sha256.clone());
         st.quarantined = Some(Refusal { sha256: failed.sha256.clone(), reason, at_unix_ms: unix_ms(SystemTime::now()) });
         st.state = SensorState::Quarantined;

@@ -59,7 +59,7 @@ impl Guest for Hostile {
             panic!("hostile sensor panics on purpose");
         }
         if cfg!(feature = "huge-return") && triggered {
-            return (0..300_000u32)
+            return (0..5_000u32)
                 .map(|i| SpanPatch {
                     index: 0,
                     name: Some(format!("span-{i}")),
