@@ -376,3 +376,42 @@ fn check_command_exit_codes() {
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("built for contract 9.0.0"));
 }
+
+/// The built gunicorn and uWSGI components, through the sandbox, against every process collected
+/// from real servers (tests/fixtures/processes): the same verdicts as the rules compiled natively.
+#[test]
+fn real_sensors_match_collected_processes() {
+    let dir = tempfile::tempdir().unwrap();
+    let reg = registry();
+    for s in ["gunicorn", "uwsgi"] {
+        let built = support::repo_root().join("target/sensors").join(format!("{s}.wasm"));
+        assert!(built.exists(), "{} missing: run `make sensors`", built.display());
+        let path = dir.path().join(format!("{s}.wasm"));
+        std::fs::copy(&built, &path).unwrap();
+        assert!(matches!(reg.load_path(&path), LoadOutcome::Activated { .. }), "{s}");
+    }
+    let fixtures = support::repo_root().join("tests/fixtures/processes");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&fixtures).unwrap().flatten() {
+        let text = std::fs::read_to_string(entry.path()).unwrap();
+        let fixture: serde_json::Value = serde_json::from_str(&text).unwrap();
+        for p in fixture["processes"].as_array().unwrap() {
+            let info: ProcessInfo = serde_json::from_value(p.clone()).unwrap();
+            let got = reg.match_process(&info).map(|(_, m)| m);
+            let expect = &p["expect"];
+            let where_ = format!("{} pid {}", entry.path().display(), info.pid);
+            if expect.is_null() {
+                assert!(got.is_none(), "{where_}: matched {got:?}");
+            } else {
+                let m = got.unwrap_or_else(|| panic!("{where_}: no match"));
+                assert_eq!(m.technology, expect["technology"].as_str().unwrap(), "{where_}");
+                assert_eq!(format!("{:?}", m.role).to_lowercase(), expect["role"].as_str().unwrap(), "{where_}");
+                assert_eq!(m.service_name, expect["service_name"].as_str().unwrap(), "{where_}");
+                assert_eq!(m.service_name_source, expect["service_name_source"].as_str().unwrap(), "{where_}");
+            }
+            checked += 1;
+        }
+    }
+    assert!(checked >= 100, "only {checked} fixture processes");
+    assert!(reg.status().iter().all(|s| s.calls.errors == 0));
+}

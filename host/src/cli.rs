@@ -76,6 +76,14 @@ pub fn init_logging(filter: Option<&str>) {
 }
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
+    if matches!(cli.command, Command::Sensors(_)) {
+        // Commands that print behave like other Unix tools when piped into `head`: they end
+        // quietly on a closed pipe instead of panicking. The agent keeps SIGPIPE ignored.
+        // SAFETY: setting a signal disposition before any thread of ours writes to a pipe.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     match cli.command {
         Command::Agent(args) => crate::agent::run(args).map(|()| ExitCode::SUCCESS),
         Command::Sensors(SensorsCommand::Check { file }) => crate::sensors::cli::check(&file),

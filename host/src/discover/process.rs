@@ -6,6 +6,7 @@ pub enum LibPython {
     /// Path of the mapped `libpythonX.Y.so`, as the process sees it.
     Shared(String),
     /// The C API is in the executable itself.
+    #[serde(alias = "linked-into-executable")]
     LinkedIntoExecutable,
 }
 
