@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Creates the virtualenvs listed in tests/venvs.txt, idempotently: a venv is rebuilt only when its
-# line changes. Uses the real interpreters, not pyenv's shims.
+# Creates the virtualenvs listed in the given list files (default: tests/venvs.txt, what `make test`
+# needs; bench/venvs.txt and tests/fixtures/venvs.txt are for `make bench` and for re-collecting
+# fixtures), idempotently: a venv is rebuilt only when its line changes. Uses the real
+# interpreters, not pyenv's shims.
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 cache=${ZEROSTEP_TEST_CACHE:-/var/cache/zerostep-test}
@@ -48,7 +50,7 @@ while read -r name py reqs; do
     done
     pids=()
   fi
-done < "$here/venvs.txt"
+done < <(if [ $# -gt 0 ]; then cat "$@"; else cat "$here/venvs.txt"; fi)
 for p in "${pids[@]}"; do
   wait "${p%%:*}" || { echo "venv ${p#*:} failed:"; cat "$cache/venvs/${p#*:}.log"; exit 1; }
 done
