@@ -115,6 +115,7 @@ impl Session {
                 }
             }
         }
+        debug!(pid, at = ?started.elapsed(), "interrupt stop");
         let saved = tracee.regs().map_err(|e| errno_to(pid, "GETREGS", e))?;
         let xstate = tracee
             .xstate()
@@ -129,6 +130,7 @@ impl Session {
             .map_err(InjectError::Ptrace)?;
         remote_mem::write(pid, frame.addr, &frame.bytes)
             .map_err(|e| errno_to(pid, "writing the signal frame", e))?;
+        debug!(pid, at = ?started.elapsed(), "frame written");
         let s = Session {
             pid,
             tracee,
@@ -272,6 +274,7 @@ impl Session {
                 -(addr as i64)
             )));
         }
+        debug!(pid = self.pid, at = ?self.started.elapsed(), "mapped");
         let bytes = page(addr);
         remote_mem::write(self.pid, addr, &bytes)
             .map_err(|e| errno_to(self.pid, "writing the scratch page", e))?;
@@ -327,6 +330,123 @@ impl Session {
                 Stop::Gone(_) => return Err(InjectError::ProcessExited { pid }),
             }
             .map_err(|e| errno_to(pid, "PTRACE_SYSCALL", e))?;
+        }
+    }
+
+    /// The direct call without syscall-stops: the thread runs `Ensure → Run → Release` at full speed
+    /// (`PTRACE_CONT`, signals passed on) while the injector watches the page's `state`. When it reads
+    /// `finished`, the stub is parked in a 100 ms `nanosleep`; an interrupt there is followed by one
+    /// remote `munmap` whose `ret` lands in `__restore_rt`. If the injector dies instead, the park runs
+    /// out and the stub returns into `__restore_rt` by itself.
+    ///
+    /// Returns the page's header, whether the page was unmapped, and the stop time. The page is left
+    /// mapped only if the park ran out before the interrupt landed (then a sweep removes it).
+    pub fn call_direct(
+        mut self,
+        entry: u64,
+        base: u64,
+        len: u64,
+    ) -> Result<(Option<scratch::Header>, bool, Duration), InjectError> {
+        let pid = self.pid;
+        let mut r = self.saved;
+        r.rip = entry;
+        r.rsp = self.frame.addr;
+        r.rax = 0;
+        r.orig_rax = u64::MAX;
+        self.tracee
+            .set_regs(r)
+            .map_err(|e| errno_to(pid, "SETREGS", e))?;
+        self.pause();
+        self.tracee
+            .resume(0)
+            .map_err(|e| errno_to(pid, "PTRACE_CONT", e))?;
+        let began = Instant::now();
+        let read_header = || {
+            remote_mem::read(pid, base, scratch::HEADER_LEN)
+                .ok()
+                .as_deref()
+                .and_then(scratch::parse_header)
+        };
+        let mut nap = Duration::from_micros(10);
+        loop {
+            match self
+                .tracee
+                .poll()
+                .map_err(|e| wait_to(pid, "the injected call", e))?
+            {
+                Some(Stop::Signal(sig)) => self
+                    .tracee
+                    .resume(sig)
+                    .map_err(|e| errno_to(pid, "pass signal", e))?,
+                Some(Stop::Gone(_)) => return Err(InjectError::ProcessExited { pid }),
+                Some(_) => self
+                    .tracee
+                    .resume(0)
+                    .map_err(|e| errno_to(pid, "PTRACE_CONT", e))?,
+                None => {}
+            }
+            if read_header().is_some_and(|h| h.state == scratch::STATE_FINISHED) {
+                break;
+            }
+            if Instant::now() >= self.deadline {
+                return Err(InjectError::Timeout(format!(
+                    "the injected call did not finish (pid {pid}); it keeps running and restores the thread itself"
+                )));
+            }
+            if began.elapsed() < Duration::from_micros(300) {
+                std::thread::yield_now();
+            } else {
+                std::thread::sleep(nap);
+                nap = (nap * 2).min(Duration::from_micros(200));
+            }
+        }
+        debug!(pid, took = ?began.elapsed(), at = ?self.started.elapsed(), "call finished");
+        let header = read_header();
+        let park_end = base + scratch::park_end() as u64;
+        loop {
+            self.tracee
+                .interrupt()
+                .map_err(|e| errno_to(pid, "PTRACE_INTERRUPT", e))?;
+            let regs = loop {
+                match self
+                    .tracee
+                    .wait(self.deadline)
+                    .map_err(|e| wait_to(pid, "interrupting the parked call", e))?
+                {
+                    Stop::Interrupt | Stop::GroupStop(_) => {
+                        break self
+                            .tracee
+                            .regs()
+                            .map_err(|e| errno_to(pid, "GETREGS", e))?
+                    }
+                    Stop::Signal(sig) => self
+                        .tracee
+                        .resume(sig)
+                        .map_err(|e| errno_to(pid, "pass signal", e))?,
+                    Stop::Gone(_) => return Err(InjectError::ProcessExited { pid }),
+                    _ => self
+                        .tracee
+                        .resume(0)
+                        .map_err(|e| errno_to(pid, "PTRACE_CONT", e))?,
+                }
+            };
+            self.pause();
+            debug!(pid, at = ?self.started.elapsed(), "parked");
+            if regs.rip == park_end {
+                let rc = self.remote_syscall(SYS_MUNMAP, [base, len, 0, 0, 0, 0])?;
+                let stop = self.detach()?;
+                return Ok((header, rc == 0, stop));
+            }
+            if !(base <= regs.rip && regs.rip < base + len) {
+                // The park ran out first: the thread already restored itself.
+                let stop = self.detach()?;
+                return Ok((header, false, stop));
+            }
+            // Between `state = finished` and the park: let it reach the syscall.
+            self.tracee
+                .resume(0)
+                .map_err(|e| errno_to(pid, "PTRACE_CONT", e))?;
+            std::thread::sleep(Duration::from_micros(20));
         }
     }
 

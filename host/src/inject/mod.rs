@@ -329,22 +329,17 @@ pub fn inject(pid: u32, code: &str, opts: &InjectOptions) -> Result<InjectReport
     };
     let swept = session.sweep(&leftovers);
     let base = session.map_scratch(|base| scratch::build(base, &api, &text), len)?;
-    let entry = base
-        + if mode == InjectMode::Direct {
-            scratch::STUB_DIRECT
-        } else {
-            scratch::STUB_SCHEDULE
-        } as u64;
-    session.call(entry)?;
-    let header = read_header(pid, base);
     let started = session.started();
-    let (released, stop_time) = match mode {
-        InjectMode::Direct => session.unmap_and_detach(base, len)?,
-        _ if header.map(|h| h.schedule_result) != Some(0) => {
+    let (header, released, stop_time) = if mode == InjectMode::Direct {
+        session.call_direct(base + scratch::STUB_DIRECT as u64, base, len)?
+    } else {
+        session.call(base + scratch::STUB_SCHEDULE as u64)?;
+        let header = read_header(pid, base);
+        if header.map(|h| h.schedule_result) != Some(0) {
             let _ = session.unmap_and_detach(base, len)?;
             return Err(InjectError::PendingQueueFull);
         }
-        _ => (false, session.detach()?),
+        (header, false, session.detach()?)
     };
     debug!(pid, ?mode, ?stop_time, since_interrupt = ?started.elapsed(), "thread released");
 
@@ -373,6 +368,16 @@ pub fn inject(pid: u32, code: &str, opts: &InjectOptions) -> Result<InjectReport
         &mut report,
         handshake.wait(confirm_deadline.min(deadline.max(Instant::now()))),
     );
+    if mode == InjectMode::Direct && !released {
+        // The park ran out before the interrupt landed (a very slow injector): sweep the page now.
+        let (removed, stop) = sweep_pass(
+            pid,
+            gadgets,
+            deadline.max(Instant::now() + Duration::from_millis(500)),
+        )?;
+        report.cleanup_stop_time = Some(stop);
+        report.scratch_released = removed > 0;
+    }
     if mode == InjectMode::Pending && report.confirmed {
         // The callback sets `state = finished` a few instructions after the datagram went out.
         let finished = wait_for(

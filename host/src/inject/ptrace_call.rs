@@ -68,6 +68,21 @@ impl Tracee {
         ptrace::interrupt(self.tid)
     }
 
+    /// The next stop if one is already reported, without waiting.
+    pub fn poll(&self) -> Result<Option<Stop>, WaitError> {
+        let mut status = 0;
+        // SAFETY: plain waitpid on our tracee with a valid out-pointer.
+        let r =
+            unsafe { libc::waitpid(self.tid.as_raw(), &mut status, libc::__WALL | libc::WNOHANG) };
+        if r < 0 {
+            return Err(WaitError::Sys(Errno::last()));
+        }
+        if r == 0 {
+            return Ok(None);
+        }
+        self.decode(status).map(Some)
+    }
+
     /// Waits for the next stop of this thread until `deadline`.
     pub fn wait(&self, deadline: Instant) -> Result<Stop, WaitError> {
         let started = Instant::now();

@@ -24,7 +24,11 @@ pub const SCHEDULE_DONE: usize = 0x44;
 pub const SIZE: usize = 0x48;
 /// Set by the scheduling stub before it calls `Py_AddPendingCall`.
 pub const SCHEDULE_STARTED: usize = 0x50;
-pub const HEADER_LEN: usize = 0x58;
+/// `struct timespec` for the direct stub's final park: how long a finished call waits for the
+/// injector before restoring the thread by itself (only an injector that died lets it run out).
+pub const PARK_TIMESPEC: usize = 0x58;
+pub const PARK_NANOS: u64 = 100_000_000;
+pub const HEADER_LEN: usize = 0x68;
 
 /// `rsp = frame` at entry; Ensure → Run(code) → Release, then `ret` into `__restore_rt`.
 pub const STUB_DIRECT: usize = 0x100;
@@ -63,10 +67,11 @@ pub fn build(base: u64, api: &Api, code: &str) -> Vec<u8> {
         (P_ADD_PENDING, api.add_pending),
         (P_CODE, base + CODE as u64),
         (SIZE, size as u64),
+        (PARK_TIMESPEC + 8, PARK_NANOS),
     ] {
         b[off..off + 8].copy_from_slice(&v.to_le_bytes());
     }
-    put(&mut b, STUB_DIRECT, &stub_direct());
+    put(&mut b, STUB_DIRECT, &stub_direct().0);
     put(&mut b, STUB_PENDING_CB, &stub_pending_cb());
     put(&mut b, STUB_SCHEDULE, &stub_schedule());
     put(&mut b, CODE, code.as_bytes());
@@ -132,7 +137,13 @@ const PUSH_RBX: &[u8] = &[0x53];
 const POP_RBX: &[u8] = &[0x5b];
 const RET: &[u8] = &[0xc3];
 
-fn stub_direct() -> Vec<u8> {
+/// Where the direct stub parks after the call: the address right after its `nanosleep` syscall. The
+/// injector, seeing `state == finished`, interrupts the thread there and unmaps the page.
+pub fn park_end() -> usize {
+    stub_direct().1
+}
+
+fn stub_direct() -> (Vec<u8>, usize) {
     let mut a = Asm::new(STUB_DIRECT);
     a.bytes(PUSH_RBX) // realigns rsp to 16 for the calls and keeps the gstate
         .lock_inc(ENTRIES)
@@ -146,9 +157,13 @@ fn stub_direct() -> Vec<u8> {
         .bytes(&[0x89, 0xdf]) // mov edi, ebx
         .call_ptr(P_RELEASE)
         .set_u32(STATE, STATE_FINISHED)
-        .bytes(POP_RBX)
-        .bytes(RET);
-    a.out
+        .bytes(&[0xb8, 35, 0, 0, 0]) // mov eax, SYS_nanosleep
+        .rip_rel(&[0x48, 0x8d, 0x3d], PARK_TIMESPEC, &[]) // lea rdi, [timespec]
+        .bytes(&[0x31, 0xf6]) // xor esi, esi
+        .bytes(&[0x0f, 0x05]); // syscall
+    let park_end = a.here();
+    a.bytes(POP_RBX).bytes(RET);
+    (a.out, park_end)
 }
 
 fn stub_pending_cb() -> Vec<u8> {
@@ -228,10 +243,14 @@ mod tests {
 
     #[test]
     fn stubs_fit_their_slots_and_encode_rip_relative_operands() {
-        assert!(STUB_DIRECT + stub_direct().len() <= STUB_PENDING_CB);
+        assert!(STUB_DIRECT + stub_direct().0.len() <= STUB_PENDING_CB);
+        assert_eq!(
+            &stub_direct().0[park_end() - STUB_DIRECT - 2..][..2],
+            &[0x0f, 0x05]
+        );
         assert!(STUB_PENDING_CB + stub_pending_cb().len() <= STUB_SCHEDULE);
         assert!(STUB_SCHEDULE + stub_schedule().len() <= CODE);
-        let d = stub_direct();
+        let d = stub_direct().0;
         // push rbx; lock inc dword [rip+disp] with disp = ENTRIES - (STUB_DIRECT + 1 + 7)
         assert_eq!(&d[..4], &[0x53, 0xf0, 0xff, 0x05]);
         let disp = i32::from_le_bytes(d[4..8].try_into().unwrap());
