@@ -24,7 +24,10 @@
 //!    bytecode, and the page is released by a second, sub-millisecond stop once it has.
 //! 5. Every stub returns into `__restore_rt`: `rt_sigreturn` restores the exact context (a system call
 //!    that was interrupted is re-entered). Killing the injector at any instant changes nothing about
-//!    that path, which is what makes the injector crash-safe.
+//!    that path, which is what makes the injector crash-safe. The direct call runs without
+//!    syscall-stops (`PTRACE_CONT`); the injector polls the page's `state` and, when the stub parks in
+//!    its final 100 ms `nanosleep`, interrupts it and unmaps the page with one remote `munmap` whose
+//!    `ret` lands in `__restore_rt`. A dead injector only means the park runs out.
 //!
 //! Python 3.14+ uses the PEP 768 remote-execution protocol instead ([`pep768`]).
 pub mod cli;
