@@ -178,6 +178,8 @@ fn gunicorn(
         worker,
         app,
     ]);
+    // Warnings shown, so the test sees any the tracer would add to the app's output.
+    cmd.env("PYTHONWARNINGS", "always");
     for (k, v) in extra {
         cmd.env(k, v);
     }
@@ -244,6 +246,21 @@ fn gunicorn_basic(venv: &str, worker: &str) {
         "master stays connected: {peers:?}"
     );
     assert!(peers.iter().all(|p| p.root_pid == master.pid()));
+    let log = env.server_log();
+    assert!(
+        !log.contains("multi-threaded"),
+        "fork warning caused by the tracer:\n{log}"
+    );
+    // The app's own tracebacks pass through the tracer's frames (as through any middleware);
+    // anything else mentioning it is output the tracer added.
+    let ours = log
+        .lines()
+        .filter(|l| l.contains("_zerostep") && !l.trim_start().starts_with("File \"<zerostep:"));
+    assert_eq!(
+        ours.count(),
+        0,
+        "the tracer showed in the app's output:\n{log}"
+    );
     let ids: HashSet<u64> = env.spans().iter().map(|(_, s)| s.span_id).collect();
     assert_eq!(
         ids.len(),

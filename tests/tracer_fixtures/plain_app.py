@@ -15,6 +15,7 @@ def application(environ, start_response):
         conn.execute("create table t (x integer)")
         conn.execute("insert into t values (?)", (1,))
         body = json.dumps(conn.execute("select x from t").fetchall()).encode()
+        conn.close()
     if path == "/redis":
         import redis
         r = redis.Redis(host="127.0.0.1", port=int(os.environ["ZS_REDIS_PORT"]))

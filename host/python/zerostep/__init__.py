@@ -72,7 +72,8 @@ class _State(object):
             self.try_apply(i)
         self.reporter.start_thread()
         try:
-            os.register_at_fork(after_in_child=_after_fork_hook)
+            os.register_at_fork(before=_before_fork_hook, after_in_parent=_after_fork_parent_hook,
+                                after_in_child=_after_fork_hook)
         except Exception:
             pass
 
@@ -94,6 +95,24 @@ class _State(object):
             return sock
         r.stop(final_flush=True)
         return None
+
+
+def _before_fork_hook():
+    st = getattr(sys.modules.get(NAME), "_state", None)
+    if st is not None:
+        try:
+            st.reporter.pause_for_fork()
+        except Exception:
+            pass
+
+
+def _after_fork_parent_hook():
+    st = getattr(sys.modules.get(NAME), "_state", None)
+    if st is not None:
+        try:
+            st.reporter.resume_after_fork()
+        except Exception:
+            pass
 
 
 def _after_fork_hook():

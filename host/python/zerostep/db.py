@@ -67,6 +67,9 @@ class Sqlite3(patch.Instrumentation):
             def executemany(self, sql, *a):
                 return self.cursor().executemany(sql, *a)
 
+        _disguise(Cursor, base_cur)
+        _disguise(Connection, base_conn)
+
         def wrap(original):
             def connect(*args, **kwargs):
                 if inst.tripped or "factory" in kwargs or len(args) > 5:
@@ -82,6 +85,13 @@ class Sqlite3(patch.Instrumentation):
         pkg = sys.modules.get("sqlite3")
         if pkg is not None and pkg.__dict__.get("connect") is original:
             self.patch(pkg, "connect", wrap)
+
+
+def _disguise(sub, base):
+    """Our subclasses print as the driver's own class (reprs, ResourceWarnings, error messages)."""
+    sub.__module__ = base.__module__
+    sub.__name__ = base.__name__
+    sub.__qualname__ = base.__qualname__
 
 
 def _safe(inst, tracer, system, sql, server=None):
@@ -114,8 +124,8 @@ class Psycopg2(patch.Instrumentation):
                     return _run(_safe(inst, tracer, "postgresql", query, _pg_server(self)),
                                 cls.executemany, self, query, vars_list)
 
-                c = type(cls.__name__, (cls,), {"execute": execute, "executemany": executemany,
-                                                "__module__": cls.__module__})
+                c = type(cls.__name__, (cls,), {"execute": execute, "executemany": executemany})
+                _disguise(c, cls)
                 cursor_classes[cls] = c
             return c
 
@@ -128,6 +138,8 @@ class Psycopg2(patch.Instrumentation):
                 except Exception as e:
                     inst.fail(e)
                 return base_conn.cursor(self, *args, **kwargs)
+
+        _disguise(Connection, base_conn)
 
         def wrap(original):
             def connect(dsn=None, connection_factory=None, cursor_factory=None, **kwargs):

@@ -82,6 +82,8 @@ class Reporter(object):
         self.last_flush = time.monotonic()
         self.lock = threading.Lock()
         self.thread = None
+        self.wake = threading.Event()
+        self.thread_wanted = False
         self.stopping = False
         self.threads_ok = True
         self.status_fn = None
@@ -100,6 +102,9 @@ class Reporter(object):
 
     def request_end(self):
         """Called as each request finishes: flush when due, or always when no thread flushes."""
+        if self.thread_wanted:
+            self.thread_wanted = False
+            self.start_thread()
         if (len(self.spans) >= self.batch or not self.threads_ok
                 or time.monotonic() - self.last_flush >= self.interval):
             self.flush()
@@ -259,6 +264,7 @@ class Reporter(object):
         self.backoff = 0.25
         self.lock = threading.Lock()
         self.thread = None
+        self.wake = threading.Event()
         self.start_thread()
 
     # -- background thread ----------------------------------------------------------------------
@@ -276,14 +282,44 @@ class Reporter(object):
 
     def _run(self):
         me = threading.current_thread()
+        wake = self.wake
         while not self.stopping and self.thread is me:
-            time.sleep(self.interval)
-            if self.pid != os.getpid():
+            wake.wait(self.interval)
+            if self.stopping or self.thread is not me or self.pid != os.getpid():
                 return
             self.flush()
 
+    def pause_for_fork(self):
+        """Before os.fork(): our thread exits, so CPython 3.12+ does not warn the app about forking a
+        multi-threaded process, and no lock is copied into the child mid-flight."""
+        t = self.thread
+        if t is None:
+            return
+        before = _os_threads()
+        self.thread = None
+        self.wake.set()
+        try:
+            t.join(0.2)
+            # join() returns before the OS thread is gone, and the warning counts OS threads.
+            deadline = time.monotonic() + 0.02
+            while before and _os_threads() >= before and time.monotonic() < deadline:
+                time.sleep(0.0005)
+        except Exception:
+            pass
+        self.wake = threading.Event()
+
+    def resume_after_fork(self):
+        # 3.13+ checks for threads after the after-fork hooks ran: a thread restarted here would
+        # trigger the warning anyway, so there the next request restarts it (a master that serves
+        # none stays thread-less; it produces no spans).
+        if _LAZY_RESTART:
+            self.thread_wanted = True
+        elif self.thread is None and not self.stopping:
+            self.start_thread()
+
     def stop(self, final_flush=True):
         self.stopping = True
+        self.wake.set()
         if final_flush:
             self.flush()
         s, self.sock = self.sock, None
@@ -292,6 +328,17 @@ class Reporter(object):
                 s.close()
             except Exception:
                 pass
+
+
+_LAZY_RESTART = sys.version_info >= (3, 13)
+
+
+def _os_threads():
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            return int(f.read().rpartition(b")")[2].split()[17])
+    except Exception:
+        return 0
 
 
 def _version():
