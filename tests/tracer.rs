@@ -729,3 +729,40 @@ fn children(pid: u32) -> Vec<u32> {
     v.sort();
     v
 }
+
+/// uWSGI with a framework app: `--lazy-apps` loads it in each worker after the fork; the app's
+/// class is patched when its module is imported, and the route names the span.
+#[test]
+fn uwsgi_flask_lazy_apps() {
+    let mut env = Env::new();
+    let port = free_port();
+    let mut cmd = env.server_cmd(venv_bin("tracer-uwsgi-312", "uwsgi"), "import");
+    cmd.args([
+        "--http-socket",
+        &format!("127.0.0.1:{port}"),
+        "--master",
+        "--processes",
+        "2",
+        "--lazy-apps",
+        "--module",
+        "flask_app:app",
+    ]);
+    cmd.args([
+        "--pythonpath",
+        &env.path().display().to_string(),
+        "--import",
+        "zs_inject",
+        "--die-on-term",
+    ]);
+    let _master = env.start("uwsgi-flask", &mut cmd, port);
+    for _ in 0..4 {
+        assert_eq!(http_get(port, "/users/3").expect("GET").0, 200);
+    }
+    let spans = env.wait_spans(4, server_with_path("/users/3"));
+    assert!(spans.len() >= 4, "{spans:?}\n{}", env.server_log());
+    assert_eq!(spans[0].1.name, "GET /users/<int:uid>");
+    assert_eq!(
+        int_attr(&spans[0].1, "http.response.status_code"),
+        Some(200)
+    );
+}

@@ -46,6 +46,9 @@ class _State(object):
         for i in self.insts:
             if name in i.modules or name in getattr(i, "extra_modules", ()):
                 self.try_apply(i)
+            elif isinstance(i, servers.Uwsgi) and i.applied and name in i.watched_modules():
+                # uWSGI --lazy-apps: the app module is imported in the worker, after the fork.
+                i.wrap_apps()
 
     def try_apply(self, inst):
         if inst.tripped:
