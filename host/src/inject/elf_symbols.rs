@@ -73,3 +73,41 @@ pub fn resolve_in_image(
     }
     Ok(found)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Debian's python3.11 is stripped and non-PIE: the API comes from `.dynsym`, with bias 0.
+    #[test]
+    fn stripped_non_pie_executable() {
+        let Ok(data) = std::fs::read("/usr/bin/python3.11") else {
+            return;
+        };
+        let found =
+            resolve_in_image(&data, 0x400000, &["PyRun_SimpleString", "_PyRuntime"]).unwrap();
+        let run = found["PyRun_SimpleString"];
+        assert!(run.addr > 0x400000 && run.addr < 0x1000_0000, "{run:?}");
+        assert!(found["_PyRuntime"].size > 1000);
+    }
+
+    /// A shared libpython: addresses move with the mapping base.
+    #[test]
+    fn shared_object_is_biased_by_its_mapping() {
+        let Some(lib) = std::fs::read_dir("/root/.pyenv/versions/3.12.1/lib")
+            .ok()
+            .and_then(|d| {
+                d.flatten()
+                    .map(|e| e.path())
+                    .find(|p| p.to_string_lossy().contains("libpython3.12.so"))
+            })
+        else {
+            return;
+        };
+        let data = std::fs::read(lib).unwrap();
+        let a = resolve_in_image(&data, 0, &["Py_AddPendingCall"]).unwrap()["Py_AddPendingCall"];
+        let b = resolve_in_image(&data, 0x7f00_0000_0000, &["Py_AddPendingCall"]).unwrap()
+            ["Py_AddPendingCall"];
+        assert_eq!(b.addr - a.addr, 0x7f00_0000_0000);
+    }
+}
