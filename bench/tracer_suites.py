@@ -45,7 +45,7 @@ if mode == "traced":
 
     plugins.append(ServerSpanPerTest())
 import pytest
-code = pytest.main(["-q", "-p", "no:cacheprovider", "-x" if False else "-q"] + args, plugins=plugins)
+code = pytest.main(["-q", "-p", "no:cacheprovider"] + args, plugins=plugins)
 if mode == "traced":
     st = sys.modules["_zerostep"]._state
     st.reporter.flush()
@@ -93,7 +93,7 @@ def main():
     try:
         env = dict(os.environ, ZS_INTAKE=path, ZS_TESTS=os.path.join(ROOT, "host", "python", "tests"),
                    PYTHONDONTWRITEBYTECODE="1")
-        print("%-10s %-8s %s" % ("suite", "run", "outcome"))
+        print("%-16s %-7s %s" % ("suite", "run", "outcome"))
         for name, version, args in SUITES:
             src = fetch(cache, name, version)
             results = {}
@@ -104,7 +104,7 @@ def main():
                 last = [l for l in out.splitlines() if re.search(r"\d+ (passed|failed)", l)]
                 status = [l for l in out.splitlines() if l.startswith("ZS-STATUS")]
                 results[mode] = summary(last[-1] if last else "")
-                print("%-10s %-8s %s %s" % (name + " " + version, mode, json.dumps(results[mode]),
+                print("%-16s %-7s %s %s" % (name + " " + version, mode, json.dumps(results[mode]),
                                             status[-1][10:] if status else ""))
             same = {k: v for k, v in results["bare"].items() if k != "warning"} == \
                 {k: v for k, v in results["traced"].items() if k != "warning"}

@@ -301,6 +301,14 @@ class TracerTest(unittest.TestCase):
         for _ in range(30):
             inst.fail(ValueError("x"))
         self.assertTrue(inst.tripped)
+        flush()
+        status = [f for f in self.intake.frames if f.get("t") == "status"]
+        deadline = time.time() + 5
+        while time.time() < deadline and not any(
+                f["instrumentations"]["http.client"]["tripped"] for f in status):
+            time.sleep(0.02)
+            status = [f for f in self.intake.frames if f.get("t") == "status"]
+        self.assertTrue(status[-1]["instrumentations"]["http.client"]["tripped"])
         import http.client
         self.assertFalse(hasattr(http.client.HTTPConnection.putrequest, "__zerostep_original__"))
 
@@ -326,6 +334,23 @@ class TracerTest(unittest.TestCase):
         self.assertEqual(frames[0]["pid"], pid)
         os.close(r)
         os.close(w)
+
+    def test_internal_error_falls_back_to_the_app(self):
+        srv = self.server()
+        wsgi = sys.modules["_zerostep.wsgi"]
+        original = wsgi._attrs
+
+        def broken(environ):
+            raise KeyError("tracer bug")
+
+        wsgi._attrs = broken
+        try:
+            for _ in range(3):
+                self.assertEqual(call(lambda e, s: srv.call(hello_app, e, s)), ("200 OK", b"hi"))
+        finally:
+            wsgi._attrs = original
+        self.assertEqual(srv.inst.errors, 3)
+        self.assertFalse(srv.inst.tripped)
 
     def test_bounded_buffer_counts_drops(self):
         rep = self.zs._state.reporter

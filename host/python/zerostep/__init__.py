@@ -31,6 +31,8 @@ class _State(object):
         disabled = set(config.get("disable", ()))
         self.insts = [i for i in self.insts if i.name not in disabled]
         self.reporter.status_fn = self.status
+        for i in self.insts:
+            i.on_trip = self._tripped
         watched = set()
         for i in self.insts:
             watched.update(i.modules)
@@ -41,6 +43,9 @@ class _State(object):
         return {"version": VERSION, "python": sys.version.split()[0],
                 "instrumentations": {i.name: i.status() for i in self.insts},
                 "sent": self.reporter.sent}
+
+    def _tripped(self, inst):
+        self.reporter.pending_status = True  # the agent learns of it with the next flush
 
     def on_import(self, name):
         for i in self.insts:

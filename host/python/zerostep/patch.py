@@ -16,6 +16,7 @@ class Instrumentation(object):
 
     name = "?"
     modules = ()
+    on_trip = None  # called with the instrumentation once its breaker trips
 
     def __init__(self, tracer, config):
         self.tracer = tracer
@@ -66,6 +67,8 @@ class Instrumentation(object):
             self.tripped = True
             try:
                 self.restore()
+                if self.on_trip is not None:
+                    self.on_trip(self)
             except Exception:
                 pass
 
