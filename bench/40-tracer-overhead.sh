@@ -8,3 +8,6 @@ cache=${ZEROSTEP_TEST_CACHE:-/var/cache/zerostep-test}
 bash tests/setup/20-venvs.sh bench/venvs.txt
 "$cache/venvs/tracer-bench/bin/python" bench/tracer_overhead.py
 "$cache/venvs/tracer-suites/bin/python" bench/tracer_suites.py "$cache"
+CARGO=${CARGO:-cargo}
+$CARGO test -p zerostep --test tracer bench_gunicorn_throughput -- --ignored --nocapture 2>&1 \
+  | grep -vE '^\s*(Compiling|Finished|Running|running|Blocking)' || exit 1

@@ -16,6 +16,8 @@ import tarfile
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 SUITES = [("flask", "3.1.3", ["tests"]), ("requests", "2.34.2", ["tests"])]
+if os.environ.get("SUITES"):
+    SUITES = [s for s in SUITES if s[0] in os.environ["SUITES"].split(",")]
 
 RUNNER = r'''
 import os, sys
@@ -45,7 +47,7 @@ if mode == "traced":
 
     plugins.append(ServerSpanPerTest())
 import pytest
-code = pytest.main(["-q", "-p", "no:cacheprovider"] + args, plugins=plugins)
+code = pytest.main(["-q", "-rfExX", "-p", "no:cacheprovider"] + args, plugins=plugins)
 if mode == "traced":
     st = sys.modules["_zerostep"]._state
     st.reporter.flush()
@@ -96,7 +98,7 @@ def main():
         print("%-16s %-7s %s" % ("suite", "run", "outcome"))
         for name, version, args in SUITES:
             src = fetch(cache, name, version)
-            results = {}
+            results, outcomes = {}, {}
             for mode in ("bare", "traced"):
                 r = subprocess.run([sys.executable, "-c", RUNNER, mode] + args, cwd=src, env=env,
                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=1800)
@@ -106,6 +108,11 @@ def main():
                 results[mode] = summary(last[-1] if last else "")
                 print("%-16s %-7s %s %s" % (name + " " + version, mode, json.dumps(results[mode]),
                                             status[-1][10:] if status else ""))
+                outcomes[mode] = sorted(l for l in out.splitlines()
+                                        if l.startswith(("FAILED ", "ERROR ", "XFAIL ", "XPASS ")))
+            for mode, other in (("bare", "traced"), ("traced", "bare")):
+                for l in sorted(set(outcomes[mode]) - set(outcomes[other])):
+                    print("    only %s: %s" % (mode, l[:160]))
             same = {k: v for k, v in results["bare"].items() if k != "warning"} == \
                 {k: v for k, v in results["traced"].items() if k != "warning"}
             print("%-10s same results with and without the tracer: %s" % (name, "yes" if same else "NO"))

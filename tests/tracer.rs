@@ -766,3 +766,93 @@ fn uwsgi_flask_lazy_apps() {
         Some(200)
     );
 }
+
+/// `make bench` (bench/40-tracer-overhead.sh): requests per second through gunicorn (sync, one
+/// worker, new connection per request) for bare / zerostep / OpenTelemetry / ddtrace / instana.
+/// Prints; asserts nothing about timing.
+#[test]
+#[ignore]
+fn bench_gunicorn_throughput() {
+    let secs: u64 = std::env::var("BENCH_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5);
+    let passes: usize = std::env::var("BENCH_PASSES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(3);
+    let variants = ["bare", "zerostep", "otel", "ddtrace", "instana"];
+    let mut best = [0f64; 5];
+    // Interleaved passes, best kept: on a shared machine a load spike then hits every variant.
+    for _ in 0..passes {
+        for (i, variant) in variants.iter().enumerate() {
+            best[i] = best[i].max(gunicorn_rps(variant, secs));
+        }
+    }
+    println!("gunicorn sync, 1 worker, 4 client threads, HTTP/1.0 hello world, best of {passes} x {secs} s");
+    for (v, rps) in variants.iter().zip(best) {
+        println!(
+            "{v:>9}: {rps:8.0} req/s  ({:+.1} % vs bare)",
+            (rps / best[0] - 1.0) * 100.0
+        );
+    }
+}
+
+fn gunicorn_rps(variant: &str, secs: u64) -> f64 {
+    let mut env = Env::new();
+    std::fs::copy(
+        repo_root().join("tests/tracer_fixtures/bench_app.py"),
+        env.path().join("bench_app.py"),
+    )
+    .expect("copy bench app");
+    let port = free_port();
+    let inject = if variant == "zerostep" {
+        "master"
+    } else {
+        "none"
+    };
+    let mut cmd = env.server_cmd(venv_bin("tracer-bench", "gunicorn"), inject);
+    cmd.args([
+        "-c",
+        "zs_inject.py",
+        "-b",
+        &format!("127.0.0.1:{port}"),
+        "-w",
+        "1",
+    ]);
+    cmd.args(["bench_app:application"]);
+    cmd.env("ZS_BENCH_VARIANT", variant)
+        .env("DD_TRACE_AGENT_URL", "http://127.0.0.1:9")
+        .env("DD_INSTRUMENTATION_TELEMETRY_ENABLED", "false")
+        .env("DD_REMOTE_CONFIGURATION_ENABLED", "false")
+        .env("INSTANA_AGENT_PORT", "9");
+    let _g = env.start(variant, &mut cmd, port);
+    for _ in 0..200 {
+        let _ = http_get(port, "/hello");
+    }
+    let rps = load(port, 4, Duration::from_secs(secs));
+    if variant == "zerostep" {
+        let n = env.wait_spans(1, server_with_path("/hello")).len();
+        assert!(n > 0, "zerostep traced nothing\n{}", env.server_log());
+    }
+    rps
+}
+
+fn load(port: u16, threads: usize, dur: Duration) -> f64 {
+    let until = Instant::now() + dur;
+    let handles: Vec<_> = (0..threads)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut n = 0u64;
+                while Instant::now() < until {
+                    if matches!(http_get(port, "/hello"), Ok((200, _))) {
+                        n += 1;
+                    }
+                }
+                n
+            })
+        })
+        .collect();
+    let total: u64 = handles.into_iter().map(|h| h.join().unwrap_or(0)).sum();
+    total as f64 / dur.as_secs_f64()
+}
