@@ -276,6 +276,37 @@ class TracerTest(unittest.TestCase):
                       "putrequest")
         self.zs = new
 
+    def test_code_swap_for_apps_called_from_c(self):
+        uw = [i for i in self.zs._state.insts if i.name == "uwsgi"][0]
+
+        def app(environ, start_response):
+            return hello_app(environ, start_response)
+
+        original = app.__code__
+        uw._swap_code(app)
+        self.assertIsNot(app.__code__, original)
+        self.assertEqual(call(app, "/swapped"), ("200 OK", b"hi"))
+        flush()
+        self.assertEqual(len(self.intake.wait_spans(lambda s: s[9].get("url.path") == "/swapped")), 1)
+        uw.restore()
+        self.assertIs(app.__code__, original)
+
+    def test_upgrade_command_keeps_the_connection(self):
+        old_sock = self.zs._state.reporter.sock
+        for c in self.intake.conns:
+            FakeIntake.send(c, {"v": 1, "t": "upgrade", "version": "0.2.0", "modules": modules(),
+                                "config": {"flush_interval": 0.05}})
+        deadline = time.time() + 5
+        while time.time() < deadline and (sys.modules.get("_zerostep") is self.zs or getattr(
+                sys.modules.get("_zerostep"), "_state", None) is None):
+            time.sleep(0.02)
+        new = sys.modules["_zerostep"]
+        self.assertIsNot(new, self.zs)
+        self.assertIsNotNone(new._state)
+        self.assertIs(new._state.reporter.sock, old_sock)
+        self.assertEqual(sum(1 for f in sys.meta_path if type(f).__name__ == "ImportHook"), 1)
+        self.zs = new
+
     def test_import_hook_instruments_later_imports(self):
         d = tempfile.mkdtemp()
         pkg = os.path.join(d, "redis")

@@ -1,6 +1,8 @@
 """Server spans: gunicorn workers and uWSGI apps."""
+import functools
 import sys
 import types
+import warnings
 import weakref
 
 from _zerostep import patch, wsgi
@@ -189,19 +191,18 @@ class Uwsgi(patch.Instrumentation):
         if code.co_argcount != 2 or code.co_freevars:
             return
         original = types.FunctionType(code, fn.__globals__, fn.__name__, fn.__defaults__)
-        key = len(_ORIGINALS)
-        _ORIGINALS.append((original, self.server))
-        # The trampoline reaches the tracer through sys.modules, so nothing is added to the app's
-        # globals; its names mirror the app's so tracebacks stay readable.
-        src = ("def f(a, b):\n"
-               "    import sys as _zs_sys\n"
-               "    _zs_o, _zs_s = _zs_sys.modules['_zerostep.servers']._ORIGINALS[%d]\n"
-               "    return _zs_s.call(_zs_o, a, b)\n" % key)
-        ns = {}
-        exec(compile(src, code.co_filename, "exec"), ns)
+        # The trampoline calls a constant: its code object holds the tracer's callable, so it
+        # needs nothing from the app's globals or from sys.modules (which an upgrade swaps).
+        call = functools.partial(self.server.call, original)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "'str' object is not callable": on purpose
+            ns = {}
+            exec(compile("def f(a, b):\n    return '__zerostep_call__'(a, b)\n",
+                         code.co_filename, "exec"), ns)
         tcode = ns["f"].__code__
-        tcode = tcode.replace(co_name=code.co_name, co_varnames=code.co_varnames[:2]
-                              + tcode.co_varnames[2:], co_firstlineno=code.co_firstlineno)
+        consts = tuple(call if c == "__zerostep_call__" else c for c in tcode.co_consts)
+        tcode = tcode.replace(co_consts=consts, co_name=code.co_name,
+                              co_varnames=code.co_varnames[:2], co_firstlineno=code.co_firstlineno)
         fn.__code__ = tcode
         self.swapped.append((fn, code))
 
@@ -225,5 +226,3 @@ class Uwsgi(patch.Instrumentation):
                 pass
         self.hooked = False
 
-
-_ORIGINALS = []
