@@ -45,9 +45,20 @@ pub struct Session {
     started: Instant,
 }
 
+fn gone(pid: u32, site: &str, status: i32) -> InjectError {
+    warn!(pid, site, status, "thread reported gone");
+    InjectError::ProcessExited { pid }
+}
+
 fn errno_to(pid: u32, what: &str, e: Errno) -> InjectError {
     match e {
-        Errno::ESRCH => InjectError::ProcessExited { pid },
+        Errno::ESRCH if std::path::Path::new(&format!("/proc/{pid}")).exists() => {
+            InjectError::Ptrace(format!("{what}: thread not stopped (ESRCH)"))
+        }
+        Errno::ESRCH => {
+            warn!(pid, what, "ESRCH and no /proc entry");
+            InjectError::ProcessExited { pid }
+        }
         Errno::EPERM | Errno::EACCES => InjectError::PermissionDenied {
             pid,
             detail: what.to_string(),
@@ -59,7 +70,10 @@ fn errno_to(pid: u32, what: &str, e: Errno) -> InjectError {
 fn wait_to(pid: u32, what: &str, e: WaitError) -> InjectError {
     match e {
         WaitError::Timeout => InjectError::Timeout(format!("{what} (pid {pid})")),
-        WaitError::Sys(Errno::ECHILD) | WaitError::Sys(Errno::ESRCH) => {
+        WaitError::Sys(Errno::ECHILD) | WaitError::Sys(Errno::ESRCH)
+            if !std::path::Path::new(&format!("/proc/{pid}")).exists() =>
+        {
+            warn!(pid, what, "wait failed and no /proc entry");
             InjectError::ProcessExited { pid }
         }
         WaitError::Sys(e) => InjectError::Ptrace(format!("{what}: {e}")),
@@ -68,8 +82,11 @@ fn wait_to(pid: u32, what: &str, e: WaitError) -> InjectError {
 
 /// The thread's blocked-signal mask, which `rt_sigreturn` will reinstate.
 fn sig_blocked(pid: u32) -> Result<u64, InjectError> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/status"))
-        .map_err(|_| InjectError::ProcessExited { pid })?;
+    let status =
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/status")).map_err(|e| {
+            warn!(pid, error = %e, "reading the thread status");
+            InjectError::ProcessExited { pid }
+        })?;
     status
         .lines()
         .find_map(|l| l.strip_prefix("SigBlk:"))
@@ -109,7 +126,7 @@ impl Session {
                     .resume(sig)
                     .map_err(|e| errno_to(pid, "pass signal", e))?,
                 Stop::GroupStop(sig) => return Err(InjectError::Stopped { pid, signal: sig }),
-                Stop::Gone(_) => return Err(InjectError::ProcessExited { pid }),
+                Stop::Gone(st) => return Err(gone(pid, "site1", st)),
                 Stop::SyscallEntry | Stop::SyscallExit => {
                     tracee.resume(0).map_err(|e| errno_to(pid, "resume", e))?
                 }
@@ -214,7 +231,7 @@ impl Session {
                 }
                 Stop::Signal(sig) => self.tracee.resume_syscall(sig),
                 Stop::Interrupt | Stop::GroupStop(_) => self.tracee.resume_syscall(0),
-                Stop::Gone(_) => return Err(InjectError::ProcessExited { pid }),
+                Stop::Gone(st) => return Err(gone(pid, "site2", st)),
             }
             .map_err(|e| errno_to(pid, "PTRACE_SYSCALL", e))?;
         }
@@ -327,7 +344,7 @@ impl Session {
                     self.tracee.resume_syscall(0)
                 }
                 Stop::Signal(sig) => self.tracee.resume_syscall(sig),
-                Stop::Gone(_) => return Err(InjectError::ProcessExited { pid }),
+                Stop::Gone(st) => return Err(gone(pid, "site3", st)),
             }
             .map_err(|e| errno_to(pid, "PTRACE_SYSCALL", e))?;
         }
@@ -378,7 +395,7 @@ impl Session {
                     .tracee
                     .resume(sig)
                     .map_err(|e| errno_to(pid, "pass signal", e))?,
-                Some(Stop::Gone(_)) => return Err(InjectError::ProcessExited { pid }),
+                Some(Stop::Gone(st)) => return Err(gone(pid, "poll", st)),
                 Some(_) => self
                     .tracee
                     .resume(0)
@@ -403,6 +420,7 @@ impl Session {
         debug!(pid, took = ?began.elapsed(), at = ?self.started.elapsed(), "call finished");
         let header = read_header();
         let park_end = base + scratch::park_end() as u64;
+        let mut retry = Duration::from_micros(200);
         loop {
             self.tracee
                 .interrupt()
@@ -423,7 +441,7 @@ impl Session {
                         .tracee
                         .resume(sig)
                         .map_err(|e| errno_to(pid, "pass signal", e))?,
-                    Stop::Gone(_) => return Err(InjectError::ProcessExited { pid }),
+                    Stop::Gone(st) => return Err(gone(pid, "site4", st)),
                     _ => self
                         .tracee
                         .resume(0)
@@ -437,16 +455,30 @@ impl Session {
                 let stop = self.detach()?;
                 return Ok((header, rc == 0, stop));
             }
-            if !(base <= regs.rip && regs.rip < base + len) {
-                // The park ran out first: the thread already restored itself.
+            let in_page = base <= regs.rip && regs.rip < base + len;
+            debug!(
+                pid,
+                rip = regs.rip,
+                rsp = regs.rsp,
+                entry_rsp = header.map(|h| h.entry_rsp),
+                in_page,
+                "not parked yet"
+            );
+            // Signals were blocked before `finished`, so no handler frame can point into the page.
+            if !in_page {
+                // The park ended first (ran out, or a signal cut it short): the thread already
+                // returned through `__restore_rt`.
                 let stop = self.detach()?;
                 return Ok((header, false, stop));
             }
-            // Between `state = finished` and the park: let it reach the syscall.
+            // Between `state = finished` and the park, or inside a signal handler that interrupted
+            // the stub and will return into the page: let it get there, then look again.
             self.tracee
                 .resume(0)
                 .map_err(|e| errno_to(pid, "PTRACE_CONT", e))?;
-            std::thread::sleep(Duration::from_micros(20));
+            // Give it real time to run: under load a thread may wait milliseconds for a CPU.
+            std::thread::sleep(retry);
+            retry = (retry * 2).min(Duration::from_millis(5));
         }
     }
 
@@ -483,7 +515,7 @@ impl Session {
                         .map_err(|e| errno_to(pid, "GETREGS", e))?;
                     break regs.rax == 0;
                 }
-                Stop::Gone(_) => return Err(InjectError::ProcessExited { pid }),
+                Stop::Gone(st) => return Err(gone(pid, "site5", st)),
                 Stop::Signal(sig) => self.tracee.resume_syscall(sig),
                 _ => self.tracee.resume_syscall(0),
             }

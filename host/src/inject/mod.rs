@@ -235,6 +235,17 @@ pub fn preflight(pid: u32) -> Result<RuntimeDetails, InjectError> {
     }
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
         .map_err(|_| InjectError::ProcessExited { pid })?;
+    let zombie_state = status
+        .lines()
+        .find_map(|l| l.strip_prefix("State:"))
+        .is_some_and(|v| matches!(v.trim().chars().next(), Some('Z' | 'X')));
+    // This kernel (6.18) has been seen reporting `State: Z` for a live process right after a
+    // previous tracer detached; a real zombie has no address space left, so its maps are empty.
+    if zombie_state
+        && std::fs::read_to_string(format!("/proc/{pid}/maps")).map_or(true, |m| m.is_empty())
+    {
+        return Err(InjectError::ProcessExited { pid });
+    }
     let field = |k: &str| {
         status
             .lines()
@@ -242,10 +253,7 @@ pub fn preflight(pid: u32) -> Result<RuntimeDetails, InjectError> {
             .map(|v| v.trim().to_string())
     };
     let state = field("State:").unwrap_or_default();
-    if state.starts_with('Z') || state.starts_with('X') {
-        return Err(InjectError::ProcessExited { pid });
-    }
-    if state.starts_with('T') || state.starts_with('t') {
+    if state.starts_with('T') {
         return Err(InjectError::Stopped {
             pid,
             signal: libc::SIGSTOP,
@@ -310,14 +318,15 @@ pub fn inject(pid: u32, code: &str, opts: &InjectOptions) -> Result<InjectReport
             detail: format!("{n} not found in {api_path}"),
         })
     };
+    let rt = sym("_PyRuntime")?;
+    let gadgets = gadgets::find(pid, &maps)?;
     let api = scratch::Api {
         ensure: sym("PyGILState_Ensure")?.addr,
         run: sym("PyRun_SimpleString")?.addr,
         release: sym("PyGILState_Release")?.addr,
         add_pending: sym("Py_AddPendingCall")?.addr,
+        syscall_ret: gadgets.syscall_ret,
     };
-    let rt = sym("_PyRuntime")?;
-    let gadgets = gadgets::find(pid, &maps)?;
     let leftovers = hijack::find_leftovers(pid, &maps);
     let mut handshake = Handshake::new().map_err(InjectError::Handshake)?;
     let text = wrapper::render(code, &handshake.nonce, &handshake.name);
@@ -448,16 +457,27 @@ fn sweep_pass(
     gadgets: gadgets::Gadgets,
     deadline: Instant,
 ) -> Result<(usize, Duration), InjectError> {
-    let maps = python_runtime::read_maps(pid)
-        .map_err(|e| InjectError::from_io(pid, "reading its maps", e))?;
-    let leftovers = hijack::find_leftovers(pid, &maps);
-    if leftovers.is_empty() {
-        return Ok((0, Duration::ZERO));
+    // A page is only removed while the thread's stack is above the stub that used it (no handler or
+    // callback frame can return into it); a busy thread may be deeper at a given instant, so a few
+    // short stops a few milliseconds apart are tried. The stop time reported is the longest one.
+    let (mut removed, mut longest) = (0, Duration::ZERO);
+    for _ in 0..20 {
+        let maps = python_runtime::read_maps(pid)
+            .map_err(|e| InjectError::from_io(pid, "reading its maps", e))?;
+        let leftovers = hijack::find_leftovers(pid, &maps);
+        if leftovers.is_empty() || Instant::now() >= deadline {
+            break;
+        }
+        let mut session = hijack::Session::open(pid, gadgets, deadline, None)?;
+        let n = session.sweep(&leftovers);
+        longest = longest.max(session.detach()?);
+        removed += n;
+        if n == leftovers.len() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(3));
     }
-    let mut session = hijack::Session::open(pid, gadgets, deadline, None)?;
-    let removed = session.sweep(&leftovers);
-    let stop = session.detach()?;
-    Ok((removed, stop))
+    Ok((removed, longest))
 }
 
 /// Removes pages of interrupted or pending injections that are no longer needed (one short stop, only

@@ -115,6 +115,7 @@ impl Tracee {
 
     fn decode(&self, status: i32) -> Result<Stop, WaitError> {
         if libc::WIFEXITED(status) || libc::WIFSIGNALED(status) {
+            tracing::debug!(tid = self.tid.as_raw(), status, "tracee reported gone");
             return Ok(Stop::Gone(status));
         }
         if !libc::WIFSTOPPED(status) {

@@ -28,7 +28,19 @@ pub const SCHEDULE_STARTED: usize = 0x50;
 /// injector before restoring the thread by itself (only an injector that died lets it run out).
 pub const PARK_TIMESPEC: usize = 0x58;
 pub const PARK_NANOS: u64 = 100_000_000;
-pub const HEADER_LEN: usize = 0x68;
+/// `rsp` at the entry of the stub that ran the code. While anything still executes on top of it — the
+/// stub, or a signal handler that interrupted it and will return into the page — the thread's `rsp`
+/// is below this; once it is above, nothing can return into the page any more.
+pub const ENTRY_RSP: usize = 0x68;
+/// A full signal set: the direct stub blocks every signal before it reports `finished`, so no
+/// handler can start on top of the parked stub (signals stay queued until `rt_sigreturn` reinstates
+/// the thread's own mask, a fraction of a millisecond later).
+pub const ALL_SIGNALS: usize = 0x70;
+/// The pending callback's saved signal mask (see `stub_pending_cb`).
+pub const OLD_MASK: usize = 0x78;
+/// libc's `syscall; ret`: the pending callback leaves the page through it.
+pub const P_SYSCALL_RET: usize = 0x80;
+pub const HEADER_LEN: usize = 0x88;
 
 /// `rsp = frame` at entry; Ensure → Run(code) → Release, then `ret` into `__restore_rt`.
 pub const STUB_DIRECT: usize = 0x100;
@@ -48,6 +60,8 @@ pub struct Api {
     pub run: u64,
     pub release: u64,
     pub add_pending: u64,
+    /// A `syscall; ret` sequence in libc.
+    pub syscall_ret: u64,
 }
 
 /// Length of the mapping needed for `code` (NUL-terminated), in whole pages.
@@ -65,9 +79,11 @@ pub fn build(base: u64, api: &Api, code: &str) -> Vec<u8> {
         (P_RUN, api.run),
         (P_RELEASE, api.release),
         (P_ADD_PENDING, api.add_pending),
+        (P_SYSCALL_RET, api.syscall_ret),
         (P_CODE, base + CODE as u64),
         (SIZE, size as u64),
         (PARK_TIMESPEC + 8, PARK_NANOS),
+        (ALL_SIGNALS, u64::MAX),
     ] {
         b[off..off + 8].copy_from_slice(&v.to_le_bytes());
     }
@@ -145,7 +161,8 @@ pub fn park_end() -> usize {
 
 fn stub_direct() -> (Vec<u8>, usize) {
     let mut a = Asm::new(STUB_DIRECT);
-    a.bytes(PUSH_RBX) // realigns rsp to 16 for the calls and keeps the gstate
+    a.rip_rel(&[0x48, 0x89, 0x25], ENTRY_RSP, &[]) // mov [entry_rsp], rsp
+        .bytes(PUSH_RBX) // realigns rsp to 16 for the calls and keeps the gstate
         .lock_inc(ENTRIES)
         .set_u32(STATE, 1)
         .call_ptr(P_ENSURE)
@@ -156,6 +173,12 @@ fn stub_direct() -> (Vec<u8>, usize) {
         .store_eax(RUN_RESULT)
         .bytes(&[0x89, 0xdf]) // mov edi, ebx
         .call_ptr(P_RELEASE)
+        .bytes(&[0xb8, 14, 0, 0, 0]) // mov eax, SYS_rt_sigprocmask
+        .bytes(&[0x31, 0xff]) // xor edi, edi (SIG_BLOCK)
+        .rip_rel(&[0x48, 0x8d, 0x35], ALL_SIGNALS, &[]) // lea rsi, [all_signals]
+        .bytes(&[0x31, 0xd2]) // xor edx, edx (no old set)
+        .bytes(&[0x41, 0xba, 8, 0, 0, 0]) // mov r10d, 8 (sigsetsize)
+        .bytes(&[0x0f, 0x05]) // syscall
         .set_u32(STATE, STATE_FINISHED)
         .bytes(&[0xb8, 35, 0, 0, 0]) // mov eax, SYS_nanosleep
         .rip_rel(&[0x48, 0x8d, 0x3d], PARK_TIMESPEC, &[]) // lea rdi, [timespec]
@@ -168,15 +191,29 @@ fn stub_direct() -> (Vec<u8>, usize) {
 
 fn stub_pending_cb() -> Vec<u8> {
     let mut a = Asm::new(STUB_PENDING_CB);
-    a.bytes(&[0x48, 0x83, 0xec, 0x08]) // sub rsp, 8
+    a.rip_rel(&[0x48, 0x89, 0x25], ENTRY_RSP, &[]) // mov [entry_rsp], rsp
+        .bytes(&[0x48, 0x83, 0xec, 0x08]) // sub rsp, 8
         .lock_inc(ENTRIES)
         .set_u32(STATE, 1)
         .call_ptr(P_RUN) // rdi already holds the code pointer
         .store_eax(RUN_RESULT)
+        // Block every signal (saving the mask) before reporting `finished`, and give the mask back
+        // from libc's `syscall; ret`: a handler can then only ever return into libc, never into this
+        // page, so the page may go as soon as `state` says finished and rip is elsewhere.
+        .bytes(&[0xb8, 14, 0, 0, 0]) // mov eax, SYS_rt_sigprocmask
+        .bytes(&[0x31, 0xff]) // xor edi, edi (SIG_BLOCK)
+        .rip_rel(&[0x48, 0x8d, 0x35], ALL_SIGNALS, &[]) // lea rsi, [all_signals]
+        .rip_rel(&[0x48, 0x8d, 0x15], OLD_MASK, &[]) // lea rdx, [old_mask]
+        .bytes(&[0x41, 0xba, 8, 0, 0, 0]) // mov r10d, 8
+        .bytes(&[0x0f, 0x05]) // syscall
         .set_u32(STATE, STATE_FINISHED)
         .bytes(&[0x48, 0x83, 0xc4, 0x08]) // add rsp, 8
-        .bytes(&[0x31, 0xc0]) // xor eax, eax
-        .bytes(RET);
+        .bytes(&[0xb8, 14, 0, 0, 0]) // mov eax, SYS_rt_sigprocmask (its 0 is our return value)
+        .bytes(&[0xbf, 2, 0, 0, 0]) // mov edi, SIG_SETMASK
+        .rip_rel(&[0x48, 0x8d, 0x35], OLD_MASK, &[]) // lea rsi, [old_mask]
+        .bytes(&[0x31, 0xd2]) // xor edx, edx
+        .bytes(&[0x41, 0xba, 8, 0, 0, 0]) // mov r10d, 8
+        .rip_rel(&[0xff, 0x25], P_SYSCALL_RET, &[]); // jmp [syscall_ret]
     a.out
 }
 
@@ -204,12 +241,15 @@ pub struct Header {
     pub schedule_done: u32,
     pub schedule_started: u32,
     pub size: u64,
+    pub entry_rsp: u64,
 }
 
 impl Header {
-    /// May a page left behind by an earlier injection be unmapped now? Only while its thread is
-    /// stopped outside the page (`rip_in_page` false) and nothing can still return into it: the code
-    /// finished, or no stub ever started and no pending callback is queued.
+    /// May a page left behind by an earlier injection be unmapped now, with its thread stopped at
+    /// `rip`? Only if nothing can still return into it: the code finished (both stubs block all
+    /// signals before saying so, so no handler frame can point into the page) and the thread is
+    /// not executing the last instructions; or no stub ever started and no pending callback is
+    /// queued.
     pub fn sweepable(&self, rip_in_page: bool) -> bool {
         if rip_in_page {
             return false;
@@ -224,8 +264,11 @@ pub fn parse_header(b: &[u8]) -> Option<Header> {
         return None;
     }
     let u32_at = |o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
-    let mut size = [0u8; 8];
-    size.copy_from_slice(&b[SIZE..SIZE + 8]);
+    let u64_at = |o: usize| {
+        let mut a = [0u8; 8];
+        a.copy_from_slice(&b[o..o + 8]);
+        u64::from_le_bytes(a)
+    };
     Some(Header {
         entries: u32_at(ENTRIES),
         run_result: u32_at(RUN_RESULT) as i32,
@@ -233,7 +276,8 @@ pub fn parse_header(b: &[u8]) -> Option<Header> {
         schedule_result: u32_at(SCHEDULE_RESULT) as i32,
         schedule_done: u32_at(SCHEDULE_DONE),
         schedule_started: u32_at(SCHEDULE_STARTED),
-        size: u64::from_le_bytes(size),
+        size: u64_at(SIZE),
+        entry_rsp: u64_at(ENTRY_RSP),
     })
 }
 
@@ -251,11 +295,18 @@ mod tests {
         assert!(STUB_PENDING_CB + stub_pending_cb().len() <= STUB_SCHEDULE);
         assert!(STUB_SCHEDULE + stub_schedule().len() <= CODE);
         let d = stub_direct().0;
-        // push rbx; lock inc dword [rip+disp] with disp = ENTRIES - (STUB_DIRECT + 1 + 7)
-        assert_eq!(&d[..4], &[0x53, 0xf0, 0xff, 0x05]);
-        let disp = i32::from_le_bytes(d[4..8].try_into().unwrap());
-        assert_eq!(STUB_DIRECT as i64 + 8 + disp as i64, ENTRIES as i64);
+        // mov [rip+disp], rsp with disp = ENTRY_RSP - (STUB_DIRECT + 7); then push rbx
+        assert_eq!(&d[..3], &[0x48, 0x89, 0x25]);
+        let disp = i32::from_le_bytes(d[3..7].try_into().unwrap());
+        assert_eq!(STUB_DIRECT as i64 + 7 + disp as i64, ENTRY_RSP as i64);
+        assert_eq!(d[7], 0x53);
         assert_eq!(*d.last().unwrap(), 0xc3);
+        let cb = stub_pending_cb();
+        assert_eq!(
+            &cb[cb.len() - 6..cb.len() - 4],
+            &[0xff, 0x25],
+            "leaves through a jmp"
+        );
     }
 
     #[test]
@@ -265,6 +316,7 @@ mod tests {
             run: 2,
             release: 3,
             add_pending: 4,
+            syscall_ret: 5,
         };
         let page = build(0x7000_0000, &api, "print(1)");
         assert_eq!(page.len(), 8192);
@@ -284,14 +336,15 @@ mod tests {
         let running = Header {
             state: 1,
             entries: 1,
+            entry_rsp: 0x7000,
             ..h
         };
         assert!(!running.sweepable(false));
-        assert!(Header {
+        let done = Header {
             state: STATE_FINISHED,
             ..running
-        }
-        .sweepable(false));
+        };
+        assert!(done.sweepable(false) && !done.sweepable(true));
         assert_eq!(
             u64::from_le_bytes(page[P_CODE..P_CODE + 8].try_into().unwrap()),
             0x7000_1000
