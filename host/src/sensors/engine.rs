@@ -144,9 +144,16 @@ fn import_allowed(name: &str) -> bool {
         return rest.starts_with("host@0.1.") || rest.starts_with("types@0.1.");
     }
     // A std wasip2 guest imports these even when it uses none; they are satisfied by traps.
-    ["wasi:io/", "wasi:cli/environment", "wasi:cli/exit", "wasi:cli/stdin", "wasi:cli/stdout", "wasi:cli/stderr"]
-        .iter()
-        .any(|p| name.starts_with(p))
+    [
+        "wasi:io/",
+        "wasi:cli/environment",
+        "wasi:cli/exit",
+        "wasi:cli/stdin",
+        "wasi:cli/stdout",
+        "wasi:cli/stderr",
+    ]
+    .iter()
+    .any(|p| name.starts_with(p))
         || name.starts_with("wasi:cli/terminal-")
 }
 
@@ -165,9 +172,9 @@ impl SandboxEngine {
         let mut config = Config::new();
         config.epoch_interruption(true);
         config.max_wasm_stack(512 << 10);
-        // Reserve little address space per memory: the cap is small and many instances may live.
-        config.memory_reservation(64 << 20);
-        config.memory_guard_size(64 << 10);
+        // wasmtime's default 4 GiB reservation with guard pages is kept on purpose: address space
+        // is cheap on x86_64, and it lets compiled code skip explicit bounds checks. The memory cap
+        // is enforced by StoreLimits, not by the reservation.
         let engine = Engine::new(&config).map_err(anyhow::Error::from)?;
         let mut linker = Linker::new(&engine);
         bindings::Sensor::add_to_linker::<SensorState, HasSelf<SensorState>>(&mut linker, |s| s)
@@ -176,17 +183,20 @@ impl SandboxEngine {
         let ticker_engine = engine.clone();
         let tick = limits.tick;
         let (tx, rx) = std::sync::mpsc::channel::<Arc<Ticker>>();
-        let ticker_thread = thread::Builder::new().name("sensor-epoch".into()).spawn(move || {
-            let Ok(ticker) = rx.recv() else { return };
-            while !ticker.stop.load(Ordering::Acquire) {
-                if ticker.in_flight.load(Ordering::Acquire) == 0 {
-                    thread::park_timeout(Duration::from_secs(1));
-                } else {
-                    thread::sleep(tick);
-                    ticker_engine.increment_epoch();
-                }
-            }
-        })?;
+        let ticker_thread =
+            thread::Builder::new()
+                .name("sensor-epoch".into())
+                .spawn(move || {
+                    let Ok(ticker) = rx.recv() else { return };
+                    while !ticker.stop.load(Ordering::Acquire) {
+                        if ticker.in_flight.load(Ordering::Acquire) == 0 {
+                            thread::park_timeout(Duration::from_secs(1));
+                        } else {
+                            thread::sleep(tick);
+                            ticker_engine.increment_epoch();
+                        }
+                    }
+                })?;
         let ticker = Arc::new(Ticker {
             in_flight: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
@@ -204,7 +214,14 @@ impl SandboxEngine {
             },
             None => None,
         };
-        Ok(Self { engine, linker, limits, ticker, ticker_thread: Some(ticker_thread), cache })
+        Ok(Self {
+            engine,
+            linker,
+            limits,
+            ticker,
+            ticker_thread: Some(ticker_thread),
+            cache,
+        })
     }
 
     pub fn limits(&self) -> &SandboxLimits {
@@ -237,7 +254,9 @@ impl SandboxEngine {
     /// A linker for this component: the host's imports, and traps for the unused WASI ones.
     pub fn linker_for(&self, component: &Component) -> anyhow::Result<Linker<SensorState>> {
         let mut linker = self.linker.clone();
-        linker.define_unknown_imports_as_traps(component).map_err(anyhow::Error::from)?;
+        linker
+            .define_unknown_imports_as_traps(component)
+            .map_err(anyhow::Error::from)?;
         Ok(linker)
     }
 
@@ -283,7 +302,10 @@ impl CompiledCache {
     fn open(dir: &Path, engine: &Engine) -> anyhow::Result<Self> {
         use std::hash::{Hash, Hasher};
         use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
         let key_path = dir.join("cache.key");
         let key = match std::fs::read(&key_path) {
             Ok(k) if k.len() == 32 => k,
@@ -291,7 +313,12 @@ impl CompiledCache {
                 let mut k = vec![0u8; 32];
                 getrandom::fill(&mut k).map_err(|e| anyhow::anyhow!("random key: {e}"))?;
                 let tmp = dir.join(".cache.key.tmp");
-                let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+                let mut f = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(0o600)
+                    .open(&tmp)?;
                 std::io::Write::write_all(&mut f, &k)?;
                 std::fs::rename(&tmp, &key_path)?;
                 k
@@ -300,7 +327,11 @@ impl CompiledCache {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut h);
         env!("CARGO_PKG_VERSION").hash(&mut h);
-        Ok(Self { dir: dir.to_path_buf(), key, engine_tag: format!("{:016x}", h.finish()) })
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            key,
+            engine_tag: format!("{:016x}", h.finish()),
+        })
     }
 
     fn path(&self, sha256: &str) -> PathBuf {
@@ -322,7 +353,10 @@ impl CompiledCache {
         let mut mac = HmacSha256::new_from_slice(&self.key).ok()?;
         mac.update(code);
         if mac.verify_slice(tag).is_err() {
-            tracing::warn!(sha256, "compiled-sensor cache entry fails its HMAC; ignoring it");
+            tracing::warn!(
+                sha256,
+                "compiled-sensor cache entry fails its HMAC; ignoring it"
+            );
             return None;
         }
         // SAFETY: the bytes carry an HMAC under this host's private key, so they are exactly what
@@ -331,7 +365,9 @@ impl CompiledCache {
     }
 
     fn store(&self, component: &Component, sha256: &str) {
-        let Ok(code) = component.serialize() else { return };
+        let Ok(code) = component.serialize() else {
+            return;
+        };
         let Some(tag) = self.mac(&code) else { return };
         let tmp = self.dir.join(format!(".{sha256}.tmp"));
         let result = (|| -> std::io::Result<()> {
