@@ -858,7 +858,7 @@ impl TracedWatch {
                 if traced {
                     last_seen = now;
                 }
-                std::thread::sleep(Duration::from_micros(20));
+                std::thread::sleep(Duration::from_micros(200));
             }
             episodes
         });
