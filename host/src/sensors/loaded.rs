@@ -33,8 +33,11 @@ impl CallError {
         if let Some(limit) = err.downcast_ref::<LimitExceeded>() {
             return CallError::Limit(*limit);
         }
-        // `{:#}` keeps the trap's kind and the guest's backtrace summary on one line.
-        CallError::Trap(format!("{err:#}").replace('\n', " | "))
+        // The root cause names what happened (a trap code, a failed memory grow, a missing import
+        // a panic reached); the wasm backtrace of anonymous functions helps nobody in a status line.
+        let cause = err.root_cause().to_string();
+        tracing::debug!(error = %format!("{err:#}"), "sensor trap detail");
+        CallError::Trap(cause.lines().next().unwrap_or("unknown trap").to_string())
     }
 }
 
