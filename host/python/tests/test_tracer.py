@@ -3,6 +3,7 @@
 plays the agent: it answers the bootstrap's hello with the modules, then collects frames."""
 import http.server
 import json
+import marshal
 import os
 import socket
 import sqlite3
@@ -73,7 +74,12 @@ class FakeIntake(object):
                 (n,) = struct.unpack(">I", buf[:4])
                 if len(buf) < 4 + n:
                     break
-                msg = json.loads(buf[4:4 + n])
+                body = buf[4:4 + n]
+                if body[:1] == b"\x01":
+                    pid, dropped, spans = marshal.loads(body[1:])
+                    msg = {"t": "spans", "pid": pid, "dropped": dropped, "spans": spans}
+                else:
+                    msg = json.loads(body)
                 buf = buf[4 + n:]
                 if msg.get("t") == "hello" and msg.get("role") == "bootstrap":
                     self.send(c, {"v": 1, "t": "load", "version": self.version,

@@ -8,6 +8,7 @@ connects as itself.
 """
 import collections
 import json
+import marshal
 import os
 import _socket
 import struct
@@ -21,11 +22,23 @@ _unpack_len = struct.Struct(">I").unpack_from
 _dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, check_circular=False,
                           default=repr).encode
 _loads = json.loads
+_marshal_dumps = marshal.dumps
 MAX_IN_FRAME = 16 << 20
 
 
 def frame(obj):
     body = _dumps(obj).encode("utf-8", "replace")
+    return _pack_len(len(body)) + body
+
+
+def spans_frame(pid, dropped, items):
+    """Spans go as marshal (a leading 0x01 says so): 4-5x cheaper to encode than JSON, and it is
+    paid in the app's process. JSON when marshal refuses a value (a str subclass, say)."""
+    try:
+        body = b"\x01" + _marshal_dumps((pid, dropped, items), 4)
+    except Exception:
+        body = _dumps({"v": SCHEMA, "t": "spans", "pid": pid, "dropped": dropped,
+                       "spans": items}).encode("utf-8", "replace")
     return _pack_len(len(body)) + body
 
 
@@ -140,9 +153,7 @@ class Reporter(object):
                 pass
             if not items:
                 break
-            msg = {"v": SCHEMA, "t": "spans", "pid": self.pid, "dropped": self.dropped,
-                   "spans": items}
-            data = frame(msg)
+            data = spans_frame(self.pid, self.dropped, items)
             if len(self.out) + len(data) > self.max_out:
                 self.dropped += len(items)
                 continue

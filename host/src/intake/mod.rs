@@ -7,6 +7,7 @@
 //! peer a [`Command`]. A peer that sends an oversized, malformed or too-fast stream is cut off; the
 //! others never notice.
 mod connection;
+mod marshal;
 mod peers;
 mod queue;
 mod tracer_source;

@@ -5,6 +5,7 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use super::marshal::{self, MarshalError, Value as MValue};
 use crate::span::{AttrValue, Attribute, Event, Span, SpanKind, Status, StatusCode};
 
 /// The schema version both sides put in `"v"`.
@@ -16,6 +17,10 @@ pub const LEN_PREFIX: usize = 4;
 pub enum WireError {
     #[error("frame is not valid JSON for schema v{SCHEMA_VERSION}: {0}")]
     Malformed(#[from] serde_json::Error),
+    #[error("span frame is not valid marshal data: {0}")]
+    Marshal(#[from] MarshalError),
+    #[error("span frame has the wrong shape: {0}")]
+    Shape(&'static str),
     #[error("unsupported schema version {0}")]
     Version(u32),
     #[error("unknown frame type {0:?}")]
@@ -95,8 +100,15 @@ pub enum PeerFrame {
     },
 }
 
+/// First byte of a span frame in `marshal` form: `0x01`, then `marshal.dumps((pid, dropped, [span,
+/// ...]), 4)` with spans laid out as in JSON. A JSON frame starts with `{`.
+pub const MARSHAL_SPANS: u8 = 0x01;
+
 /// Decodes one inbound frame body (without its length prefix).
 pub fn decode(body: &[u8]) -> Result<PeerFrame, WireError> {
+    if let Some((&MARSHAL_SPANS, rest)) = body.split_first() {
+        return decode_marshal_spans(rest);
+    }
     let raw: RawFrame = serde_json::from_slice(body)?;
     if raw.v != SCHEMA_VERSION {
         return Err(WireError::Version(raw.v));
@@ -135,6 +147,105 @@ pub fn decode(body: &[u8]) -> Result<PeerFrame, WireError> {
         }),
         other => Err(WireError::UnknownType(other.to_string())),
     }
+}
+
+fn decode_marshal_spans(data: &[u8]) -> Result<PeerFrame, WireError> {
+    let MValue::List(top) = marshal::loads(data)? else {
+        return Err(WireError::Shape("not a tuple"));
+    };
+    let [_pid, dropped, MValue::List(items)] =
+        <[MValue; 3]>::try_from(top).map_err(|_| WireError::Shape("not (pid, dropped, spans)"))?
+    else {
+        return Err(WireError::Shape("spans is not a list"));
+    };
+    let dropped_in_process = u64::try_from(dropped.as_u128().unwrap_or(0)).unwrap_or(u64::MAX);
+    let spans = items
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| {
+            marshal_span(v)
+                .ok_or(WireError::BadSpan {
+                    index: i,
+                    reason: "wrong field types",
+                })
+                .and_then(|w| to_span(i, w))
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(PeerFrame::Spans {
+        dropped_in_process,
+        spans,
+    })
+}
+
+fn marshal_span(v: MValue) -> Option<WireSpan> {
+    let MValue::List(f) = v else { return None };
+    let [tid, sid, parent, MValue::Str(name), kind, start, end, status, MValue::Str(msg), attrs, MValue::List(events)] =
+        <[MValue; 11]>::try_from(f).ok()?
+    else {
+        return None;
+    };
+    let u64_of = |v: &MValue| u64::try_from(v.as_u128()?).ok();
+    let u8_of = |v: &MValue| u8::try_from(v.as_u128()?).ok();
+    let events = events
+        .into_iter()
+        .map(|e| {
+            let MValue::List(e) = e else { return None };
+            let [MValue::Str(n), t, a] = <[MValue; 3]>::try_from(e).ok()? else {
+                return None;
+            };
+            Some((n, u64_of(&t)?, marshal_attrs(a)?))
+        })
+        .collect::<Option<Vec<_>>>()?;
+    Some(WireSpan(
+        tid.as_u128()?,
+        u64_of(&sid)?,
+        u64_of(&parent)?,
+        name,
+        u8_of(&kind)?,
+        u64_of(&start)?,
+        u64_of(&end)?,
+        u8_of(&status)?,
+        msg,
+        marshal_attrs(attrs)?,
+        events,
+    ))
+}
+
+/// Into the JSON shape, so both encodings share `to_span`'s checks and typing.
+fn marshal_attrs(v: MValue) -> Option<Map<String, Value>> {
+    let MValue::Dict(pairs) = v else { return None };
+    let mut m = Map::new();
+    for (k, v) in pairs {
+        let MValue::Str(k) = k else { return None };
+        let v = match v {
+            MValue::Str(s) => Value::String(s),
+            MValue::Bool(b) => Value::Bool(b),
+            MValue::Int(i) => match i64::try_from(i) {
+                Ok(i) => Value::from(i),
+                Err(_) => Value::from(i as f64),
+            },
+            MValue::UInt(u) => Value::from(u as f64),
+            MValue::Float(f) => serde_json::Number::from_f64(f)
+                .map(Value::Number)
+                .unwrap_or(Value::Null),
+            MValue::List(items) => Value::Array(
+                items
+                    .into_iter()
+                    .map(|i| match i {
+                        MValue::Str(s) => Value::String(s),
+                        MValue::Int(n) => Value::String(n.to_string()),
+                        MValue::UInt(n) => Value::String(n.to_string()),
+                        MValue::Float(f) => Value::String(f.to_string()),
+                        MValue::Bool(b) => Value::String(b.to_string()),
+                        _ => Value::Null,
+                    })
+                    .collect(),
+            ),
+            MValue::None | MValue::Dict(_) | MValue::Bytes(_) => Value::Null,
+        };
+        m.insert(k, v);
+    }
+    Some(m)
 }
 
 fn to_span(index: usize, w: WireSpan) -> Result<Span, WireError> {
@@ -301,6 +412,39 @@ mod tests {
         );
         assert_eq!(s.attr("n"), None);
         assert_eq!(s.events[0].name, "exception");
+    }
+
+    #[test]
+    fn decodes_a_marshal_span_batch() {
+        // b"\x01" + marshal.dumps((7, 2, [[2**127 + 1, 2**63, 0, "GET", 1, 10, 20, 0, "",
+        //   {"url.path": "/x", "http.response.status_code": 200, "f": 0.5, "b": True},
+        //   [["exception", 15, {"exception.type": "E"}]]]]), 4) from CPython 3.12
+        let body = include_bytes!("marshal_spans.bin");
+        let PeerFrame::Spans {
+            dropped_in_process,
+            spans,
+        } = decode(body).expect("valid frame")
+        else {
+            panic!("not a spans frame")
+        };
+        assert_eq!(dropped_in_process, 2);
+        let s = &spans[0];
+        assert_eq!(s.trace_id, (1u128 << 127) + 1);
+        assert_eq!(s.span_id, 1u64 << 63);
+        assert_eq!(s.parent_span_id, None);
+        assert_eq!(s.attr("url.path"), Some(&AttrValue::Str("/x".into())));
+        assert_eq!(
+            s.attr("http.response.status_code"),
+            Some(&AttrValue::Int(200))
+        );
+        assert_eq!(s.attr("f"), Some(&AttrValue::Double(0.5)));
+        assert_eq!(s.attr("b"), Some(&AttrValue::Bool(true)));
+        assert_eq!(s.events[0].attributes[0].value, AttrValue::Str("E".into()));
+        assert!(matches!(
+            decode(b"\x01[\x01\x00\x00\x00N"),
+            Err(WireError::Shape(_))
+        ));
+        assert!(matches!(decode(b"\x01c"), Err(WireError::Marshal(_))));
     }
 
     #[test]
