@@ -1,12 +1,12 @@
 //! Crossing the sandbox boundary: host types into the contract's types, and the sensor's answers
 //! back into host types, validated against the limits. Nothing a sensor returns is trusted.
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use super::bindings::wit;
 use super::limits::SandboxLimits;
 use super::model::{Instrumentation, Match, PythonModule, Role, SensorInfo};
 use crate::discover::{LibPython, ProcessInfo};
-use crate::span::{AttrValue, Attribute, Event, Span, SpanKind, Status, StatusCode};
+use crate::span::{AttrValue, Attribute, Span, SpanKind, Status, StatusCode};
 
 /// A sensor's answer broke the contract or the limits.
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
@@ -160,22 +160,118 @@ impl KeyFilter {
     fn wants(&self, key: &str) -> bool {
         self.0.as_ref().is_none_or(|k| k.contains(key))
     }
-
-    fn attributes(&self, attrs: &[Attribute]) -> Vec<wit::Attribute> {
-        attrs.iter().filter(|a| self.wants(&a.key)).map(to_wit_attribute).collect()
-    }
 }
 
-fn to_wit_attribute(a: &Attribute) -> wit::Attribute {
-    wit::Attribute {
-        key: a.key.clone(),
-        value: match &a.value {
-            AttrValue::Str(s) => wit::AttributeValue::Str(s.clone()),
-            AttrValue::Int(i) => wit::AttributeValue::Int(*i),
-            AttrValue::Double(d) => wit::AttributeValue::Double(*d),
-            AttrValue::Bool(b) => wit::AttributeValue::Boolean(*b),
-            AttrValue::StrArray(v) => wit::AttributeValue::StrArray(v.clone()),
-        },
+/// A string value longer than this is not shown to sensors at all (the span keeps it as it is):
+/// it could not be processed within a call's budget anyway.
+pub const MAX_VALUE_INTO_SANDBOX: usize = 1 << 20;
+
+/// Bytes of text a span adds to a batch (an upper bound of what `to_wit_batch` copies).
+pub fn text_bytes(s: &Span) -> usize {
+    fn value_len(v: &AttrValue) -> usize {
+        match v {
+            AttrValue::Str(s) => s.len(),
+            AttrValue::StrArray(a) => a.iter().map(String::len).sum(),
+            _ => 0,
+        }
+    }
+    let attrs = |a: &[Attribute]| a.iter().map(|a| value_len(&a.value)).sum::<usize>();
+    s.name.len()
+        + s.status.message.len()
+        + attrs(&s.attributes)
+        + s.events.iter().map(|e| e.name.len() + attrs(&e.attributes)).sum::<usize>()
+}
+
+/// Builds the contract's `span-batch`: keys interned once, all other strings in one text buffer,
+/// attributes and events in batch-wide lists. The caller bounds the batch's text (see `text_bytes`)
+/// well below 4 GiB, so offsets fit in `u32`.
+pub fn to_wit_batch(spans: &[Span], filter: &KeyFilter) -> wit::SpanBatch {
+    let batch = wit::SpanBatch { keys: Vec::new(), text: String::new(), attributes: Vec::new(), events: Vec::new(), spans: Vec::new() };
+    let mut b = BatchBuilder { filter, keys: HashMap::new(), batch };
+    b.batch.spans = spans.iter().map(|s| b.span(s)).collect();
+    b.batch
+}
+
+struct BatchBuilder<'a> {
+    filter: &'a KeyFilter,
+    keys: HashMap<&'a str, u32>,
+    batch: wit::SpanBatch,
+}
+
+fn count_u32(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
+impl<'a> BatchBuilder<'a> {
+    fn text(&mut self, s: &str) -> wit::TextRef {
+        let offset = count_u32(self.batch.text.len());
+        self.batch.text.push_str(s);
+        wit::TextRef { offset, len: count_u32(s.len()) }
+    }
+
+    fn key(&mut self, key: &'a str) -> u32 {
+        if let Some(&i) = self.keys.get(key) {
+            return i;
+        }
+        let i = count_u32(self.batch.keys.len());
+        self.batch.keys.push(key.to_string());
+        self.keys.insert(key, i);
+        i
+    }
+
+    fn attributes(&mut self, attrs: &'a [Attribute]) -> wit::Range {
+        let first = count_u32(self.batch.attributes.len());
+        for a in attrs.iter().filter(|a| self.filter.wants(&a.key)) {
+            let value = match &a.value {
+                AttrValue::Str(s) if s.len() > MAX_VALUE_INTO_SANDBOX => continue,
+                AttrValue::Str(s) => wit::ValueRef::Str(self.text(s)),
+                AttrValue::Int(i) => wit::ValueRef::Int(*i),
+                AttrValue::Double(d) => wit::ValueRef::Double(*d),
+                AttrValue::Bool(b) => wit::ValueRef::Boolean(*b),
+                AttrValue::StrArray(v) => wit::ValueRef::StrArray(v.iter().map(|s| self.text(s)).collect()),
+            };
+            let key = self.key(&a.key);
+            self.batch.attributes.push(wit::AttributeRef { key, value });
+        }
+        wit::Range { first, count: count_u32(self.batch.attributes.len()) - first }
+    }
+
+    fn span(&mut self, s: &'a Span) -> wit::Span {
+        let name = self.text(&s.name);
+        let status_message = self.text(&s.status.message);
+        let attributes = self.attributes(&s.attributes);
+        let first_event = count_u32(self.batch.events.len());
+        for e in &s.events {
+            let event = wit::EventRef {
+                name: self.text(&e.name),
+                time_unix_nano: e.time_unix_nano,
+                attributes: self.attributes(&e.attributes),
+            };
+            self.batch.events.push(event);
+        }
+        wit::Span {
+            trace_id: ((s.trace_id >> 64) as u64, s.trace_id as u64),
+            span_id: s.span_id,
+            parent_span_id: s.parent_span_id,
+            name,
+            kind: match s.kind {
+                SpanKind::Internal => wit::SpanKind::Internal,
+                SpanKind::Server => wit::SpanKind::Server,
+                SpanKind::Client => wit::SpanKind::Client,
+                SpanKind::Producer => wit::SpanKind::Producer,
+                SpanKind::Consumer => wit::SpanKind::Consumer,
+            },
+            start_unix_nano: s.start_unix_nano,
+            end_unix_nano: s.end_unix_nano,
+            status_code: match s.status.code {
+                StatusCode::Unset => wit::StatusCode::Unset,
+                StatusCode::Ok => wit::StatusCode::Ok,
+                StatusCode::Error => wit::StatusCode::Error,
+            },
+            status_message,
+            attributes,
+            events: wit::Range { first: first_event, count: count_u32(self.batch.events.len()) - first_event },
+        }
     }
 }
 
@@ -200,17 +296,6 @@ fn from_wit_attribute(a: wit::Attribute, limits: &SandboxLimits) -> Result<Attri
     Ok(Attribute { key: a.key, value })
 }
 
-fn to_wit_status(s: &Status) -> wit::SpanStatus {
-    wit::SpanStatus {
-        code: match s.code {
-            StatusCode::Unset => wit::StatusCode::Unset,
-            StatusCode::Ok => wit::StatusCode::Ok,
-            StatusCode::Error => wit::StatusCode::Error,
-        },
-        message: s.message.clone(),
-    }
-}
-
 fn from_wit_status(s: wit::SpanStatus, limits: &SandboxLimits) -> Result<Status, OutputError> {
     check_str("status message", &s.message, limits.max_string_bytes)?;
     Ok(Status {
@@ -221,31 +306,6 @@ fn from_wit_status(s: wit::SpanStatus, limits: &SandboxLimits) -> Result<Status,
         },
         message: s.message,
     })
-}
-
-fn to_wit_event(e: &Event, filter: &KeyFilter) -> wit::SpanEvent {
-    wit::SpanEvent { name: e.name.clone(), time_unix_nano: e.time_unix_nano, attributes: filter.attributes(&e.attributes) }
-}
-
-pub fn to_wit_span(s: &Span, filter: &KeyFilter) -> wit::Span {
-    wit::Span {
-        trace_id: ((s.trace_id >> 64) as u64, s.trace_id as u64),
-        span_id: s.span_id,
-        parent_span_id: s.parent_span_id,
-        name: s.name.clone(),
-        kind: match s.kind {
-            SpanKind::Internal => wit::SpanKind::Internal,
-            SpanKind::Server => wit::SpanKind::Server,
-            SpanKind::Client => wit::SpanKind::Client,
-            SpanKind::Producer => wit::SpanKind::Producer,
-            SpanKind::Consumer => wit::SpanKind::Consumer,
-        },
-        start_unix_nano: s.start_unix_nano,
-        end_unix_nano: s.end_unix_nano,
-        status: to_wit_status(&s.status),
-        attributes: filter.attributes(&s.attributes),
-        events: s.events.iter().map(|e| to_wit_event(e, filter)).collect(),
-    }
 }
 
 /// A validated edit to one span.

@@ -26,6 +26,8 @@ pub struct SandboxLimits {
     pub max_service_name_bytes: usize,
     /// Spans passed to one `enrich` call; longer batches are split.
     pub max_batch: usize,
+    /// Text bytes passed to one `enrich` call (well under `memory_bytes`); batches are split.
+    pub max_batch_text_bytes: usize,
     /// Log lines per second per instance (burst of the same size).
     pub log_lines_per_sec: u32,
     /// Idle instances kept per sensor version for reuse.
@@ -47,6 +49,7 @@ impl Default for SandboxLimits {
             max_modules_bytes: 1 << 20,
             max_service_name_bytes: 200,
             max_batch: 1024,
+            max_batch_text_bytes: 4 << 20,
             log_lines_per_sec: 20,
             pool_size: 8,
         }

@@ -152,17 +152,34 @@ impl LoadedSensor {
         self.validated(stats, raw, |m| convert::python_modules(m, self.engine.limits()))
     }
 
-    /// Enriches `spans` in place, in batches of at most `max_batch`. Each batch is applied whole
-    /// or not at all.
+    /// Enriches `spans` in place, in calls of at most `max_batch` spans and `max_batch_text_bytes`
+    /// of text (a huge batch must not push a sensor over its memory cap). Each call's patches are
+    /// applied whole or not at all.
     pub fn enrich(&self, stats: &CallStats, matched: &Match, spans: &mut [Span]) -> Result<(), CallError> {
         let wit_match = convert::to_wit_match(matched);
         let limits = self.engine.limits();
-        for chunk in spans.chunks_mut(limits.max_batch.max(1)) {
-            let batch: Vec<_> = chunk.iter().map(|s| convert::to_wit_span(s, &self.filter)).collect();
+        let mut rest = spans;
+        while !rest.is_empty() {
+            let n = chunk_len(rest, limits.max_batch.max(1), limits.max_batch_text_bytes);
+            let (chunk, tail) = rest.split_at_mut(n);
+            let batch = convert::to_wit_batch(chunk, &self.filter);
             let raw = self.call(stats, |s, st| s.call_enrich(st, &wit_match, &batch));
             let patches = self.validated(stats, raw, |p| convert::patches(p, chunk.len(), limits))?;
             convert::apply(patches, chunk);
+            rest = tail;
         }
         Ok(())
     }
+}
+
+/// How many spans from the front of `spans` go into one call: at least one.
+fn chunk_len(spans: &[Span], max_spans: usize, max_bytes: usize) -> usize {
+    let mut bytes = 0;
+    for (i, s) in spans.iter().take(max_spans).enumerate() {
+        bytes += convert::text_bytes(s);
+        if bytes > max_bytes && i > 0 {
+            return i;
+        }
+    }
+    spans.len().min(max_spans)
 }

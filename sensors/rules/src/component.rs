@@ -50,13 +50,54 @@ macro_rules! sensor_component {
                 }
             }
 
-            pub fn value(v: &wit::AttributeValue) -> Value<'_> {
-                match v {
-                    wit::AttributeValue::Str(s) => Value::Str(s),
-                    wit::AttributeValue::Int(i) => Value::Int(*i),
-                    wit::AttributeValue::Double(d) => Value::Double(*d),
-                    wit::AttributeValue::Boolean(b) => Value::Bool(*b),
-                    wit::AttributeValue::StrArray(a) => Value::StrArray(a),
+            /// Borrowed views into one `span-batch`. Out-of-range references (a host bug) read as
+            /// empty rather than panicking.
+            pub struct Batch<'a> {
+                batch: &'a super::bindings::SpanBatch,
+                /// String arrays, materialised once per batch (rare: header values), by attribute.
+                arrays: Vec<Option<Vec<String>>>,
+            }
+
+            impl<'a> Batch<'a> {
+                pub fn new(batch: &'a super::bindings::SpanBatch) -> Self {
+                    let mut this = Batch { batch, arrays: Vec::new() };
+                    if batch.attributes.iter().any(|a| matches!(a.value, wit::ValueRef::StrArray(_))) {
+                        this.arrays = batch
+                            .attributes
+                            .iter()
+                            .map(|a| match &a.value {
+                                wit::ValueRef::StrArray(refs) => {
+                                    Some(refs.iter().map(|r| this.text(*r).to_string()).collect())
+                                }
+                                _ => None,
+                            })
+                            .collect();
+                    }
+                    this
+                }
+
+                pub fn text(&self, r: wit::TextRef) -> &'a str {
+                    let start = r.offset as usize;
+                    self.batch.text.get(start..start.saturating_add(r.len as usize)).unwrap_or("")
+                }
+
+                pub fn attributes(&self, r: wit::Range) -> impl Iterator<Item = (&'a str, Value<'_>)> + '_ {
+                    let start = r.first as usize;
+                    let end = start.saturating_add(r.count as usize);
+                    let attrs = self.batch.attributes.get(start..end).unwrap_or(&[]);
+                    attrs.iter().enumerate().filter_map(move |(i, a)| {
+                        let key = self.batch.keys.get(a.key as usize)?;
+                        let value = match &a.value {
+                            wit::ValueRef::Str(t) => Value::Str(self.text(*t)),
+                            wit::ValueRef::Int(i) => Value::Int(*i),
+                            wit::ValueRef::Double(d) => Value::Double(*d),
+                            wit::ValueRef::Boolean(b) => Value::Bool(*b),
+                            wit::ValueRef::StrArray(_) => {
+                                Value::StrArray(self.arrays.get(start + i)?.as_deref().unwrap_or(&[]))
+                            }
+                        };
+                        Some((key.as_str(), value))
+                    })
                 }
             }
 
@@ -141,18 +182,19 @@ macro_rules! sensor_component {
                 Vec::new()
             }
 
-            fn enrich(_matched: bindings::ProcessMatch, spans: Vec<bindings::Span>) -> Vec<bindings::SpanPatch> {
-                spans
+            fn enrich(_matched: bindings::ProcessMatch, batch: bindings::SpanBatch) -> Vec<bindings::SpanPatch> {
+                let view = glue::Batch::new(&batch);
+                batch
+                    .spans
                     .iter()
                     .enumerate()
                     .filter_map(|(i, s)| {
-                        let attributes = s.attributes.iter().map(|a| (a.key.as_str(), glue::value(&a.value)));
                         $crate::enrich::enrich_span(
                             u32::try_from(i).ok()?,
-                            &s.name,
+                            view.text(s.name),
                             glue::kind(s.kind),
-                            glue::status(s.status.code),
-                            attributes,
+                            glue::status(s.status_code),
+                            view.attributes(s.attributes),
                         )
                     })
                     .map(glue::patch)

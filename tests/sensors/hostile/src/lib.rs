@@ -38,10 +38,15 @@ impl Guest for Hostile {
         vec![]
     }
 
-    fn enrich(_matched: ProcessMatch, spans: Vec<Span>) -> Vec<SpanPatch> {
+    fn enrich(_matched: ProcessMatch, batch: SpanBatch) -> Vec<SpanPatch> {
+        let spans = &batch.spans;
         // The markers below make a misbehaviour trigger only on a span named "trigger", so that the
         // canary (which uses its own sample spans) passes and the failure shows at serving time.
-        let triggered = spans.iter().any(|s| s.name == "trigger");
+        let name = |s: &zerostep::sensor::types::Span| {
+            let start = s.name.offset as usize;
+            batch.text.get(start..start + s.name.len as usize).unwrap_or("")
+        };
+        let triggered = spans.iter().any(|s| name(s) == "trigger");
         if cfg!(feature = "infinite-loop") && triggered {
             let mut x: u64 = 0;
             loop {
