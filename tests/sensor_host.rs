@@ -10,20 +10,37 @@ use std::time::{Duration, Instant};
 use support::{free_port, wait_until, zerostep_bin, Proc};
 use zerostep::discover::ProcessInfo;
 use zerostep::sensors::{
-    LoadOutcome, Match, QuarantinePolicy, Role, SandboxEngine, SandboxLimits, SensorRef, SensorRegistry, SensorState,
+    LoadOutcome, Match, QuarantinePolicy, Role, SandboxEngine, SandboxLimits, SensorRef,
+    SensorRegistry, SensorState,
 };
 use zerostep::span::{AttrValue, Attribute, Span, SpanKind};
 
 fn test_sensor(name: &str) -> PathBuf {
-    let p = support::repo_root().join("target/test-sensors").join(format!("{name}.wasm"));
-    assert!(p.exists(), "{} missing: run `make test-sensors`", p.display());
+    let p = support::repo_root()
+        .join("target/test-sensors")
+        .join(format!("{name}.wasm"));
+    assert!(
+        p.exists(),
+        "{} missing: run `make test-sensors`",
+        p.display()
+    );
     p
 }
 
 fn registry() -> Arc<SensorRegistry> {
-    let limits = SandboxLimits { cpu_per_call: Duration::from_millis(100), wall_per_call: Duration::from_millis(300), ..Default::default() };
+    let limits = SandboxLimits {
+        cpu_per_call: Duration::from_millis(100),
+        wall_per_call: Duration::from_millis(300),
+        ..Default::default()
+    };
     let engine = Arc::new(SandboxEngine::new(limits, None).expect("engine"));
-    Arc::new(SensorRegistry::new(engine, QuarantinePolicy { failures: 3, window: Duration::from_secs(60) }))
+    Arc::new(SensorRegistry::new(
+        engine,
+        QuarantinePolicy {
+            failures: 3,
+            window: Duration::from_secs(60),
+        },
+    ))
 }
 
 /// Puts `variant` at `dir/hostile.wasm` the way an operator would: write aside, then rename.
@@ -83,22 +100,45 @@ fn good_sensor_enriches_and_reports_status() {
     let dir = tempfile::tempdir().unwrap();
     let reg = registry();
     let path = install(dir.path(), "well-behaved");
-    assert_eq!(reg.load_path(&path), LoadOutcome::Activated { name: "hostile".into(), version: "1.0.0".into() });
+    assert_eq!(
+        reg.load_path(&path),
+        LoadOutcome::Activated {
+            name: "hostile".into(),
+            version: "1.0.0".into()
+        }
+    );
     assert_eq!(reg.load_path(&path), LoadOutcome::Unchanged);
     let mut batch = spans(5, "GET");
-    let version = reg.enrich(&SensorRef(path.clone()), &any_match(), &mut batch).expect("enrich");
+    let version = reg
+        .enrich(&SensorRef(path.clone()), &any_match(), &mut batch)
+        .expect("enrich");
     assert_eq!(version, "1.0.0");
     assert_eq!(served_by(&batch), vec!["1.0.0"; 5]);
 
-    let process = ProcessInfo { pid: 7, cmdline: vec!["python".into(), "hostile-test".into()], ..Default::default() };
-    let (sref, m) = reg.match_process(&process).expect("matches its test process");
+    let process = ProcessInfo {
+        pid: 7,
+        cmdline: vec!["python".into(), "hostile-test".into()],
+        ..Default::default()
+    };
+    let (sref, m) = reg
+        .match_process(&process)
+        .expect("matches its test process");
     assert_eq!(sref.0, path);
     assert_eq!(m.service_name, "hostile-1.0.0");
-    assert!(reg.match_process(&ProcessInfo { pid: 8, cmdline: vec!["bash".into()], ..Default::default() }).is_none());
+    assert!(reg
+        .match_process(&ProcessInfo {
+            pid: 8,
+            cmdline: vec!["bash".into()],
+            ..Default::default()
+        })
+        .is_none());
 
     let st = status_of(&reg);
     assert_eq!(st.state, SensorState::Active);
-    assert_eq!(st.serving.as_ref().map(|v| v.version.as_str()), Some("1.0.0"));
+    assert_eq!(
+        st.serving.as_ref().map(|v| v.version.as_str()),
+        Some("1.0.0")
+    );
     assert!(st.calls.calls >= 3, "{:?}", st.calls);
     assert_eq!(st.calls.errors, 0);
     assert!(st.calls.p99_us > 0.0);
@@ -110,16 +150,34 @@ fn quarantines_while_previous_serves(variant: &str, expect_in_reason: &str) {
     let dir = tempfile::tempdir().unwrap();
     let reg = registry();
     let path = install(dir.path(), "well-behaved");
-    assert!(matches!(reg.load_path(&path), LoadOutcome::Activated { .. }));
+    assert!(matches!(
+        reg.load_path(&path),
+        LoadOutcome::Activated { .. }
+    ));
     install(dir.path(), variant);
-    assert_eq!(reg.load_path(&path), LoadOutcome::Activated { name: "hostile".into(), version: "9.9.9".into() });
+    assert_eq!(
+        reg.load_path(&path),
+        LoadOutcome::Activated {
+            name: "hostile".into(),
+            version: "9.9.9".into()
+        }
+    );
     let sref = SensorRef(path.clone());
 
     // One failure drops only the instance: the same version serves the next, normal batch.
-    let err = reg.enrich(&sref, &any_match(), &mut spans(2, "trigger")).expect_err("misbehaves");
-    assert!(format!("{err}").contains(expect_in_reason), "{variant}: {err}");
+    let err = reg
+        .enrich(&sref, &any_match(), &mut spans(2, "trigger"))
+        .expect_err("misbehaves");
+    assert!(
+        format!("{err}").contains(expect_in_reason),
+        "{variant}: {err}"
+    );
     let mut ok = spans(2, "GET");
-    assert_eq!(reg.enrich(&sref, &any_match(), &mut ok).expect("fresh instance serves"), "9.9.9");
+    assert_eq!(
+        reg.enrich(&sref, &any_match(), &mut ok)
+            .expect("fresh instance serves"),
+        "9.9.9"
+    );
 
     let started = Instant::now();
     for _ in 0..2 {
@@ -128,16 +186,32 @@ fn quarantines_while_previous_serves(variant: &str, expect_in_reason: &str) {
     let st = status_of(&reg);
     assert_eq!(st.state, SensorState::Quarantined, "{variant}: {st:?}");
     let q = st.quarantined.as_ref().expect("quarantine reason");
-    assert!(q.reason.contains(expect_in_reason), "{variant}: {}", q.reason);
-    assert_eq!(st.serving.as_ref().map(|v| v.version.as_str()), Some("1.0.0"), "{variant}: previous version serves");
+    assert!(
+        q.reason.contains(expect_in_reason),
+        "{variant}: {}",
+        q.reason
+    );
+    assert_eq!(
+        st.serving.as_ref().map(|v| v.version.as_str()),
+        Some("1.0.0"),
+        "{variant}: previous version serves"
+    );
     assert!(st.calls.traps + st.calls.errors >= 3);
 
     let mut batch = spans(3, "trigger");
-    assert_eq!(reg.enrich(&sref, &any_match(), &mut batch).expect("previous version serves"), "1.0.0");
+    assert_eq!(
+        reg.enrich(&sref, &any_match(), &mut batch)
+            .expect("previous version serves"),
+        "1.0.0"
+    );
     assert_eq!(served_by(&batch), vec!["1.0.0"; 3]);
     // The quarantined content is not retried by a rescan.
     assert_eq!(reg.load_path(&path), LoadOutcome::StillQuarantined);
-    eprintln!("{variant}: quarantined after {:?}: {}", started.elapsed(), q.reason);
+    eprintln!(
+        "{variant}: quarantined after {:?}: {}",
+        started.elapsed(),
+        q.reason
+    );
 }
 
 #[test]
@@ -166,7 +240,10 @@ fn refused_keeps_previous(bytes: &[u8], expect_in_reason: &str) {
     let dir = tempfile::tempdir().unwrap();
     let reg = registry();
     let path = install(dir.path(), "well-behaved");
-    assert!(matches!(reg.load_path(&path), LoadOutcome::Activated { .. }));
+    assert!(matches!(
+        reg.load_path(&path),
+        LoadOutcome::Activated { .. }
+    ));
     std::fs::write(&path, bytes).unwrap();
     match reg.load_path(&path) {
         LoadOutcome::Refused(reason) => assert!(reason.contains(expect_in_reason), "{reason}"),
@@ -174,16 +251,30 @@ fn refused_keeps_previous(bytes: &[u8], expect_in_reason: &str) {
     }
     let st = status_of(&reg);
     assert_eq!(st.state, SensorState::Active);
-    assert_eq!(st.serving.as_ref().map(|v| v.version.as_str()), Some("1.0.0"));
+    assert_eq!(
+        st.serving.as_ref().map(|v| v.version.as_str()),
+        Some("1.0.0")
+    );
     let refused = st.last_refused.expect("refusal visible");
-    assert!(refused.reason.contains(expect_in_reason), "{}", refused.reason);
+    assert!(
+        refused.reason.contains(expect_in_reason),
+        "{}",
+        refused.reason
+    );
     let mut batch = spans(1, "GET");
-    assert_eq!(reg.enrich(&SensorRef(path), &any_match(), &mut batch).unwrap(), "1.0.0");
+    assert_eq!(
+        reg.enrich(&SensorRef(path), &any_match(), &mut batch)
+            .unwrap(),
+        "1.0.0"
+    );
 }
 
 #[test]
 fn wrong_contract_version_is_refused() {
-    refused_keeps_previous(&std::fs::read(test_sensor("wrong-contract")).unwrap(), "built for contract 9.0.0");
+    refused_keeps_previous(
+        &std::fs::read(test_sensor("wrong-contract")).unwrap(),
+        "built for contract 9.0.0",
+    );
 }
 
 #[test]
@@ -205,13 +296,15 @@ fn garbage_is_refused() {
 
 #[test]
 fn component_of_another_world_is_refused() {
-    let other = wat::parse_str(r#"(component (core module $m) (core instance (instantiate $m)))"#).unwrap();
+    let other =
+        wat::parse_str(r#"(component (core module $m) (core instance (instantiate $m)))"#).unwrap();
     refused_keeps_previous(&other, "does not implement the sensor world");
 }
 
 #[test]
 fn filesystem_import_is_refused() {
-    let fs = wat::parse_str(r#"(component (import "wasi:filesystem/types@0.2.0" (instance)))"#).unwrap();
+    let fs =
+        wat::parse_str(r#"(component (import "wasi:filesystem/types@0.2.0" (instance)))"#).unwrap();
     refused_keeps_previous(&fs, "imports `wasi:filesystem/types@0.2.0`");
 }
 
@@ -225,7 +318,9 @@ fn first_file_that_fails_is_reported_failed() {
     let st = status_of(&reg);
     assert_eq!(st.state, SensorState::Failed);
     assert!(st.serving.is_none());
-    assert!(reg.enrich(&SensorRef(path), &any_match(), &mut spans(1, "GET")).is_err());
+    assert!(reg
+        .enrich(&SensorRef(path), &any_match(), &mut spans(1, "GET"))
+        .is_err());
 }
 
 /// Two threads enrich continuously while the file is replaced back and forth: no call fails, and
@@ -236,7 +331,10 @@ fn hot_swap_under_load_fails_no_call() {
     let reg = registry();
     let path = dir.path().join("hostile.wasm");
     std::fs::copy(test_sensor("versioned-1.0.0"), &path).unwrap();
-    assert!(matches!(reg.load_path(&path), LoadOutcome::Activated { .. }));
+    assert!(matches!(
+        reg.load_path(&path),
+        LoadOutcome::Activated { .. }
+    ));
     let sref = SensorRef(path.clone());
     let stop = Arc::new(AtomicBool::new(false));
     let calls = Arc::new(AtomicU64::new(0));
@@ -247,9 +345,14 @@ fn hot_swap_under_load_fails_no_call() {
             let mut seen = std::collections::BTreeMap::<String, u64>::new();
             while !stop.load(Ordering::Relaxed) {
                 let mut batch = spans(8, "GET");
-                let version = reg.enrich(&sref, &any_match(), &mut batch).expect("no call fails during a swap");
+                let version = reg
+                    .enrich(&sref, &any_match(), &mut batch)
+                    .expect("no call fails during a swap");
                 let by = served_by(&batch);
-                assert!(by.iter().all(|v| *v == version), "one batch, one version: {by:?}");
+                assert!(
+                    by.iter().all(|v| *v == version),
+                    "one batch, one version: {by:?}"
+                );
                 *seen.entry(version).or_default() += 1;
                 calls.fetch_add(1, Ordering::Relaxed);
             }
@@ -258,11 +361,18 @@ fn hot_swap_under_load_fails_no_call() {
     }
     for i in 0..6 {
         std::thread::sleep(Duration::from_millis(150));
-        let v = if i % 2 == 0 { "versioned-2.0.0" } else { "versioned-1.0.0" };
+        let v = if i % 2 == 0 {
+            "versioned-2.0.0"
+        } else {
+            "versioned-1.0.0"
+        };
         let tmp = dir.path().join(".swap.tmp");
         std::fs::copy(test_sensor(v), &tmp).unwrap();
         std::fs::rename(&tmp, &path).unwrap();
-        assert!(matches!(reg.load_path(&path), LoadOutcome::Activated { .. }), "swap {i}");
+        assert!(
+            matches!(reg.load_path(&path), LoadOutcome::Activated { .. }),
+            "swap {i}"
+        );
     }
     std::thread::sleep(Duration::from_millis(150));
     stop.store(true, Ordering::Relaxed);
@@ -273,7 +383,11 @@ fn hot_swap_under_load_fails_no_call() {
         }
     }
     eprintln!("calls per version during swaps: {total:?}");
-    assert!(total.get("1.0.0").copied().unwrap_or(0) > 0 && total.get("2.0.0").copied().unwrap_or(0) > 0, "{total:?}");
+    assert!(
+        total.get("1.0.0").copied().unwrap_or(0) > 0
+            && total.get("2.0.0").copied().unwrap_or(0) > 0,
+        "{total:?}"
+    );
     assert_eq!(status_of(&reg).calls.errors, 0);
 }
 
@@ -298,18 +412,30 @@ fn compiled_cache_is_used_and_a_tampered_entry_is_ignored() {
     bytes[mid] ^= 0xff;
     std::fs::write(&entries[0], &bytes).unwrap();
     let engine = Arc::new(SandboxEngine::new(SandboxLimits::default(), Some(&cache)).unwrap());
-    let loaded = zerostep::sensors::canary::load(&engine, &sensor).expect("recompiles instead of loading tampered code");
+    let loaded = zerostep::sensors::canary::load(&engine, &sensor)
+        .expect("recompiles instead of loading tampered code");
     assert_eq!(loaded.info.version, "1.0.0");
-    assert_ne!(std::fs::read(&entries[0]).unwrap(), bytes, "the tampered entry was replaced");
+    assert_ne!(
+        std::fs::read(&entries[0]).unwrap(),
+        bytes,
+        "the tampered entry was replaced"
+    );
 }
 
 fn api_sensors(port: u16) -> Option<serde_json::Value> {
     let (status, body) = support::http_get(port, "/api/v1/sensors").ok()?;
-    (status == 200).then(|| serde_json::from_str(&body).ok()).flatten()
+    (status == 200)
+        .then(|| serde_json::from_str(&body).ok())
+        .flatten()
 }
 
 fn serving_version(v: &serde_json::Value) -> Option<String> {
-    v.as_array()?.first()?.get("serving")?.get("version")?.as_str().map(str::to_string)
+    v.as_array()?
+        .first()?
+        .get("serving")?
+        .get("version")?
+        .as_str()
+        .map(str::to_string)
 }
 
 /// The real binary: loads at start, picks up a replaced file within a second, survives hostile
@@ -330,29 +456,50 @@ fn agent_watches_the_sensors_directory() {
             .arg(dir.path().join("state"))
             .args(["--listen", &format!("127.0.0.1:{port}")]),
     );
-    assert!(support::wait_for_port(port, Duration::from_secs(20)), "agent API up");
-    assert!(wait_until(Duration::from_secs(5), || api_sensors(port).and_then(|v| serving_version(&v)).as_deref() == Some("1.0.0")));
+    assert!(
+        support::wait_for_port(port, Duration::from_secs(20)),
+        "agent API up"
+    );
+    assert!(wait_until(Duration::from_secs(5), || api_sensors(port)
+        .and_then(|v| serving_version(&v))
+        .as_deref()
+        == Some("1.0.0")));
 
     for (variant, version) in [("versioned-2.0.0", "2.0.0"), ("versioned-1.0.0", "1.0.0")] {
         let t = Instant::now();
         install(&sensors, variant);
         assert!(
-            wait_until(Duration::from_secs(3), || api_sensors(port).and_then(|v| serving_version(&v)).as_deref() == Some(version)),
+            wait_until(Duration::from_secs(3), || api_sensors(port)
+                .and_then(|v| serving_version(&v))
+                .as_deref()
+                == Some(version)),
             "{variant} active"
         );
         let took = t.elapsed();
         eprintln!("{variant}: active {took:?} after the rename");
-        assert!(took < Duration::from_secs(2), "replaced file active in about a second, took {took:?}");
+        assert!(
+            took < Duration::from_secs(2),
+            "replaced file active in about a second, took {took:?}"
+        );
     }
 
     // A file the canary refuses: the agent stays up, 1.0.0 keeps serving, the reason is in the API.
     install(&sensors, "wrong-contract");
     assert!(wait_until(Duration::from_secs(3), || {
         api_sensors(port)
-            .and_then(|v| v[0]["last_refused"]["reason"].as_str().map(|r| r.contains("9.0.0")))
+            .and_then(|v| {
+                v[0]["last_refused"]["reason"]
+                    .as_str()
+                    .map(|r| r.contains("9.0.0"))
+            })
             .unwrap_or(false)
     }));
-    assert_eq!(api_sensors(port).and_then(|v| serving_version(&v)).as_deref(), Some("1.0.0"));
+    assert_eq!(
+        api_sensors(port)
+            .and_then(|v| serving_version(&v))
+            .as_deref(),
+        Some("1.0.0")
+    );
 
     // `zerostep sensors list` talks to it.
     let out = std::process::Command::new(zerostep_bin())
@@ -360,19 +507,35 @@ fn agent_watches_the_sensors_directory() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success() && text.contains("hostile") && text.contains("active") && text.contains("9.0.0"), "{text}");
+    assert!(
+        out.status.success()
+            && text.contains("hostile")
+            && text.contains("active")
+            && text.contains("9.0.0"),
+        "{text}"
+    );
 
     std::fs::remove_file(sensors.join("hostile.wasm")).unwrap();
-    assert!(wait_until(Duration::from_secs(3), || api_sensors(port).and_then(|v| v.as_array().map(Vec::is_empty)) == Some(true)));
+    assert!(wait_until(Duration::from_secs(3), || api_sensors(port)
+        .and_then(|v| v.as_array().map(Vec::is_empty))
+        == Some(true)));
     assert!(agent.is_alive(), "agent survived everything");
 }
 
 #[test]
 fn check_command_exit_codes() {
-    let ok = std::process::Command::new(zerostep_bin()).args(["sensors", "check"]).arg(test_sensor("well-behaved")).output().unwrap();
+    let ok = std::process::Command::new(zerostep_bin())
+        .args(["sensors", "check"])
+        .arg(test_sensor("well-behaved"))
+        .output()
+        .unwrap();
     assert!(ok.status.success());
     assert!(String::from_utf8_lossy(&ok.stdout).contains("ok: hostile 1.0.0"));
-    let bad = std::process::Command::new(zerostep_bin()).args(["sensors", "check"]).arg(test_sensor("wrong-contract")).output().unwrap();
+    let bad = std::process::Command::new(zerostep_bin())
+        .args(["sensors", "check"])
+        .arg(test_sensor("wrong-contract"))
+        .output()
+        .unwrap();
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("built for contract 9.0.0"));
 }
@@ -384,11 +547,20 @@ fn real_sensors_match_collected_processes() {
     let dir = tempfile::tempdir().unwrap();
     let reg = registry();
     for s in ["gunicorn", "uwsgi"] {
-        let built = support::repo_root().join("target/sensors").join(format!("{s}.wasm"));
-        assert!(built.exists(), "{} missing: run `make sensors`", built.display());
+        let built = support::repo_root()
+            .join("target/sensors")
+            .join(format!("{s}.wasm"));
+        assert!(
+            built.exists(),
+            "{} missing: run `make sensors`",
+            built.display()
+        );
         let path = dir.path().join(format!("{s}.wasm"));
         std::fs::copy(&built, &path).unwrap();
-        assert!(matches!(reg.load_path(&path), LoadOutcome::Activated { .. }), "{s}");
+        assert!(
+            matches!(reg.load_path(&path), LoadOutcome::Activated { .. }),
+            "{s}"
+        );
     }
     let fixtures = support::repo_root().join("tests/fixtures/processes");
     let mut checked = 0;
@@ -404,10 +576,26 @@ fn real_sensors_match_collected_processes() {
                 assert!(got.is_none(), "{where_}: matched {got:?}");
             } else {
                 let m = got.unwrap_or_else(|| panic!("{where_}: no match"));
-                assert_eq!(m.technology, expect["technology"].as_str().unwrap(), "{where_}");
-                assert_eq!(format!("{:?}", m.role).to_lowercase(), expect["role"].as_str().unwrap(), "{where_}");
-                assert_eq!(m.service_name, expect["service_name"].as_str().unwrap(), "{where_}");
-                assert_eq!(m.service_name_source, expect["service_name_source"].as_str().unwrap(), "{where_}");
+                assert_eq!(
+                    m.technology,
+                    expect["technology"].as_str().unwrap(),
+                    "{where_}"
+                );
+                assert_eq!(
+                    format!("{:?}", m.role).to_lowercase(),
+                    expect["role"].as_str().unwrap(),
+                    "{where_}"
+                );
+                assert_eq!(
+                    m.service_name,
+                    expect["service_name"].as_str().unwrap(),
+                    "{where_}"
+                );
+                assert_eq!(
+                    m.service_name_source,
+                    expect["service_name_source"].as_str().unwrap(),
+                    "{where_}"
+                );
             }
             checked += 1;
         }

@@ -10,17 +10,26 @@ use crate::sensors::{watch_dir, QuarantinePolicy, SandboxEngine, SandboxLimits, 
 pub fn run(args: AgentArgs) -> Result<()> {
     std::fs::create_dir_all(&args.state_dir)
         .with_context(|| format!("creating the state directory {}", args.state_dir.display()))?;
-    std::fs::create_dir_all(&args.sensors_dir)
-        .with_context(|| format!("creating the sensors directory {}", args.sensors_dir.display()))?;
+    std::fs::create_dir_all(&args.sensors_dir).with_context(|| {
+        format!(
+            "creating the sensors directory {}",
+            args.sensors_dir.display()
+        )
+    })?;
 
-    let engine = Arc::new(SandboxEngine::new(SandboxLimits::default(), Some(&args.state_dir.join("sensor-cache")))?);
+    let engine = Arc::new(SandboxEngine::new(
+        SandboxLimits::default(),
+        Some(&args.state_dir.join("sensor-cache")),
+    )?);
     let registry = Arc::new(SensorRegistry::new(engine, QuarantinePolicy::default()));
     let _watch = watch_dir(registry.clone(), &args.sensors_dir)
         .with_context(|| format!("watching {}", args.sensors_dir.display()))?;
     for s in registry.status() {
         match &s.serving {
             Some(v) => tracing::info!(sensor = %v.name, version = %v.version, "loaded"),
-            None => tracing::warn!(source = %s.source, reason = ?s.last_refused.as_ref().map(|r| &r.reason), "not loaded"),
+            None => {
+                tracing::warn!(source = %s.source, reason = ?s.last_refused.as_ref().map(|r| &r.reason), "not loaded")
+            }
         }
     }
 

@@ -90,7 +90,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Agent(args) => crate::agent::run(args).map(|()| ExitCode::SUCCESS),
         Command::Sensors(SensorsCommand::Check { file }) => crate::sensors::cli::check(&file),
-        Command::Sensors(SensorsCommand::List { agent, json }) => crate::sensors::cli::list(agent, json),
+        Command::Sensors(SensorsCommand::List { agent, json }) => {
+            crate::sensors::cli::list(agent, json)
+        }
         Command::Inject(args) => crate::inject::cli::run(args),
     }
 }

@@ -20,10 +20,16 @@ pub struct Attribute {
 
 impl Attribute {
     pub fn str(key: impl Into<String>, value: impl Into<String>) -> Self {
-        Self { key: key.into(), value: AttrValue::Str(value.into()) }
+        Self {
+            key: key.into(),
+            value: AttrValue::Str(value.into()),
+        }
     }
     pub fn int(key: impl Into<String>, value: i64) -> Self {
-        Self { key: key.into(), value: AttrValue::Int(value) }
+        Self {
+            key: key.into(),
+            value: AttrValue::Int(value),
+        }
     }
 }
 
@@ -82,7 +88,10 @@ pub struct Span {
 
 impl Span {
     pub fn attr(&self, key: &str) -> Option<&AttrValue> {
-        self.attributes.iter().find(|a| a.key == key).map(|a| &a.value)
+        self.attributes
+            .iter()
+            .find(|a| a.key == key)
+            .map(|a| &a.value)
     }
 
     /// Set or replace one attribute.

@@ -16,7 +16,10 @@ use crate::span::{Attribute, Span, SpanKind};
 #[derive(Debug, thiserror::Error)]
 pub enum CanaryError {
     #[error("cannot read {path}: {source}")]
-    Read { path: String, source: std::io::Error },
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
     #[error("file is {len} bytes, over the limit of {max}")]
     TooLarge { len: usize, max: usize },
     #[error("not a WebAssembly file (bad magic number)")]
@@ -29,12 +32,21 @@ pub enum CanaryError {
     ForbiddenImport(String),
     #[error("does not implement the sensor world of zerostep:sensor@{CONTRACT_VERSION}: {0}")]
     WrongWorld(String),
-    #[error("built for contract {found}, this agent implements {expected} (compatible: {compatible})")]
-    ContractMismatch { found: String, expected: &'static str, compatible: String },
+    #[error(
+        "built for contract {found}, this agent implements {expected} (compatible: {compatible})"
+    )]
+    ContractMismatch {
+        found: String,
+        expected: &'static str,
+        compatible: String,
+    },
     #[error("describe failed: {0}")]
     Describe(CallError),
     #[error("self-check failed in {export}: {error}")]
-    SelfCheck { export: &'static str, error: CallError },
+    SelfCheck {
+        export: &'static str,
+        error: CallError,
+    },
 }
 
 /// Contract versions a host of `CONTRACT_VERSION` loads: the same major, or for 0.x the same minor,
@@ -45,7 +57,9 @@ pub fn contract_compatible(version: &str) -> bool {
         let r = (it.next()??, it.next()??, it.next()??);
         it.next().is_none().then_some(r)
     }
-    let (Some(ours), Some(theirs)) = (parse(CONTRACT_VERSION), parse(version)) else { return false };
+    let (Some(ours), Some(theirs)) = (parse(CONTRACT_VERSION), parse(version)) else {
+        return false;
+    };
     if ours.0 == 0 {
         theirs.0 == 0 && theirs.1 == ours.1
     } else {
@@ -59,14 +73,24 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 
 /// Runs the canary on a file. On success the sensor is ready to serve.
 pub fn load(engine: &Arc<SandboxEngine>, path: &Path) -> Result<LoadedSensor, CanaryError> {
-    let bytes = std::fs::read(path).map_err(|source| CanaryError::Read { path: path.display().to_string(), source })?;
+    let bytes = std::fs::read(path).map_err(|source| CanaryError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
     load_bytes(engine, path, &bytes)
 }
 
-pub fn load_bytes(engine: &Arc<SandboxEngine>, path: &Path, bytes: &[u8]) -> Result<LoadedSensor, CanaryError> {
+pub fn load_bytes(
+    engine: &Arc<SandboxEngine>,
+    path: &Path,
+    bytes: &[u8],
+) -> Result<LoadedSensor, CanaryError> {
     let max = engine.limits().max_component_bytes;
     if bytes.len() > max {
-        return Err(CanaryError::TooLarge { len: bytes.len(), max });
+        return Err(CanaryError::TooLarge {
+            len: bytes.len(),
+            max,
+        });
     }
     if bytes.len() < 8 || &bytes[0..4] != b"\0asm" {
         return Err(CanaryError::NotWasm);
@@ -76,18 +100,33 @@ pub fn load_bytes(engine: &Arc<SandboxEngine>, path: &Path, bytes: &[u8]) -> Res
         return Err(CanaryError::CoreModule);
     }
     let sha256 = sha256_hex(bytes);
-    let component = engine.compile(bytes, &sha256).map_err(|e| CanaryError::Compile(format!("{e:#}")))?;
+    let component = engine
+        .compile(bytes, &sha256)
+        .map_err(|e| CanaryError::Compile(format!("{e:#}")))?;
     if let Some(import) = engine.forbidden_import(&component) {
         return Err(CanaryError::ForbiddenImport(import));
     }
-    let linker = engine.linker_for(&component).map_err(|e| CanaryError::WrongWorld(format!("{e:#}")))?;
-    let instance_pre = linker.instantiate_pre(&component).map_err(|e| CanaryError::WrongWorld(format!("{e:#}")))?;
-    let pre = SensorPre::new(instance_pre).map_err(|e| CanaryError::WrongWorld(format!("{e:#}")))?;
+    let linker = engine
+        .linker_for(&component)
+        .map_err(|e| CanaryError::WrongWorld(format!("{e:#}")))?;
+    let instance_pre = linker
+        .instantiate_pre(&component)
+        .map_err(|e| CanaryError::WrongWorld(format!("{e:#}")))?;
+    let pre =
+        SensorPre::new(instance_pre).map_err(|e| CanaryError::WrongWorld(format!("{e:#}")))?;
 
     // Describe on a provisional identity, then re-label with what the sensor said.
-    let provisional = LoadedSensor::new(engine.clone(), pre.clone(), placeholder_info(), path.to_path_buf(), sha256.clone());
+    let provisional = LoadedSensor::new(
+        engine.clone(),
+        pre.clone(),
+        placeholder_info(),
+        path.to_path_buf(),
+        sha256.clone(),
+    );
     let stats = CallStats::default();
-    let info = provisional.describe(&stats).map_err(CanaryError::Describe)?;
+    let info = provisional
+        .describe(&stats)
+        .map_err(CanaryError::Describe)?;
     if !contract_compatible(&info.contract_version) {
         return Err(CanaryError::ContractMismatch {
             found: info.contract_version,
@@ -132,9 +171,17 @@ fn self_check(sensor: &LoadedSensor, stats: &CallStats) -> Result<(), CanaryErro
     };
     sensor
         .match_process(stats, &process)
-        .map_err(|error| CanaryError::SelfCheck { export: "match-process", error })?;
+        .map_err(|error| CanaryError::SelfCheck {
+            export: "match-process",
+            error,
+        })?;
     let matched = Match {
-        technology: sensor.info.technologies.first().cloned().unwrap_or_default(),
+        technology: sensor
+            .info
+            .technologies
+            .first()
+            .cloned()
+            .unwrap_or_default(),
         role: Role::Worker,
         service_name: "canary".into(),
         service_name_source: "canary".into(),
@@ -142,11 +189,17 @@ fn self_check(sensor: &LoadedSensor, stats: &CallStats) -> Result<(), CanaryErro
     };
     sensor
         .instrumentation(stats, &matched)
-        .map_err(|error| CanaryError::SelfCheck { export: "instrumentation", error })?;
+        .map_err(|error| CanaryError::SelfCheck {
+            export: "instrumentation",
+            error,
+        })?;
     let mut spans = sample_spans();
     sensor
         .enrich(stats, &matched, &mut spans)
-        .map_err(|error| CanaryError::SelfCheck { export: "enrich", error })?;
+        .map_err(|error| CanaryError::SelfCheck {
+            export: "enrich",
+            error,
+        })?;
     Ok(())
 }
 

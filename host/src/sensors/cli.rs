@@ -41,10 +41,18 @@ pub fn list(agent: SocketAddr, json: bool) -> Result<ExitCode> {
         println!("{body}");
         return Ok(ExitCode::SUCCESS);
     }
-    let sensors: Vec<SensorStatus> = serde_json::from_str(&body).context("decoding the agent's answer")?;
-    println!("{:<12} {:<10} {:<12} {:>8} {:>7} {:>6} {:>9} {:>9}  SOURCE", "NAME", "VERSION", "STATE", "CALLS", "ERRORS", "TRAPS", "P50(us)", "P99(us)");
+    let sensors: Vec<SensorStatus> =
+        serde_json::from_str(&body).context("decoding the agent's answer")?;
+    println!(
+        "{:<12} {:<10} {:<12} {:>8} {:>7} {:>6} {:>9} {:>9}  SOURCE",
+        "NAME", "VERSION", "STATE", "CALLS", "ERRORS", "TRAPS", "P50(us)", "P99(us)"
+    );
     for s in &sensors {
-        let version = s.serving.as_ref().map(|v| v.version.as_str()).unwrap_or("-");
+        let version = s
+            .serving
+            .as_ref()
+            .map(|v| v.version.as_str())
+            .unwrap_or("-");
         println!(
             "{:<12} {:<10} {:<12} {:>8} {:>7} {:>6} {:>9.1} {:>9.1}  {}",
             s.name,
@@ -58,10 +66,18 @@ pub fn list(agent: SocketAddr, json: bool) -> Result<ExitCode> {
             s.source
         );
         if let Some(q) = &s.quarantined {
-            println!("  quarantined {}: {}", &q.sha256[..q.sha256.len().min(12)], q.reason);
+            println!(
+                "  quarantined {}: {}",
+                &q.sha256[..q.sha256.len().min(12)],
+                q.reason
+            );
         }
         if let Some(r) = &s.last_refused {
-            println!("  refused {}: {}", &r.sha256[..r.sha256.len().min(12)], r.reason);
+            println!(
+                "  refused {}: {}",
+                &r.sha256[..r.sha256.len().min(12)],
+                r.reason
+            );
         }
     }
     Ok(ExitCode::SUCCESS)

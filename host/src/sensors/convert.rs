@@ -12,9 +12,17 @@ use crate::span::{AttrValue, Attribute, Span, SpanKind, Status, StatusCode};
 #[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
 pub enum OutputError {
     #[error("{what} is {len} bytes, over the limit of {max}")]
-    TooLong { what: &'static str, len: usize, max: usize },
+    TooLong {
+        what: &'static str,
+        len: usize,
+        max: usize,
+    },
     #[error("{what}: {count} entries, over the limit of {max}")]
-    TooMany { what: &'static str, count: usize, max: usize },
+    TooMany {
+        what: &'static str,
+        count: usize,
+        max: usize,
+    },
     #[error("patch for span index {index} but the batch has {len} spans")]
     BadIndex { index: u32, len: usize },
     #[error("{0} is empty")]
@@ -25,7 +33,11 @@ pub enum OutputError {
 
 fn check_str(what: &'static str, s: &str, max: usize) -> Result<(), OutputError> {
     if s.len() > max {
-        return Err(OutputError::TooLong { what, len: s.len(), max });
+        return Err(OutputError::TooLong {
+            what,
+            len: s.len(),
+            max,
+        });
     }
     Ok(())
 }
@@ -58,19 +70,33 @@ pub fn process_info(p: &ProcessInfo) -> wit::ProcessInfo {
 }
 
 pub fn sensor_info(i: wit::SensorInfo, limits: &SandboxLimits) -> Result<SensorInfo, OutputError> {
-    for (what, s) in [("sensor name", &i.name), ("sensor version", &i.version), ("contract version", &i.contract_version)] {
+    for (what, s) in [
+        ("sensor name", &i.name),
+        ("sensor version", &i.version),
+        ("contract version", &i.contract_version),
+    ] {
         check_str(what, s, 128)?;
     }
     if i.name.is_empty() {
         return Err(OutputError::Empty("sensor name"));
     }
-    if !i.name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
-        return Err(OutputError::ControlChars("sensor name (allowed: ASCII letters, digits, - _ .)"));
+    if !i
+        .name
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    {
+        return Err(OutputError::ControlChars(
+            "sensor name (allowed: ASCII letters, digits, - _ .)",
+        ));
     }
     check_count("technologies", i.technologies.len(), 32)?;
     check_count("attribute keys", i.attribute_keys.len(), 256)?;
     for s in i.technologies.iter().chain(&i.attribute_keys) {
-        check_str("technology or attribute key", s, limits.max_string_bytes.min(256))?;
+        check_str(
+            "technology or attribute key",
+            s,
+            limits.max_string_bytes.min(256),
+        )?;
     }
     Ok(SensorInfo {
         name: i.name,
@@ -83,7 +109,11 @@ pub fn sensor_info(i: wit::SensorInfo, limits: &SandboxLimits) -> Result<SensorI
 
 pub fn process_match(m: wit::ProcessMatch, limits: &SandboxLimits) -> Result<Match, OutputError> {
     check_str("technology", &m.technology, 64)?;
-    check_str("service name", &m.service_name, limits.max_service_name_bytes)?;
+    check_str(
+        "service name",
+        &m.service_name,
+        limits.max_service_name_bytes,
+    )?;
     check_str("service name source", &m.service_name_source, 64)?;
     if m.service_name.trim().is_empty() {
         return Err(OutputError::Empty("service name"));
@@ -91,10 +121,18 @@ pub fn process_match(m: wit::ProcessMatch, limits: &SandboxLimits) -> Result<Mat
     if m.service_name.chars().any(char::is_control) {
         return Err(OutputError::ControlChars("service name"));
     }
-    check_count("instrumentations", m.instrumentations.len(), limits.max_instrumentations)?;
+    check_count(
+        "instrumentations",
+        m.instrumentations.len(),
+        limits.max_instrumentations,
+    )?;
     for i in &m.instrumentations {
         check_str("instrumentation name", &i.name, 64)?;
-        check_count("instrumentation settings", i.settings.len(), limits.max_instrumentations)?;
+        check_count(
+            "instrumentation settings",
+            i.settings.len(),
+            limits.max_instrumentations,
+        )?;
         for (k, v) in &i.settings {
             check_str("setting key", k, 128)?;
             check_str("setting value", v, 4096)?;
@@ -112,7 +150,10 @@ pub fn process_match(m: wit::ProcessMatch, limits: &SandboxLimits) -> Result<Mat
         instrumentations: m
             .instrumentations
             .into_iter()
-            .map(|i| Instrumentation { name: i.name, settings: i.settings })
+            .map(|i| Instrumentation {
+                name: i.name,
+                settings: i.settings,
+            })
             .collect(),
     })
 }
@@ -130,23 +171,46 @@ pub fn to_wit_match(m: &Match) -> wit::ProcessMatch {
         instrumentations: m
             .instrumentations
             .iter()
-            .map(|i| wit::InstrumentationChoice { name: i.name.clone(), settings: i.settings.clone() })
+            .map(|i| wit::InstrumentationChoice {
+                name: i.name.clone(),
+                settings: i.settings.clone(),
+            })
             .collect(),
     }
 }
 
-pub fn python_modules(mods: Vec<wit::PythonModule>, limits: &SandboxLimits) -> Result<Vec<PythonModule>, OutputError> {
+pub fn python_modules(
+    mods: Vec<wit::PythonModule>,
+    limits: &SandboxLimits,
+) -> Result<Vec<PythonModule>, OutputError> {
     check_count("python modules", mods.len(), limits.max_modules)?;
     let total: usize = mods.iter().map(|m| m.source.len() + m.name.len()).sum();
     if total > limits.max_modules_bytes {
-        return Err(OutputError::TooLong { what: "python modules' source", len: total, max: limits.max_modules_bytes });
+        return Err(OutputError::TooLong {
+            what: "python modules' source",
+            len: total,
+            max: limits.max_modules_bytes,
+        });
     }
     for m in &mods {
-        if m.name.is_empty() || !m.name.split('.').all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')) {
-            return Err(OutputError::ControlChars("python module name (dotted identifiers only)"));
+        if m.name.is_empty()
+            || !m
+                .name
+                .split('.')
+                .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+        {
+            return Err(OutputError::ControlChars(
+                "python module name (dotted identifiers only)",
+            ));
         }
     }
-    Ok(mods.into_iter().map(|m| PythonModule { name: m.name, source: m.source }).collect())
+    Ok(mods
+        .into_iter()
+        .map(|m| PythonModule {
+            name: m.name,
+            source: m.source,
+        })
+        .collect())
 }
 
 /// Which attributes cross into the sandbox: those the sensor declared, or all.
@@ -179,15 +243,28 @@ pub fn text_bytes(s: &Span) -> usize {
     s.name.len()
         + s.status.message.len()
         + attrs(&s.attributes)
-        + s.events.iter().map(|e| e.name.len() + attrs(&e.attributes)).sum::<usize>()
+        + s.events
+            .iter()
+            .map(|e| e.name.len() + attrs(&e.attributes))
+            .sum::<usize>()
 }
 
 /// Builds the contract's `span-batch`: keys interned once, all other strings in one text buffer,
 /// attributes and events in batch-wide lists. The caller bounds the batch's text (see `text_bytes`)
 /// well below 4 GiB, so offsets fit in `u32`.
 pub fn to_wit_batch(spans: &[Span], filter: &KeyFilter) -> wit::SpanBatch {
-    let batch = wit::SpanBatch { keys: Vec::new(), text: String::new(), attributes: Vec::new(), events: Vec::new(), spans: Vec::new() };
-    let mut b = BatchBuilder { filter, keys: HashMap::new(), batch };
+    let batch = wit::SpanBatch {
+        keys: Vec::new(),
+        text: String::new(),
+        attributes: Vec::new(),
+        events: Vec::new(),
+        spans: Vec::new(),
+    };
+    let mut b = BatchBuilder {
+        filter,
+        keys: HashMap::new(),
+        batch,
+    };
     b.batch.spans = spans.iter().map(|s| b.span(s)).collect();
     b.batch
 }
@@ -206,7 +283,10 @@ impl<'a> BatchBuilder<'a> {
     fn text(&mut self, s: &str) -> wit::TextRef {
         let offset = count_u32(self.batch.text.len());
         self.batch.text.push_str(s);
-        wit::TextRef { offset, len: count_u32(s.len()) }
+        wit::TextRef {
+            offset,
+            len: count_u32(s.len()),
+        }
     }
 
     fn key(&mut self, key: &'a str) -> u32 {
@@ -228,12 +308,17 @@ impl<'a> BatchBuilder<'a> {
                 AttrValue::Int(i) => wit::ValueRef::Int(*i),
                 AttrValue::Double(d) => wit::ValueRef::Double(*d),
                 AttrValue::Bool(b) => wit::ValueRef::Boolean(*b),
-                AttrValue::StrArray(v) => wit::ValueRef::StrArray(v.iter().map(|s| self.text(s)).collect()),
+                AttrValue::StrArray(v) => {
+                    wit::ValueRef::StrArray(v.iter().map(|s| self.text(s)).collect())
+                }
             };
             let key = self.key(&a.key);
             self.batch.attributes.push(wit::AttributeRef { key, value });
         }
-        wit::Range { first, count: count_u32(self.batch.attributes.len()) - first }
+        wit::Range {
+            first,
+            count: count_u32(self.batch.attributes.len()) - first,
+        }
     }
 
     fn span(&mut self, s: &'a Span) -> wit::Span {
@@ -270,7 +355,10 @@ impl<'a> BatchBuilder<'a> {
             },
             status_message,
             attributes,
-            events: wit::Range { first: first_event, count: count_u32(self.batch.events.len()) - first_event },
+            events: wit::Range {
+                first: first_event,
+                count: count_u32(self.batch.events.len()) - first_event,
+            },
         }
     }
 }
@@ -319,23 +407,42 @@ pub struct Patch {
 }
 
 /// Validates every patch before any is applied: a batch is enriched entirely or not at all.
-pub fn patches(raw: Vec<wit::SpanPatch>, batch_len: usize, limits: &SandboxLimits) -> Result<Vec<Patch>, OutputError> {
+pub fn patches(
+    raw: Vec<wit::SpanPatch>,
+    batch_len: usize,
+    limits: &SandboxLimits,
+) -> Result<Vec<Patch>, OutputError> {
     check_count("patches", raw.len(), batch_len)?;
     raw.into_iter()
         .map(|p| {
             if p.index as usize >= batch_len {
-                return Err(OutputError::BadIndex { index: p.index, len: batch_len });
+                return Err(OutputError::BadIndex {
+                    index: p.index,
+                    len: batch_len,
+                });
             }
             if let Some(name) = &p.name {
                 check_str("span name", name, 1024)?;
             }
-            check_count("attributes set by one patch", p.set_attributes.len(), limits.max_attributes_per_patch)?;
-            check_count("attributes removed by one patch", p.remove_attributes.len(), limits.max_attributes_per_patch)?;
+            check_count(
+                "attributes set by one patch",
+                p.set_attributes.len(),
+                limits.max_attributes_per_patch,
+            )?;
+            check_count(
+                "attributes removed by one patch",
+                p.remove_attributes.len(),
+                limits.max_attributes_per_patch,
+            )?;
             Ok(Patch {
                 index: p.index as usize,
                 name: p.name,
                 status: p.status.map(|s| from_wit_status(s, limits)).transpose()?,
-                set: p.set_attributes.into_iter().map(|a| from_wit_attribute(a, limits)).collect::<Result<_, _>>()?,
+                set: p
+                    .set_attributes
+                    .into_iter()
+                    .map(|a| from_wit_attribute(a, limits))
+                    .collect::<Result<_, _>>()?,
                 remove: p.remove_attributes,
             })
         })
@@ -344,7 +451,9 @@ pub fn patches(raw: Vec<wit::SpanPatch>, batch_len: usize, limits: &SandboxLimit
 
 pub fn apply(patches: Vec<Patch>, spans: &mut [Span]) {
     for p in patches {
-        let Some(span) = spans.get_mut(p.index) else { continue };
+        let Some(span) = spans.get_mut(p.index) else {
+            continue;
+        };
         if let Some(name) = p.name {
             span.name = name;
         }

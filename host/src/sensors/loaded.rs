@@ -85,7 +85,10 @@ impl LoadedSensor {
         store.data_mut().begin_call();
         store.set_epoch_deadline(1);
         let _guard = self.engine.enter_call();
-        let sensor = self.pre.instantiate(&mut store).map_err(|e| CallError::Instantiate(format!("{e:#}")))?;
+        let sensor = self
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| CallError::Instantiate(format!("{e:#}")))?;
         Ok(Instance { store, sensor })
     }
 
@@ -127,7 +130,12 @@ impl LoadedSensor {
     }
 
     /// Validates an answer; an invalid one counts as an error of this call.
-    fn validated<R, T>(&self, stats: &CallStats, raw: Result<R, CallError>, f: impl FnOnce(R) -> Result<T, OutputError>) -> Result<T, CallError> {
+    fn validated<R, T>(
+        &self,
+        stats: &CallStats,
+        raw: Result<R, CallError>,
+        f: impl FnOnce(R) -> Result<T, OutputError>,
+    ) -> Result<T, CallError> {
         let raw = raw?;
         f(raw).map_err(|e| {
             stats.mark_refused();
@@ -137,25 +145,45 @@ impl LoadedSensor {
 
     pub fn describe(&self, stats: &CallStats) -> Result<SensorInfo, CallError> {
         let raw = self.call(stats, |s, st| s.call_describe(st));
-        self.validated(stats, raw, |i| convert::sensor_info(i, self.engine.limits()))
+        self.validated(stats, raw, |i| {
+            convert::sensor_info(i, self.engine.limits())
+        })
     }
 
-    pub fn match_process(&self, stats: &CallStats, process: &ProcessInfo) -> Result<Option<Match>, CallError> {
+    pub fn match_process(
+        &self,
+        stats: &CallStats,
+        process: &ProcessInfo,
+    ) -> Result<Option<Match>, CallError> {
         let arg = convert::process_info(process);
         let raw = self.call(stats, |s, st| s.call_match_process(st, &arg));
-        self.validated(stats, raw, |m| m.map(|m| convert::process_match(m, self.engine.limits())).transpose())
+        self.validated(stats, raw, |m| {
+            m.map(|m| convert::process_match(m, self.engine.limits()))
+                .transpose()
+        })
     }
 
-    pub fn instrumentation(&self, stats: &CallStats, matched: &Match) -> Result<Vec<PythonModule>, CallError> {
+    pub fn instrumentation(
+        &self,
+        stats: &CallStats,
+        matched: &Match,
+    ) -> Result<Vec<PythonModule>, CallError> {
         let arg = convert::to_wit_match(matched);
         let raw = self.call(stats, |s, st| s.call_instrumentation(st, &arg));
-        self.validated(stats, raw, |m| convert::python_modules(m, self.engine.limits()))
+        self.validated(stats, raw, |m| {
+            convert::python_modules(m, self.engine.limits())
+        })
     }
 
     /// Enriches `spans` in place, in calls of at most `max_batch` spans and `max_batch_text_bytes`
     /// of text (a huge batch must not push a sensor over its memory cap). Each call's patches are
     /// applied whole or not at all.
-    pub fn enrich(&self, stats: &CallStats, matched: &Match, spans: &mut [Span]) -> Result<(), CallError> {
+    pub fn enrich(
+        &self,
+        stats: &CallStats,
+        matched: &Match,
+        spans: &mut [Span],
+    ) -> Result<(), CallError> {
         let wit_match = convert::to_wit_match(matched);
         let limits = self.engine.limits();
         let mut rest = spans;
@@ -164,7 +192,8 @@ impl LoadedSensor {
             let (chunk, tail) = rest.split_at_mut(n);
             let batch = convert::to_wit_batch(chunk, &self.filter);
             let raw = self.call(stats, |s, st| s.call_enrich(st, &wit_match, &batch));
-            let patches = self.validated(stats, raw, |p| convert::patches(p, chunk.len(), limits))?;
+            let patches =
+                self.validated(stats, raw, |p| convert::patches(p, chunk.len(), limits))?;
             convert::apply(patches, chunk);
             rest = tail;
         }

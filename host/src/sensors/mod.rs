@@ -19,6 +19,9 @@ pub use engine::{LimitExceeded, SandboxEngine};
 pub use limits::SandboxLimits;
 pub use loaded::{CallError, LoadedSensor};
 pub use model::{Instrumentation, Match, PythonModule, Role, SensorInfo};
-pub use registry::{LoadOutcome, QuarantinePolicy, RegistryError, SensorRef, SensorRegistry, SensorState, SensorStatus};
+pub use registry::{
+    LoadOutcome, QuarantinePolicy, RegistryError, SensorRef, SensorRegistry, SensorState,
+    SensorStatus,
+};
 pub use stats::{CallStats, CallStatsSnapshot};
 pub use watch::{sync_dir, watch_dir, DirWatch};

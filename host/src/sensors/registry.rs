@@ -27,7 +27,10 @@ pub struct QuarantinePolicy {
 
 impl Default for QuarantinePolicy {
     fn default() -> Self {
-        Self { failures: 3, window: Duration::from_secs(60) }
+        Self {
+            failures: 3,
+            window: Duration::from_secs(60),
+        }
     }
 }
 
@@ -76,7 +79,9 @@ pub struct SensorStatus {
 }
 
 fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 struct SlotState {
@@ -103,7 +108,10 @@ pub struct SensorRef(pub PathBuf);
 /// What happened to a file on (re)load.
 #[derive(Debug, PartialEq, Eq)]
 pub enum LoadOutcome {
-    Activated { name: String, version: String },
+    Activated {
+        name: String,
+        version: String,
+    },
     Unchanged,
     /// Same content as a quarantined version: not tried again.
     StillQuarantined,
@@ -118,7 +126,11 @@ pub struct SensorRegistry {
 
 impl SensorRegistry {
     pub fn new(engine: Arc<SandboxEngine>, policy: QuarantinePolicy) -> Self {
-        Self { engine, policy, slots: RwLock::new(BTreeMap::new()) }
+        Self {
+            engine,
+            policy,
+            slots: RwLock::new(BTreeMap::new()),
+        }
     }
 
     fn slot(&self, path: &Path) -> Arc<Slot> {
@@ -150,7 +162,16 @@ impl SensorRegistry {
     pub fn load_path(&self, path: &Path) -> LoadOutcome {
         let bytes = match std::fs::read(path) {
             Ok(b) => b,
-            Err(err) => return self.refuse(path, String::new(), CanaryError::Read { path: path.display().to_string(), source: err }),
+            Err(err) => {
+                return self.refuse(
+                    path,
+                    String::new(),
+                    CanaryError::Read {
+                        path: path.display().to_string(),
+                        source: err,
+                    },
+                )
+            }
         };
         let sha = canary::sha256_hex(&bytes);
         let slot = self.slot(path);
@@ -171,7 +192,11 @@ impl SensorRegistry {
             Err(err) => return self.refuse(path, sha, err),
         };
         if let Some(other) = self.name_taken_by(&sensor.info.name, path) {
-            let reason = format!("sensor name `{}` is already served by {}", sensor.info.name, other.display());
+            let reason = format!(
+                "sensor name `{}` is already served by {}",
+                sensor.info.name,
+                other.display()
+            );
             return self.refuse_reason(path, sha, reason);
         }
         let (name, version) = (sensor.info.name.clone(), sensor.info.version.clone());
@@ -196,7 +221,12 @@ impl SensorRegistry {
             .read()
             .values()
             .filter(|s| s.source != path)
-            .find(|s| s.active.load().as_ref().is_some_and(|a| a.info.name == name))
+            .find(|s| {
+                s.active
+                    .load()
+                    .as_ref()
+                    .is_some_and(|a| a.info.name == name)
+            })
             .map(|s| s.source.clone())
     }
 
@@ -206,10 +236,18 @@ impl SensorRegistry {
 
     fn refuse_reason(&self, path: &Path, sha256: String, reason: String) -> LoadOutcome {
         let slot = self.slot(path);
-        let serving = slot.active.load().as_ref().map(|a| format!("{}@{}", a.info.name, a.info.version));
+        let serving = slot
+            .active
+            .load()
+            .as_ref()
+            .map(|a| format!("{}@{}", a.info.name, a.info.version));
         tracing::warn!(source = %path.display(), %reason, serving = serving.as_deref().unwrap_or("nothing"), "sensor file refused");
         let mut st = slot.state.lock();
-        st.last_refused = Some(Refusal { sha256, reason: reason.clone(), at_unix_ms: unix_ms(SystemTime::now()) });
+        st.last_refused = Some(Refusal {
+            sha256,
+            reason: reason.clone(),
+            at_unix_ms: unix_ms(SystemTime::now()),
+        });
         LoadOutcome::Refused(reason)
     }
 
@@ -229,12 +267,21 @@ impl SensorRegistry {
     fn record_failure(&self, slot: &Slot, failed: &Arc<LoadedSensor>, err: &CallError) {
         let mut st = slot.state.lock();
         // A failure of a version that no longer serves says nothing about the one that does.
-        if !slot.active.load().as_ref().is_some_and(|a| Arc::ptr_eq(a, failed)) {
+        if !slot
+            .active
+            .load()
+            .as_ref()
+            .is_some_and(|a| Arc::ptr_eq(a, failed))
+        {
             return;
         }
         let now = Instant::now();
         st.failures.push_back(now);
-        while st.failures.front().is_some_and(|t| now.duration_since(*t) > self.policy.window) {
+        while st
+            .failures
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > self.policy.window)
+        {
             st.failures.pop_front();
         }
         tracing::warn!(sensor = %failed.info.name, version = %failed.info.version, error = %err, "sensor call failed");
@@ -257,7 +304,11 @@ impl SensorRegistry {
             st.quarantined_shas.remove(0);
         }
         st.quarantined_shas.push(failed.sha256.clone());
-        st.quarantined = Some(Refusal { sha256: failed.sha256.clone(), reason, at_unix_ms: unix_ms(SystemTime::now()) });
+        st.quarantined = Some(Refusal {
+            sha256: failed.sha256.clone(),
+            reason,
+            at_unix_ms: unix_ms(SystemTime::now()),
+        });
         st.state = SensorState::Quarantined;
         st.failures.clear();
         slot.active.store(restored);
@@ -287,13 +338,23 @@ impl SensorRegistry {
     }
 
     fn serving(&self, sensor: &SensorRef) -> Result<(Arc<Slot>, Arc<LoadedSensor>), RegistryError> {
-        let slot = self.slots.read().get(&sensor.0).cloned().ok_or(RegistryError::Gone)?;
+        let slot = self
+            .slots
+            .read()
+            .get(&sensor.0)
+            .cloned()
+            .ok_or(RegistryError::Gone)?;
         let active = slot.active.load_full().ok_or(RegistryError::NotServing)?;
         Ok((slot, active))
     }
 
     /// Enriches one process's spans with the sensor that matched it. Returns the version that did.
-    pub fn enrich(&self, sensor: &SensorRef, matched: &Match, spans: &mut [Span]) -> Result<String, RegistryError> {
+    pub fn enrich(
+        &self,
+        sensor: &SensorRef,
+        matched: &Match,
+        spans: &mut [Span],
+    ) -> Result<String, RegistryError> {
         let (slot, active) = self.serving(sensor)?;
         match active.enrich(&slot.stats, matched, spans) {
             Ok(()) => Ok(active.info.version.clone()),
@@ -304,7 +365,11 @@ impl SensorRegistry {
         }
     }
 
-    pub fn instrumentation(&self, sensor: &SensorRef, matched: &Match) -> Result<Vec<PythonModule>, RegistryError> {
+    pub fn instrumentation(
+        &self,
+        sensor: &SensorRef,
+        matched: &Match,
+    ) -> Result<Vec<PythonModule>, RegistryError> {
         let (slot, active) = self.serving(sensor)?;
         active.instrumentation(&slot.stats, matched).map_err(|err| {
             self.record_failure(&slot, &active, &err);
@@ -321,9 +386,15 @@ impl SensorRegistry {
                 let st = slot.state.lock();
                 let serving = slot.active.load_full();
                 SensorStatus {
-                    name: serving.as_ref().map(|s| s.info.name.clone()).unwrap_or_else(|| {
-                        slot.source.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
-                    }),
+                    name: serving
+                        .as_ref()
+                        .map(|s| s.info.name.clone())
+                        .unwrap_or_else(|| {
+                            slot.source
+                                .file_stem()
+                                .map(|s| s.to_string_lossy().into_owned())
+                                .unwrap_or_default()
+                        }),
                     source: slot.source.display().to_string(),
                     state: st.state,
                     serving: serving.as_ref().map(|s| VersionStatus {

@@ -29,7 +29,10 @@ impl Default for CallStats {
             errors: AtomicU64::new(0),
             traps: AtomicU64::new(0),
             // 1 ns .. 60 s, 2 significant digits: a few KB.
-            latency_ns: Mutex::new(Histogram::new_with_bounds(1, 60_000_000_000, 2).expect("constant bounds are valid")),
+            latency_ns: Mutex::new(
+                Histogram::new_with_bounds(1, 60_000_000_000, 2)
+                    .expect("constant bounds are valid"),
+            ),
         }
     }
 }

@@ -18,7 +18,9 @@ const RESCAN: Duration = Duration::from_secs(10);
 
 pub fn is_sensor_file(path: &Path) -> bool {
     path.extension().is_some_and(|e| e == "wasm")
-        && path.file_name().is_some_and(|n| !n.to_string_lossy().starts_with('.'))
+        && path
+            .file_name()
+            .is_some_and(|n| !n.to_string_lossy().starts_with('.'))
 }
 
 /// Brings the registry in line with the directory: loads new and changed files, drops removed ones.
@@ -61,14 +63,15 @@ pub fn watch_dir(registry: Arc<SensorRegistry>, dir: &Path) -> anyhow::Result<Di
     let dir = std::fs::canonicalize(dir)?;
     sync_dir(&registry, &dir)?;
     let (tx, rx) = mpsc::channel::<PathBuf>();
-    let mut watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
-        Ok(event) => {
-            for p in event.paths {
-                let _ = tx.send(p);
+    let mut watcher =
+        notify::recommended_watcher(move |res: notify::Result<notify::Event>| match res {
+            Ok(event) => {
+                for p in event.paths {
+                    let _ = tx.send(p);
+                }
             }
-        }
-        Err(err) => tracing::warn!(error = %err, "sensors directory watch error"),
-    })?;
+            Err(err) => tracing::warn!(error = %err, "sensors directory watch error"),
+        })?;
     watcher.watch(&dir, RecursiveMode::NonRecursive)?;
     let stop = Arc::new(AtomicBool::new(false));
     let stop_flag = stop.clone();
@@ -105,5 +108,9 @@ pub fn watch_dir(registry: Arc<SensorRegistry>, dir: &Path) -> anyhow::Result<Di
             }
         }
     })?;
-    Ok(DirWatch { stop, thread: Some(thread), _watcher: watcher })
+    Ok(DirWatch {
+        stop,
+        thread: Some(thread),
+        _watcher: watcher,
+    })
 }

@@ -9,7 +9,9 @@ use zerostep::sensor::types::ProcessRole;
 struct Hostile;
 
 fn version() -> String {
-    option_env!("HOSTILE_VERSION").unwrap_or("1.0.0").to_string()
+    option_env!("HOSTILE_VERSION")
+        .unwrap_or("1.0.0")
+        .to_string()
 }
 
 impl Guest for Hostile {
@@ -18,20 +20,31 @@ impl Guest for Hostile {
             name: "hostile".into(),
             version: version(),
             technologies: vec!["test".into()],
-            contract_version: if cfg!(feature = "wrong-contract") { "9.0.0".into() } else { "0.1.0".into() },
+            contract_version: if cfg!(feature = "wrong-contract") {
+                "9.0.0".into()
+            } else {
+                "0.1.0".into()
+            },
             attribute_keys: vec![],
         }
     }
 
     fn match_process(process: ProcessInfo) -> Option<ProcessMatch> {
-        zerostep::sensor::host::log(zerostep::sensor::types::LogLevel::Debug, "match-process called");
-        process.cmdline.iter().any(|a| a == "hostile-test").then(|| ProcessMatch {
-            technology: "test".into(),
-            role: ProcessRole::Standalone,
-            service_name: format!("hostile-{}", version()),
-            service_name_source: "test".into(),
-            instrumentations: vec![],
-        })
+        zerostep::sensor::host::log(
+            zerostep::sensor::types::LogLevel::Debug,
+            "match-process called",
+        );
+        process
+            .cmdline
+            .iter()
+            .any(|a| a == "hostile-test")
+            .then(|| ProcessMatch {
+                technology: "test".into(),
+                role: ProcessRole::Standalone,
+                service_name: format!("hostile-{}", version()),
+                service_name_source: "test".into(),
+                instrumentations: vec![],
+            })
     }
 
     fn instrumentation(_matched: ProcessMatch) -> Vec<PythonModule> {
@@ -44,7 +57,10 @@ impl Guest for Hostile {
         // canary (which uses its own sample spans) passes and the failure shows at serving time.
         let name = |s: &zerostep::sensor::types::Span| {
             let start = s.name.offset as usize;
-            batch.text.get(start..start + s.name.len as usize).unwrap_or("")
+            batch
+                .text
+                .get(start..start + s.name.len as usize)
+                .unwrap_or("")
         };
         let triggered = spans.iter().any(|s| name(s) == "trigger");
         if cfg!(feature = "infinite-loop") && triggered {
