@@ -13,7 +13,7 @@ use zerostep::span::{AttrValue, Attribute, Span, SpanKind, Status, StatusCode};
 use zerostep_rules::enrich::{self as rules, OwnedValue, Value};
 
 fn sample_span(i: u64) -> Span {
-    let server = i % 2 == 0;
+    let server = i.is_multiple_of(2);
     let mut attributes = vec![
         Attribute::str("http.request.method", "GET"),
         Attribute::str(
@@ -27,7 +27,7 @@ fn sample_span(i: u64) -> Span {
         Attribute::str("url.query", "page=2&access_token=s3cr3t&sort=asc"),
         Attribute::int(
             "http.response.status_code",
-            if i % 7 == 0 { 503 } else { 200 },
+            if i.is_multiple_of(7) { 503 } else { 200 },
         ),
         Attribute::str("server.address", "127.0.0.1"),
         Attribute::int("server.port", 8000),

@@ -10,7 +10,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("host crate has a parent").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("host crate has a parent")
+        .to_path_buf()
 }
 
 pub fn zerostep_bin() -> PathBuf {
@@ -26,7 +29,11 @@ pub fn test_cache() -> PathBuf {
 /// A binary inside a test venv from tests/venvs.txt; panics with the fix if `make test-deps` has not run.
 pub fn venv_bin(venv: &str, bin: &str) -> PathBuf {
     let p = test_cache().join("venvs").join(venv).join("bin").join(bin);
-    assert!(p.exists(), "{} missing: run `make test-deps` (tests/venvs.txt)", p.display());
+    assert!(
+        p.exists(),
+        "{} missing: run `make test-deps` (tests/venvs.txt)",
+        p.display()
+    );
     p
 }
 
@@ -43,7 +50,11 @@ pub fn pyenv_root() -> PathBuf {
 /// The real interpreter binary of a pyenv version such as "3.12.1" (not the bash shim).
 pub fn pyenv_python(version: &str) -> PathBuf {
     let minor: String = version.split('.').take(2).collect::<Vec<_>>().join(".");
-    pyenv_root().join("versions").join(version).join("bin").join(format!("python{minor}"))
+    pyenv_root()
+        .join("versions")
+        .join(version)
+        .join("bin")
+        .join(format!("python{minor}"))
 }
 
 /// Every pyenv CPython 3.8–3.13 found on this machine, as (version, binary).
@@ -52,7 +63,9 @@ pub fn pyenv_pythons() -> Vec<(String, PathBuf)> {
     if let Ok(dir) = std::fs::read_dir(pyenv_root().join("versions")) {
         for entry in dir.flatten() {
             let v = entry.file_name().to_string_lossy().to_string();
-            let minor: Option<u32> = v.strip_prefix("3.").and_then(|r| r.split('.').next()?.parse().ok());
+            let minor: Option<u32> = v
+                .strip_prefix("3.")
+                .and_then(|r| r.split('.').next()?.parse().ok());
             if matches!(minor, Some(8..=13)) {
                 let bin = pyenv_python(&v);
                 if bin.exists() {
@@ -76,8 +89,13 @@ pub struct Proc {
 impl Proc {
     pub fn spawn(name: &str, cmd: &mut Command) -> Proc {
         cmd.process_group(0).stdin(Stdio::null());
-        let child = cmd.spawn().unwrap_or_else(|e| panic!("starting {name}: {e}"));
-        Proc { child, name: name.to_string() }
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        Proc {
+            child,
+            name: name.to_string(),
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -117,7 +135,11 @@ impl Drop for Proc {
 }
 
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0").local_addr().expect("local addr").port()
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind 127.0.0.1:0")
+        .local_addr()
+        .expect("local addr")
+        .port()
 }
 
 pub fn wait_for_port(port: u16, timeout: Duration) -> bool {
@@ -141,8 +163,15 @@ pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
     write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
     let mut buf = String::new();
     s.read_to_string(&mut buf)?;
-    let status = buf.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let status = buf
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
     Ok((status, body))
 }
 
