@@ -4,7 +4,7 @@ wasmtime::component::bindgen!({
     world: "sensor",
 });
 
-pub use zerostep::sensor::types as wit;
+pub use self::zerostep::sensor::types as wit;
 
 /// The contract version this host implements (the `package` line of wit/sensor.wit).
 pub const CONTRACT_VERSION: &str = "0.1.0";
