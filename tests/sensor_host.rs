@@ -15,16 +15,18 @@ use zerostep::sensors::{
 };
 use zerostep::span::{AttrValue, Attribute, Span, SpanKind};
 
-fn test_sensor(name: &str) -> PathBuf {
+/// A component `make` built into `target/SUBDIR`; the message names the target that builds it.
+fn built_wasm(subdir: &str, name: &str, make_target: &str) -> PathBuf {
     let p = support::repo_root()
-        .join("target/test-sensors")
+        .join("target")
+        .join(subdir)
         .join(format!("{name}.wasm"));
-    assert!(
-        p.exists(),
-        "{} missing: run `make test-sensors`",
-        p.display()
-    );
+    assert!(p.exists(), "{} missing: run `make {make_target}`", p.display());
     p
+}
+
+fn test_sensor(name: &str) -> PathBuf {
+    built_wasm("test-sensors", name, "test-sensors")
 }
 
 fn registry() -> Arc<SensorRegistry> {
@@ -547,14 +549,7 @@ fn real_sensors_match_collected_processes() {
     let dir = tempfile::tempdir().unwrap();
     let reg = registry();
     for s in ["gunicorn", "uwsgi"] {
-        let built = support::repo_root()
-            .join("target/sensors")
-            .join(format!("{s}.wasm"));
-        assert!(
-            built.exists(),
-            "{} missing: run `make sensors`",
-            built.display()
-        );
+        let built = built_wasm("sensors", s, "sensors");
         let path = dir.path().join(format!("{s}.wasm"));
         std::fs::copy(&built, &path).unwrap();
         assert!(
