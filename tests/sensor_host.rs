@@ -21,7 +21,11 @@ fn built_wasm(subdir: &str, name: &str, make_target: &str) -> PathBuf {
         .join("target")
         .join(subdir)
         .join(format!("{name}.wasm"));
-    assert!(p.exists(), "{} missing: run `make {make_target}`", p.display());
+    assert!(
+        p.exists(),
+        "{} missing: run `make {make_target}`",
+        p.display()
+    );
     p
 }
 
