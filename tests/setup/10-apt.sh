@@ -2,7 +2,7 @@
 # Debian packages the tests need. Add a package to PACKAGES; the script installs only what is missing.
 set -euo pipefail
 PACKAGES=(
-  python3.11 python3.11-dev libpython3.11-dev gcc make
+  python3.11 python3.11-dev python3.11-venv libpython3.11-dev gcc make
   gdb  # the injector benchmark compares against gdb-based injection
   redis-server postgresql
 )
