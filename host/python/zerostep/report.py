@@ -229,13 +229,16 @@ class Reporter(object):
         self.sock = sock
         self.backoff = 0.25
 
-    def _lost(self):
+    def _close_socket(self):
         s, self.sock = self.sock, None
         if s is not None:
             try:
                 s.close()
             except Exception:
                 pass
+
+    def _lost(self):
+        self._close_socket()
         self.out = bytearray()
         self.inbuf = bytearray()
         self.next_connect = time.monotonic() + self.backoff
@@ -333,12 +336,7 @@ class Reporter(object):
         self.wake.set()
         if final_flush:
             self.flush()
-        s, self.sock = self.sock, None
-        if s is not None:
-            try:
-                s.close()
-            except Exception:
-                pass
+        self._close_socket()
 
 
 _LAZY_RESTART = sys.version_info >= (3, 13)

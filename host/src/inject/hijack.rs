@@ -299,11 +299,9 @@ impl Session {
         Ok(addr)
     }
 
-    /// Calls `entry` with `rsp` at the frame, so its final `ret` goes to `__restore_rt`; returns at the
-    /// entry stop of that `rt_sigreturn`, before the thread is restored. Signals arriving meanwhile are
-    /// delivered (their handlers run on top of the call, as they would on top of any C code).
-    pub fn call(&mut self, entry: u64) -> Result<(), InjectError> {
-        let pid = self.pid;
+    /// Points the thread at `entry` with `rsp` at the frame (its final `ret` goes to `__restore_rt`),
+    /// outside any syscall so the kernel does not restart one on resume.
+    fn enter(&mut self, entry: u64) -> Result<(), InjectError> {
         let mut r = self.saved;
         r.rip = entry;
         r.rsp = self.frame.addr;
@@ -311,8 +309,17 @@ impl Session {
         r.orig_rax = u64::MAX;
         self.tracee
             .set_regs(r)
-            .map_err(|e| errno_to(pid, "SETREGS", e))?;
+            .map_err(|e| errno_to(self.pid, "SETREGS", e))?;
         self.pause();
+        Ok(())
+    }
+
+    /// Calls `entry` with `rsp` at the frame, so its final `ret` goes to `__restore_rt`; returns at the
+    /// entry stop of that `rt_sigreturn`, before the thread is restored. Signals arriving meanwhile are
+    /// delivered (their handlers run on top of the call, as they would on top of any C code).
+    pub fn call(&mut self, entry: u64) -> Result<(), InjectError> {
+        let pid = self.pid;
+        self.enter(entry)?;
         let sigreturn_at = self.gadgets.restore_rt + RESTORE_RT_SYSCALL_END;
         self.tracee
             .resume_syscall(0)
@@ -365,15 +372,7 @@ impl Session {
         len: u64,
     ) -> Result<(Option<scratch::Header>, bool, Duration), InjectError> {
         let pid = self.pid;
-        let mut r = self.saved;
-        r.rip = entry;
-        r.rsp = self.frame.addr;
-        r.rax = 0;
-        r.orig_rax = u64::MAX;
-        self.tracee
-            .set_regs(r)
-            .map_err(|e| errno_to(pid, "SETREGS", e))?;
-        self.pause();
+        self.enter(entry)?;
         self.tracee
             .resume(0)
             .map_err(|e| errno_to(pid, "PTRACE_CONT", e))?;

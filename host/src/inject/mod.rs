@@ -382,13 +382,7 @@ pub fn inject(pid: u32, code: &str, opts: &InjectOptions) -> Result<InjectReport
     );
     if mode == InjectMode::Direct && !released {
         // The park ran out before the interrupt landed (a very slow injector): sweep the page now.
-        let (removed, stop) = sweep_pass(
-            pid,
-            gadgets,
-            deadline.max(Instant::now() + Duration::from_millis(500)),
-        )?;
-        report.cleanup_stop_time = Some(stop);
-        report.scratch_released = removed > 0;
+        sweep_into(&mut report, pid, gadgets, deadline)?;
     }
     if mode == InjectMode::Pending && report.confirmed {
         // The callback sets `state = finished` a few instructions after the datagram went out.
@@ -398,13 +392,7 @@ pub fn inject(pid: u32, code: &str, opts: &InjectOptions) -> Result<InjectReport
         );
         if finished {
             report.runs = read_header(pid, base).map(|h| h.entries);
-            let (removed, stop) = sweep_pass(
-                pid,
-                gadgets,
-                deadline.max(Instant::now() + Duration::from_millis(500)),
-            )?;
-            report.cleanup_stop_time = Some(stop);
-            report.scratch_released = removed > 0;
+            sweep_into(&mut report, pid, gadgets, deadline)?;
         }
     }
     handshake.drain_now();
@@ -448,6 +436,23 @@ fn wait_for(deadline: Instant, mut f: impl FnMut() -> bool) -> bool {
         }
         std::thread::sleep(Duration::from_micros(200));
     }
+}
+
+/// Removes this injection's page after the call (given at least 500 ms more), and records it.
+fn sweep_into(
+    report: &mut InjectReport,
+    pid: u32,
+    gadgets: gadgets::Gadgets,
+    deadline: Instant,
+) -> Result<(), InjectError> {
+    let (removed, stop) = sweep_pass(
+        pid,
+        gadgets,
+        deadline.max(Instant::now() + Duration::from_millis(500)),
+    )?;
+    report.cleanup_stop_time = Some(stop);
+    report.scratch_released = removed > 0;
+    Ok(())
 }
 
 /// One short stop that unmaps every page earlier injections left behind and nothing still uses.
