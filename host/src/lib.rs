@@ -6,5 +6,6 @@ pub mod cli;
 pub mod discover;
 pub mod inject;
 pub mod intake;
+pub mod pipeline;
 pub mod sensors;
 pub mod span;

@@ -19,6 +19,10 @@ pub struct PythonRuntime {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 pub struct ProcessInfo {
     pub pid: u32,
+    /// Start time in clock ticks since boot (`/proc/PID/stat` field 22): with the pid, names
+    /// one process for its whole life, so a reused pid is never mistaken for it.
+    #[serde(default)]
+    pub start_time: u64,
     pub ppid: u32,
     pub uid: u32,
     pub exe: String,

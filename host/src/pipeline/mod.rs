@@ -1,0 +1,6 @@
+//! From the intake's span batches to the sinks: enrichment through the sensor that matched the
+//! sending process, then fan-out to every sink (store, OTLP export). Nothing here blocks the
+//! intake: each sink owns a bounded queue and counts what it drops.
+mod batch;
+
+pub use batch::{EnrichedBatch, Resource, Sink, SinkStats};
