@@ -1,29 +1,38 @@
-//! `zerostep agent`: wires the stages together and runs until SIGINT/SIGTERM.
+//! `zerostep agent`: wires the stages together in the order data flows (see the design) and runs
+//! until SIGINT/SIGTERM: discover → orchestrate (match, inject) → intake → pipeline (enrich) →
+//! sinks (store, OTLP); the API reads from all of them.
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
+use sha2::Digest;
 
-use crate::api::{self, ApiState};
-use crate::cli::AgentArgs;
+use crate::api::{self, AgentParts, ApiState};
+use crate::config::AgentConfig;
+use crate::intake::{Intake, IntakeAddress, IntakeConfig, PeerRegistry};
+use crate::orchestrate::{self, OrchestratorConfig, ProcessDirectory};
+use crate::pipeline::{Pipeline, Sink};
 use crate::sensors::{watch_dir, QuarantinePolicy, SandboxEngine, SandboxLimits, SensorRegistry};
 
-pub fn run(args: AgentArgs) -> Result<()> {
-    std::fs::create_dir_all(&args.state_dir)
-        .with_context(|| format!("creating the state directory {}", args.state_dir.display()))?;
-    std::fs::create_dir_all(&args.sensors_dir).with_context(|| {
+pub fn run(cfg: AgentConfig) -> Result<()> {
+    std::fs::create_dir_all(&cfg.state_dir)
+        .with_context(|| format!("creating the state directory {}", cfg.state_dir.display()))?;
+    std::fs::create_dir_all(&cfg.sensors_dir).with_context(|| {
         format!(
             "creating the sensors directory {}",
-            args.sensors_dir.display()
+            cfg.sensors_dir.display()
         )
     })?;
+    if let Some(src) = &cfg.source {
+        tracing::info!(config = %src.display(), "configuration read");
+    }
 
     let engine = Arc::new(SandboxEngine::new(
         SandboxLimits::default(),
-        Some(&args.state_dir.join("sensor-cache")),
+        Some(&cfg.state_dir.join("sensor-cache")),
     )?);
     let registry = Arc::new(SensorRegistry::new(engine, QuarantinePolicy::default()));
-    let _watch = watch_dir(registry.clone(), &args.sensors_dir)
-        .with_context(|| format!("watching {}", args.sensors_dir.display()))?;
+    let _watch = watch_dir(registry.clone(), &cfg.sensors_dir)
+        .with_context(|| format!("watching {}", cfg.sensors_dir.display()))?;
     for s in registry.status() {
         match &s.serving {
             Some(v) => tracing::info!(sensor = %v.name, version = %v.version, "loaded"),
@@ -32,23 +41,80 @@ pub fn run(args: AgentArgs) -> Result<()> {
             }
         }
     }
+    if registry.status().iter().all(|s| s.serving.is_none()) {
+        tracing::warn!(dir = %cfg.sensors_dir.display(), "no sensor serves: nothing will be matched until one is added");
+    }
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .thread_name("zerostep")
         .build()?;
-    runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(args.listen)
-            .await
-            .with_context(|| format!("listening on {}", args.listen))?;
-        tracing::info!(listen = %args.listen, sensors_dir = %args.sensors_dir.display(), "zerostep agent up");
-        axum::serve(listener, api::router(ApiState { sensors: registry }))
-            .with_graceful_shutdown(shutdown_signal())
-            .await
-            .context("serving the API")
-    })?;
+    runtime.block_on(serve(cfg, registry))?;
     tracing::info!("zerostep agent stopped");
+    Ok(())
+}
+
+/// The intake's abstract socket name: stable across restarts of this agent (tracers already
+/// injected reconnect to it), distinct per state directory (two agents never share one).
+pub fn intake_name(cfg: &AgentConfig) -> String {
+    let dir = std::fs::canonicalize(&cfg.state_dir).unwrap_or_else(|_| cfg.state_dir.clone());
+    let digest = sha2::Sha256::digest(dir.as_os_str().as_encoded_bytes());
+    format!("zerostep-{}", &hex::encode(digest)[..12])
+}
+
+async fn serve(cfg: AgentConfig, registry: Arc<SensorRegistry>) -> Result<()> {
+    let mut intake_cfg = IntakeConfig::new(IntakeAddress::Abstract(intake_name(&cfg)));
+    intake_cfg.tracer_config = serde_json::json!({ "sample_rate": cfg.sample_rate });
+    let intake =
+        Arc::new(Intake::start(intake_cfg, PeerRegistry::new()).context("starting the intake")?);
+    let directory = ProcessDirectory::default();
+    let sinks: Vec<Arc<dyn Sink>> = Vec::new();
+    let pipeline = Arc::new(
+        Pipeline::start(
+            intake.queue(),
+            directory.clone(),
+            registry.clone(),
+            sinks.clone(),
+            tokio::runtime::Handle::current(),
+        )
+        .context("starting the pipeline")?,
+    );
+    let (events_tx, events_rx) = tokio::sync::mpsc::channel(4096);
+    let orchestrator = orchestrate::start(
+        OrchestratorConfig {
+            max_concurrent_injections: cfg.max_concurrent_injections,
+            excluded_services: cfg.exclude.services.clone(),
+            excluded_uids: cfg.excluded_uids(),
+            ..OrchestratorConfig::default()
+        },
+        registry.clone(),
+        intake.clone(),
+        directory,
+        events_rx,
+    );
+    let _discovery = crate::discover::scan::start(cfg.rescan, events_tx);
+
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("listening on {}", cfg.listen))?;
+    tracing::info!(listen = %cfg.listen, sensors_dir = %cfg.sensors_dir.display(),
+        intake = %intake.address().bootstrap_param(), "zerostep agent up");
+    let state = ApiState {
+        sensors: registry,
+        agent: Some(AgentParts {
+            orchestrator,
+            intake,
+            pipeline: pipeline.clone(),
+            sinks,
+        }),
+    };
+    axum::serve(listener, api::router(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("serving the API")?;
+    let p = pipeline.clone();
+    tokio::task::spawn_blocking(move || p.stop()).await.ok();
     Ok(())
 }
 

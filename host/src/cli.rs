@@ -7,9 +7,7 @@ use std::process::ExitCode;
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
 
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:7787";
-pub const DEFAULT_STATE_DIR: &str = "/var/lib/zerostep";
-pub const DEFAULT_SENSORS_DIR: &str = "/var/lib/zerostep/sensors";
+pub use crate::config::DEFAULT_LISTEN;
 
 /// zerostep traces every gunicorn and uWSGI process on this host: no change to the services.
 #[derive(Debug, Parser)]
@@ -32,19 +30,69 @@ pub enum Command {
     Sensors(SensorsCommand),
     /// Run Python code inside a running CPython process (no restart, no gdb).
     Inject(crate::inject::cli::InjectArgs),
+    /// The Python processes the running agent sees, and whether each is traced.
+    Ps {
+        #[command(flatten)]
+        agent: AgentAddr,
+        /// Print the agent's JSON as it is.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Recent traces from the running agent's store.
+    Traces(crate::client::TracesArgs),
+    /// Remove the tracer from live processes (they keep serving, untraced, until the agent
+    /// restarts).
+    Detach {
+        #[command(flatten)]
+        agent: AgentAddr,
+        /// One process (and the workers that inherited the tracer from it).
+        #[arg(long, conflicts_with = "service", required_unless_present = "service")]
+        pid: Option<u32>,
+        /// Every process of a service, as `zerostep ps` names it.
+        #[arg(long)]
+        service: Option<String>,
+    },
 }
 
+/// Where the running agent's API is.
+#[derive(Debug, Args, Clone)]
+pub struct AgentAddr {
+    /// The agent's API address.
+    #[arg(long = "agent", default_value = DEFAULT_LISTEN)]
+    pub addr: SocketAddr,
+}
+
+/// Every flag overrides the configuration file, which overrides the built-in defaults.
 #[derive(Debug, Args, Clone)]
 pub struct AgentArgs {
-    /// Directory of sensor components (`*.wasm`); watched for new, replaced and removed files.
-    #[arg(long, default_value = DEFAULT_SENSORS_DIR)]
-    pub sensors_dir: PathBuf,
-    /// Directory for the agent's own state (compiled-sensor cache, store).
-    #[arg(long, default_value = DEFAULT_STATE_DIR)]
-    pub state_dir: PathBuf,
-    /// Address of the HTTP API and UI.
-    #[arg(long, default_value = DEFAULT_LISTEN)]
-    pub listen: SocketAddr,
+    /// TOML configuration (default: /etc/zerostep/zerostep.toml when it exists; none is needed).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Directory of sensor components (`*.wasm`); watched for new, replaced and removed files
+    /// [default: /var/lib/zerostep/sensors].
+    #[arg(long)]
+    pub sensors_dir: Option<PathBuf>,
+    /// Directory for the agent's own state: store, compiled-sensor cache [default: /var/lib/zerostep].
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// Address of the HTTP API and UI [default: 127.0.0.1:7787].
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+    /// Also export spans as OTLP/HTTP protobuf to this base URL (e.g. http://collector:4318).
+    #[arg(long)]
+    pub otlp_endpoint: Option<String>,
+}
+
+impl AgentArgs {
+    pub fn overrides(&self) -> crate::config::Overrides {
+        crate::config::Overrides {
+            config: self.config.clone(),
+            listen: self.listen,
+            state_dir: self.state_dir.clone(),
+            sensors_dir: self.sensors_dir.clone(),
+            otlp_endpoint: self.otlp_endpoint.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -79,7 +127,7 @@ pub fn init_logging(filter: Option<&str>) {
 }
 
 pub fn run(cli: Cli) -> Result<ExitCode> {
-    if matches!(cli.command, Command::Sensors(_)) {
+    if !matches!(cli.command, Command::Agent(_) | Command::Inject(_)) {
         // Commands that print behave like other Unix tools when piped into `head`: they end
         // quietly on a closed pipe instead of panicking. The agent keeps SIGPIPE ignored.
         // SAFETY: setting a signal disposition before any thread of ours writes to a pipe.
@@ -88,7 +136,17 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         }
     }
     match cli.command {
-        Command::Agent(args) => crate::agent::run(args).map(|()| ExitCode::SUCCESS),
+        Command::Agent(args) => {
+            let cfg = crate::config::AgentConfig::load(&args.overrides())?;
+            crate::agent::run(cfg).map(|()| ExitCode::SUCCESS)
+        }
+        Command::Ps { agent, json } => crate::client::ps(agent.addr, json),
+        Command::Traces(args) => crate::client::traces(&args),
+        Command::Detach {
+            agent,
+            pid,
+            service,
+        } => crate::client::detach(agent.addr, pid, service),
         Command::Sensors(SensorsCommand::Check { file }) => crate::sensors::cli::check(&file),
         Command::Sensors(SensorsCommand::List { agent, json }) => {
             crate::sensors::cli::list(agent, json)

@@ -3,9 +3,12 @@
 pub mod agent;
 pub mod api;
 pub mod cli;
+pub mod client;
+pub mod config;
 pub mod discover;
 pub mod inject;
 pub mod intake;
+pub mod orchestrate;
 pub mod pipeline;
 pub mod sensors;
 pub mod span;

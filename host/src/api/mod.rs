@@ -1,25 +1,91 @@
-//! The agent's HTTP API (and, later, its web UI). Read-only views of the other stages.
+//! The agent's HTTP API and web UI on 127.0.0.1:7787: read-only views of every stage, plus
+//! `POST /api/v1/detach`. Handlers only read shared state or ask the orchestrator; no sensor code
+//! and no injection runs on an API thread.
+mod metrics;
+
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::routing::get;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
 use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
 
+use crate::intake::Intake;
+use crate::orchestrate::{DetachTarget, Orchestrator, ProcessView};
+use crate::pipeline::{Pipeline, Sink};
 use crate::sensors::{SensorRegistry, SensorStatus};
 
+/// What the API reads. Everything but the sensors is absent in `sensors`-only setups (tests).
 #[derive(Clone)]
 pub struct ApiState {
     pub sensors: Arc<SensorRegistry>,
+    pub agent: Option<AgentParts>,
+}
+
+#[derive(Clone)]
+pub struct AgentParts {
+    pub orchestrator: Orchestrator,
+    pub intake: Arc<Intake>,
+    pub pipeline: Arc<Pipeline>,
+    pub sinks: Vec<Arc<dyn Sink>>,
 }
 
 pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/api/v1/sensors", get(sensors))
         .route("/api/v1/health", get(|| async { "ok\n" }))
+        .route("/api/v1/processes", get(processes))
+        .route("/api/v1/detach", post(detach))
+        .route("/metrics", get(metrics::render))
         .with_state(state)
 }
 
 async fn sensors(State(state): State<ApiState>) -> Json<Vec<SensorStatus>> {
     // Status reads take short locks only; no sensor code runs here.
     Json(state.sensors.status())
+}
+
+async fn processes(State(state): State<ApiState>) -> Json<Vec<ProcessView>> {
+    match &state.agent {
+        Some(a) => Json(a.orchestrator.processes().await),
+        None => Json(Vec::new()),
+    }
+}
+
+/// Exactly one of the two.
+#[derive(Debug, Deserialize)]
+pub struct DetachRequest {
+    pub pid: Option<u32>,
+    pub service: Option<String>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DetachResponse {
+    pub detached: Vec<u32>,
+}
+
+async fn detach(
+    State(state): State<ApiState>,
+    Json(req): Json<DetachRequest>,
+) -> axum::response::Response {
+    let target = match (req.pid, req.service) {
+        (Some(pid), None) => DetachTarget::Pid(pid),
+        (None, Some(s)) if !s.is_empty() => DetachTarget::Service(s),
+        _ => {
+            return (
+                StatusCode::BAD_REQUEST,
+                "give exactly one of \"pid\" or \"service\"\n",
+            )
+                .into_response()
+        }
+    };
+    let Some(a) = &state.agent else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "no orchestrator\n").into_response();
+    };
+    Json(DetachResponse {
+        detached: a.orchestrator.detach(target).await,
+    })
+    .into_response()
 }

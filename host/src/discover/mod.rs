@@ -2,5 +2,6 @@
 //! issue; this module already owns `ProcessInfo`, the type every later stage takes.
 mod process;
 pub mod python_runtime;
+pub mod scan;
 
 pub use process::{LibPython, ProcessInfo, PythonRuntime};

@@ -36,6 +36,7 @@ pub mod gadgets;
 mod hijack;
 pub mod pep768;
 pub mod ptrace_call;
+pub mod readiness;
 pub mod remote_mem;
 pub mod scratch;
 pub mod sigframe;
@@ -165,6 +166,10 @@ pub enum InjectError {
     Stopped { pid: u32, signal: i32 },
     #[error("refusing to inject into the injector itself")]
     SelfInjection,
+    #[error(
+        "pid {pid}: the interpreter is still starting up (not yet initialised); try again shortly"
+    )]
+    NotReady { pid: u32 },
     #[error("pid {pid} exited")]
     ProcessExited { pid: u32 },
     #[error("timed out: {0}; the thread was released and restores itself")]
@@ -196,6 +201,7 @@ impl InjectError {
                 | InjectError::PermissionDenied { .. }
                 | InjectError::Stopped { .. }
                 | InjectError::SelfInjection
+                | InjectError::NotReady { .. }
         )
     }
 
@@ -319,6 +325,7 @@ pub fn inject(pid: u32, code: &str, opts: &InjectOptions) -> Result<InjectReport
         })
     };
     let rt = sym("_PyRuntime")?;
+    ensure_initialized(pid, runtime.version.1, rt.addr)?;
     let gadgets = gadgets::find(pid, &maps)?;
     let api = scratch::Api {
         ensure: sym("PyGILState_Ensure")?.addr,
@@ -402,6 +409,33 @@ pub fn inject(pid: u32, code: &str, opts: &InjectOptions) -> Result<InjectReport
     report.total_time = begun.elapsed();
     info!(pid, mode = ?report.mode, stop_us = report.stop_time.as_micros() as u64, confirmed = report.confirmed, "injected");
     Ok(report)
+}
+
+/// Refuses (retryably) while `Py_Initialize` has not finished: see [`readiness`].
+fn ensure_initialized(pid: u32, minor: u32, runtime_addr: u64) -> Result<(), InjectError> {
+    let head = remote_mem::read(pid, runtime_addr, readiness::PROBE_LEN).map_err(|e| match e {
+        nix::Error::ESRCH => InjectError::ProcessExited { pid },
+        e => InjectError::Ptrace(format!("reading _PyRuntime: {e}")),
+    })?;
+    match readiness::initialized(minor, &head) {
+        Some(true) => Ok(()),
+        Some(false) => Err(InjectError::NotReady { pid }),
+        // An unknown layout: trust that a process this old has finished starting.
+        None if process_age(pid).is_some_and(|a| a > Duration::from_secs(2)) => Ok(()),
+        None => Err(InjectError::NotReady { pid }),
+    }
+}
+
+fn process_age(pid: u32) -> Option<Duration> {
+    let stat = procfs::process::Process::new(pid as i32)
+        .ok()?
+        .stat()
+        .ok()?;
+    let tps = procfs::ticks_per_second();
+    use procfs::Current;
+    let uptime = procfs::Uptime::current().ok()?.uptime_duration();
+    let started = Duration::from_millis(stat.starttime * 1000 / tps);
+    uptime.checked_sub(started)
 }
 
 fn record_outcome(report: &mut InjectReport, outcome: Option<Outcome>) {

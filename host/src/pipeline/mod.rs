@@ -2,5 +2,7 @@
 //! sending process, then fan-out to every sink (store, OTLP export). Nothing here blocks the
 //! intake: each sink owns a bounded queue and counts what it drops.
 mod batch;
+mod run;
 
 pub use batch::{EnrichedBatch, Resource, Sink, SinkStats};
+pub use run::{Pipeline, PipelineStats};

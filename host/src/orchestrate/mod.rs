@@ -1,0 +1,651 @@
+//! Orchestration: every discovered process goes through the sensors' `match-process`; matches are
+//! injected (masters, so later forks inherit the tracer, and every worker that does not inherit
+//! it), with a per-process state machine, retries with backoff, at most one injection per process
+//! at a time, a cap on concurrent injections, and pid-reuse safety (pid + start time).
+//!
+//! It is one task that owns all process state; injections run on blocking threads and report
+//! back through a channel, so no lock is held across an injection.
+mod directory;
+mod state;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+use crate::discover::ProcessInfo;
+use crate::inject::{self, InjectError, InjectOptions, InjectReport};
+use crate::intake::{Command, Intake, PeerRegistry};
+use crate::pipeline::Resource;
+use crate::sensors::{Match, Role, SensorRef, SensorRegistry};
+
+pub use directory::{Attribution, ProcessDirectory};
+pub use state::{RetryPolicy, State, Via};
+
+/// What discovery tells the orchestrator.
+#[derive(Debug, Clone)]
+pub enum ProcessEvent {
+    /// A new process, or one seen for the first time (startup scan).
+    Appeared(ProcessInfo),
+    /// Its command line or runtime changed (exec, setproctitle, libpython mapped late).
+    Changed(ProcessInfo),
+    Exited {
+        pid: u32,
+        start_time: u64,
+    },
+}
+
+/// What to detach from.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DetachTarget {
+    Pid(u32),
+    Service(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct OrchestratorConfig {
+    pub max_concurrent_injections: usize,
+    pub inject_timeout: Duration,
+    pub retry: RetryPolicy,
+    /// A worker forked from a traced master gets this long to connect by itself before it is
+    /// injected directly (a worker forked before its master was traced never will).
+    pub inherit_grace: Duration,
+    /// After the bootstrap ran, how long its tracer may take to connect.
+    pub connect_grace: Duration,
+    /// A pending-mode injection that was not confirmed in time (an idle worker that runs no
+    /// bytecode, e.g. a gunicorn sync worker sleeping `timeout/2`): how long to wait for it.
+    pub pending_grace: Duration,
+    /// Services never injected (config `exclude.services`).
+    pub excluded_services: Vec<String>,
+    /// Users whose processes are never injected (config `exclude.users`).
+    pub excluded_uids: Vec<u32>,
+    pub host_name: String,
+}
+
+impl Default for OrchestratorConfig {
+    fn default() -> Self {
+        OrchestratorConfig {
+            max_concurrent_injections: 4,
+            inject_timeout: Duration::from_secs(5),
+            retry: RetryPolicy::default(),
+            inherit_grace: Duration::from_secs(2),
+            connect_grace: Duration::from_secs(5),
+            pending_grace: Duration::from_secs(60),
+            excluded_services: Vec::new(),
+            excluded_uids: Vec::new(),
+            host_name: host_name(),
+        }
+    }
+}
+
+pub fn host_name() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// One row of `zerostep ps`.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct ProcessView {
+    pub pid: u32,
+    pub ppid: u32,
+    pub uid: u32,
+    pub start_time: u64,
+    pub python: Option<String>,
+    pub service: Option<String>,
+    pub service_name_source: Option<String>,
+    pub technology: Option<String>,
+    pub role: Option<Role>,
+    pub state: String,
+    pub reason: Option<String>,
+    pub via: Option<Via>,
+    pub attempts: u32,
+    pub connected: bool,
+    pub since_unix_ms: u64,
+    pub cmdline: String,
+    /// The last injection's report (mode, stop time in µs, confirmation).
+    pub last_injection: Option<serde_json::Value>,
+}
+
+/// Injections by outcome, for `/metrics`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct OrchestratorStats {
+    pub injections_ok: u64,
+    pub injections_failed: u64,
+    pub injections_refused: u64,
+    pub injections_not_ready: u64,
+    pub inherited: u64,
+    pub detached: u64,
+    pub tracked: u64,
+}
+
+enum Control {
+    Snapshot(oneshot::Sender<Vec<ProcessView>>),
+    Stats(oneshot::Sender<OrchestratorStats>),
+    Detach(DetachTarget, oneshot::Sender<Vec<u32>>),
+}
+
+/// The handle the API and CLI use.
+#[derive(Clone)]
+pub struct Orchestrator {
+    control: mpsc::Sender<Control>,
+}
+
+impl Orchestrator {
+    pub async fn processes(&self) -> Vec<ProcessView> {
+        let (tx, rx) = oneshot::channel();
+        if self.control.send(Control::Snapshot(tx)).await.is_err() {
+            return Vec::new();
+        }
+        rx.await.unwrap_or_default()
+    }
+
+    pub async fn stats(&self) -> OrchestratorStats {
+        let (tx, rx) = oneshot::channel();
+        if self.control.send(Control::Stats(tx)).await.is_err() {
+            return OrchestratorStats::default();
+        }
+        rx.await.unwrap_or_default()
+    }
+
+    /// Sends `detach` to every matching traced process; returns their pids. They stay excluded
+    /// (new processes of a detached service too) until the agent restarts.
+    pub async fn detach(&self, target: DetachTarget) -> Vec<u32> {
+        let (tx, rx) = oneshot::channel();
+        if self
+            .control
+            .send(Control::Detach(target, tx))
+            .await
+            .is_err()
+        {
+            return Vec::new();
+        }
+        rx.await.unwrap_or_default()
+    }
+}
+
+struct Tracked {
+    info: ProcessInfo,
+    matched: Option<(SensorRef, Match)>,
+    state: State,
+    via: Option<Via>,
+    since: SystemTime,
+    /// Failed attempts so far (not counting "not ready yet").
+    failures: u32,
+    /// When the next step is due: an injection attempt, or giving up waiting for the tracer.
+    due: Option<Instant>,
+    /// Injection attempts have begun (so a missed connection is a failure, not a missed fork).
+    injected: bool,
+    not_ready_since: Option<Instant>,
+    last_injection: Option<InjectReport>,
+}
+
+struct Done {
+    pid: u32,
+    start_time: u64,
+    result: Result<InjectReport, InjectError>,
+}
+
+struct Core {
+    cfg: OrchestratorConfig,
+    sensors: Arc<SensorRegistry>,
+    intake: Arc<Intake>,
+    peers: PeerRegistry,
+    directory: ProcessDirectory,
+    bootstrap: String,
+    procs: HashMap<u32, Tracked>,
+    detached_services: HashSet<String>,
+    detached_pids: HashSet<(u32, u64)>,
+    permits: Arc<Semaphore>,
+    done_tx: mpsc::Sender<Done>,
+    stats: OrchestratorStats,
+}
+
+/// Starts the orchestrator task on the current runtime.
+pub fn start(
+    cfg: OrchestratorConfig,
+    sensors: Arc<SensorRegistry>,
+    intake: Arc<Intake>,
+    directory: ProcessDirectory,
+    mut events: mpsc::Receiver<ProcessEvent>,
+) -> Orchestrator {
+    let (control_tx, mut control_rx) = mpsc::channel(64);
+    let (done_tx, mut done_rx) = mpsc::channel(256);
+    let mut core = Core {
+        permits: Arc::new(Semaphore::new(cfg.max_concurrent_injections.max(1))),
+        bootstrap: intake.bootstrap_code(),
+        peers: intake.registry().clone(),
+        cfg,
+        sensors,
+        intake,
+        directory,
+        procs: HashMap::new(),
+        detached_services: HashSet::new(),
+        detached_pids: HashSet::new(),
+        done_tx,
+        stats: OrchestratorStats::default(),
+    };
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(50));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                ev = events.recv() => match ev {
+                    Some(ev) => core.on_event(ev),
+                    None => break,
+                },
+                Some(done) = done_rx.recv() => core.on_done(done),
+                Some(c) = control_rx.recv() => core.on_control(c),
+                _ = tick.tick() => core.on_tick(),
+            }
+        }
+        tracing::debug!("orchestrator stopped: discovery ended");
+    });
+    Orchestrator {
+        control: control_tx,
+    }
+}
+
+impl Core {
+    fn on_event(&mut self, ev: ProcessEvent) {
+        match ev {
+            ProcessEvent::Appeared(info) | ProcessEvent::Changed(info) => self.consider(info),
+            ProcessEvent::Exited { pid, start_time } => {
+                if self
+                    .procs
+                    .get(&pid)
+                    .is_some_and(|t| t.info.start_time == start_time || start_time == 0)
+                {
+                    self.procs.remove(&pid);
+                    self.directory.exited(pid);
+                    self.peers.revoke(pid);
+                }
+            }
+        }
+    }
+
+    /// A new or changed process: match it and decide what to do.
+    fn consider(&mut self, info: ProcessInfo) {
+        if info.python.is_none() {
+            return;
+        }
+        let pid = info.pid;
+        if let Some(t) = self.procs.get(&pid) {
+            if t.info.start_time != info.start_time {
+                // The pid was reused: forget the old process entirely.
+                self.procs.remove(&pid);
+                self.directory.exited(pid);
+            } else if matches!(
+                t.state,
+                State::Injecting | State::AwaitingTracer | State::Traced
+            ) {
+                // Already on its way; a renamed worker keeps its match (service names come
+                // from the master's command line either way).
+                if let Some(t) = self.procs.get_mut(&pid) {
+                    t.info = info;
+                }
+                return;
+            }
+        }
+        let matched = self.sensors.match_process(&info);
+        let mut t = Tracked {
+            info,
+            matched: None,
+            state: State::Seen,
+            via: None,
+            since: SystemTime::now(),
+            failures: 0,
+            due: None,
+            injected: false,
+            not_ready_since: None,
+            last_injection: None,
+        };
+        let Some((sensor, m)) = matched else {
+            t.state = State::Excluded("no sensor matched".into());
+            self.procs.insert(pid, t);
+            return;
+        };
+        self.directory.insert(
+            pid,
+            Attribution {
+                sensor: sensor.clone(),
+                matched: m.clone(),
+                resource: Arc::new(resource(&t.info, &m, &self.cfg.host_name)),
+            },
+        );
+        let excluded = if self.detached_services.contains(&m.service_name)
+            || self.detached_pids.contains(&(pid, t.info.start_time))
+        {
+            Some("detached by the operator".to_string())
+        } else if self.cfg.excluded_services.contains(&m.service_name) {
+            Some("service excluded by configuration".to_string())
+        } else if self.cfg.excluded_uids.contains(&t.info.uid) {
+            Some(format!("user {} excluded by configuration", t.info.uid))
+        } else {
+            None
+        };
+        t.matched = Some((sensor, m));
+        if let Some(reason) = excluded {
+            t.state = State::Excluded(reason);
+        } else if self.intake_has(pid) {
+            // Already traced (the agent restarted, or the tracer arrived with a fork).
+            t.state = State::Traced;
+            t.via = Some(Via::Inherited);
+        } else if self.parent_traced(&t) {
+            t.state = State::AwaitingTracer;
+            t.via = Some(Via::Inherited);
+            t.due = Some(Instant::now() + self.cfg.inherit_grace);
+        } else {
+            t.state = State::Matched;
+            t.due = Some(Instant::now());
+        }
+        self.procs.insert(pid, t);
+    }
+
+    fn parent_traced(&self, t: &Tracked) -> bool {
+        let is_worker = t
+            .matched
+            .as_ref()
+            .is_some_and(|(_, m)| m.role == Role::Worker);
+        is_worker
+            && self.procs.get(&t.info.ppid).is_some_and(|p| {
+                matches!(
+                    p.state,
+                    State::Traced | State::AwaitingTracer | State::Injecting
+                )
+            })
+    }
+
+    fn intake_has(&self, pid: u32) -> bool {
+        self.intake.peers().iter().any(|p| p.pid == pid)
+    }
+
+    fn on_tick(&mut self) {
+        let now = Instant::now();
+        let connected: HashSet<u32> = self.intake.peers().iter().map(|p| p.pid).collect();
+        let mut to_inject = Vec::new();
+        for (pid, t) in self.procs.iter_mut() {
+            if t.state == State::AwaitingTracer && connected.contains(pid) {
+                t.state = State::Traced;
+                t.since = SystemTime::now();
+                t.due = None;
+                if t.via == Some(Via::Inherited) {
+                    self.stats.inherited += 1;
+                }
+                tracing::info!(pid, service = ?t.matched.as_ref().map(|m| &m.1.service_name), via = ?t.via, "traced");
+                continue;
+            }
+            let Some(due) = t.due else { continue };
+            if due > now {
+                continue;
+            }
+            t.due = None;
+            match &t.state {
+                State::Matched | State::Failed(_) => to_inject.push(*pid),
+                State::AwaitingTracer if !t.injected => {
+                    // The fork did not bring a tracer (forked before the master was traced).
+                    t.via = None;
+                    to_inject.push(*pid);
+                }
+                State::AwaitingTracer => {
+                    t.failures += 1;
+                    let reason = "the tracer did not connect after the injection".to_string();
+                    schedule_retry(t, &self.cfg.retry, reason);
+                }
+                _ => {}
+            }
+        }
+        for pid in to_inject {
+            self.start_injection(pid);
+        }
+    }
+
+    fn start_injection(&mut self, pid: u32) {
+        let Some(t) = self.procs.get_mut(&pid) else {
+            return;
+        };
+        // Pid-reuse safety: the process behind the pid must still be the one we matched.
+        if current_start_time(pid) != Some(t.info.start_time) {
+            self.procs.remove(&pid);
+            self.directory.exited(pid);
+            return;
+        }
+        t.state = State::Injecting;
+        t.injected = true;
+        self.peers.allow(pid);
+        let start_time = t.info.start_time;
+        let code = self.bootstrap.clone();
+        let opts = InjectOptions {
+            timeout: self.cfg.inject_timeout,
+            wait_for_pending: true,
+            step_delay: None,
+        };
+        let permits = self.permits.clone();
+        let done = self.done_tx.clone();
+        tokio::spawn(async move {
+            let Ok(_permit) = permits.acquire_owned().await else {
+                return;
+            };
+            let result = tokio::task::spawn_blocking(move || inject::inject(pid, &code, &opts))
+                .await
+                .unwrap_or_else(|e| Err(InjectError::Unsupported(format!("injector task: {e}"))));
+            let _ = done
+                .send(Done {
+                    pid,
+                    start_time,
+                    result,
+                })
+                .await;
+        });
+    }
+
+    fn on_done(&mut self, done: Done) {
+        let Some(t) = self.procs.get_mut(&done.pid) else {
+            return;
+        };
+        if t.info.start_time != done.start_time {
+            return;
+        }
+        let retry = self.cfg.retry.clone();
+        match done.result {
+            Ok(report) => {
+                self.stats.injections_ok += 1;
+                t.state = State::AwaitingTracer;
+                t.via = Some(Via::Injected);
+                t.not_ready_since = None;
+                let grace = if report.confirmed {
+                    self.cfg.connect_grace
+                } else {
+                    self.cfg.pending_grace
+                };
+                // An already-present bootstrap means a tracer from an earlier agent run, which
+                // reconnects with its own backoff (up to 30 s).
+                let grace = if report.already_present {
+                    grace.max(Duration::from_secs(35))
+                } else {
+                    grace
+                };
+                t.due = Some(Instant::now() + grace);
+                t.last_injection = Some(report);
+            }
+            Err(InjectError::NotReady { .. }) => {
+                self.stats.injections_not_ready += 1;
+                let since = *t.not_ready_since.get_or_insert_with(Instant::now);
+                if since.elapsed() > retry.not_ready_for {
+                    t.state = State::Failed("the interpreter never finished starting".into());
+                } else {
+                    t.state = State::Matched;
+                    t.due = Some(Instant::now() + retry.not_ready_every);
+                }
+            }
+            Err(InjectError::ProcessExited { .. }) => {
+                self.procs.remove(&done.pid);
+                self.directory.exited(done.pid);
+            }
+            Err(
+                e @ (InjectError::NotCPython { .. }
+                | InjectError::UnsupportedVersion { .. }
+                | InjectError::FreeThreaded { .. }
+                | InjectError::OptedOut { .. }
+                | InjectError::SelfInjection),
+            ) => {
+                self.stats.injections_refused += 1;
+                tracing::info!(pid = done.pid, reason = %e, "not injecting");
+                t.state = State::Excluded(e.to_string());
+            }
+            Err(e) => {
+                if e.is_refusal() {
+                    self.stats.injections_refused += 1;
+                } else {
+                    self.stats.injections_failed += 1;
+                }
+                tracing::warn!(pid = done.pid, error = %e, "injection failed");
+                t.failures += 1;
+                schedule_retry(t, &retry, e.to_string());
+            }
+        }
+    }
+
+    fn on_control(&mut self, c: Control) {
+        match c {
+            Control::Snapshot(tx) => {
+                let _ = tx.send(self.snapshot());
+            }
+            Control::Stats(tx) => {
+                let mut s = self.stats.clone();
+                s.tracked = self.procs.len() as u64;
+                let _ = tx.send(s);
+            }
+            Control::Detach(target, tx) => {
+                let _ = tx.send(self.detach(target));
+            }
+        }
+    }
+
+    fn detach(&mut self, target: DetachTarget) -> Vec<u32> {
+        let peers = self.intake.peers();
+        let selected: Vec<u32> = match &target {
+            DetachTarget::Service(name) => {
+                self.detached_services.insert(name.clone());
+                self.procs
+                    .iter()
+                    .filter(|(_, t)| {
+                        t.matched
+                            .as_ref()
+                            .is_some_and(|(_, m)| &m.service_name == name)
+                    })
+                    .map(|(pid, _)| *pid)
+                    .collect()
+            }
+            DetachTarget::Pid(pid) => {
+                let mut v = vec![*pid];
+                // Workers that inherited the tracer from this process carry their own copy.
+                v.extend(
+                    peers
+                        .iter()
+                        .filter(|p| p.root_pid == *pid && p.pid != *pid)
+                        .map(|p| p.pid),
+                );
+                v
+            }
+        };
+        let mut detached = Vec::new();
+        for pid in selected {
+            if let Some(t) = self.procs.get_mut(&pid) {
+                self.detached_pids.insert((pid, t.info.start_time));
+                t.state = State::Excluded("detached by the operator".into());
+                t.due = None;
+            }
+            if peers.iter().any(|p| p.pid == pid) {
+                match self.intake.send(pid, &Command::Detach) {
+                    Ok(()) => detached.push(pid),
+                    Err(e) => tracing::warn!(pid, error = %e, "detach not sent"),
+                }
+            }
+        }
+        self.stats.detached += detached.len() as u64;
+        tracing::info!(?target, pids = ?detached, "detached");
+        detached.sort_unstable();
+        detached
+    }
+
+    fn snapshot(&self) -> Vec<ProcessView> {
+        let connected: HashSet<u32> = self.intake.peers().iter().map(|p| p.pid).collect();
+        let mut v: Vec<ProcessView> = self
+            .procs
+            .iter()
+            .map(|(pid, t)| {
+                let m = t.matched.as_ref().map(|(_, m)| m);
+                ProcessView {
+                    pid: *pid,
+                    ppid: t.info.ppid,
+                    uid: t.info.uid,
+                    start_time: t.info.start_time,
+                    python: t.info.python.as_ref().map(|p| p.version.clone()),
+                    service: m.map(|m| m.service_name.clone()),
+                    service_name_source: m.map(|m| m.service_name_source.clone()),
+                    technology: m.map(|m| m.technology.clone()),
+                    role: m.map(|m| m.role),
+                    state: t.state.name().to_string(),
+                    reason: t.state.reason().map(str::to_string),
+                    via: t.via,
+                    attempts: t.failures,
+                    connected: connected.contains(pid),
+                    since_unix_ms: state::unix_ms(t.since),
+                    cmdline: t.info.cmdline.join(" "),
+                    last_injection: t
+                        .last_injection
+                        .as_ref()
+                        .and_then(|r| serde_json::to_value(r).ok()),
+                }
+            })
+            .collect();
+        v.sort_by_key(|p| p.pid);
+        v
+    }
+}
+
+fn schedule_retry(t: &mut Tracked, retry: &RetryPolicy, reason: String) {
+    match retry.backoff(t.failures) {
+        Some(wait) => {
+            t.state = State::Failed(format!("{reason} (retrying in {} s)", wait.as_secs()));
+            t.due = Some(Instant::now() + wait);
+        }
+        None => {
+            t.state = State::Failed(format!("{reason} (gave up after {} attempts)", t.failures));
+            t.due = None;
+        }
+    }
+}
+
+fn current_start_time(pid: u32) -> Option<u64> {
+    let p = procfs::process::Process::new(i32::try_from(pid).ok()?).ok()?;
+    Some(p.stat().ok()?.starttime)
+}
+
+fn resource(info: &ProcessInfo, m: &Match, host_name: &str) -> Resource {
+    Resource {
+        service_name: m.service_name.clone(),
+        host_name: host_name.to_string(),
+        pid: info.pid,
+        executable: info.exe.clone(),
+        command_line: info.cmdline.join(" "),
+        runtime_version: info
+            .python
+            .as_ref()
+            .map(|p| p.version.clone())
+            .unwrap_or_default(),
+        technology: m.technology.clone(),
+        role: match m.role {
+            Role::Master => "master",
+            Role::Worker => "worker",
+            Role::Standalone => "standalone",
+        }
+        .to_string(),
+        tracer_version: crate::intake::TRACER_VERSION.to_string(),
+    }
+}
