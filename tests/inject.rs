@@ -1019,3 +1019,57 @@ fn which(bin: &str) -> Option<PathBuf> {
         .map(|d| Path::new(d).join(bin))
         .find(|p| p.exists())
 }
+
+/// The agent sees a process within milliseconds of its exec, before `Py_Initialize` has finished:
+/// injecting then must be refused as not ready (or not yet CPython), never crash the target, and
+/// succeed once the interpreter is up.
+fn inject_from_exec(python: &Path) {
+    let opts = zerostep::inject::InjectOptions {
+        timeout: Duration::from_secs(5),
+        ..Default::default()
+    };
+    for round in 0..5 {
+        let mut p = Proc::spawn(
+            "starting python",
+            Command::new(python).args(["-c", "import time\nwhile True: time.sleep(0.05)"]),
+        );
+        let pid = p.pid();
+        let begun = Instant::now();
+        let mut early = BTreeMap::<String, u32>::new();
+        let report = loop {
+            match zerostep::inject::inject(pid, "pass", &opts) {
+                Ok(r) => break r,
+                Err(e @ zerostep::inject::InjectError::NotReady { .. })
+                | Err(e @ zerostep::inject::InjectError::NotCPython { .. }) => {
+                    let kind = format!("{e}").split(':').next().unwrap_or("").to_string();
+                    *early.entry(kind).or_default() += 1;
+                }
+                Err(e) => panic!("{}: round {round}: unexpected {e}", python.display()),
+            }
+            assert!(
+                p.is_alive(),
+                "{}: the target died during start-up injection",
+                python.display()
+            );
+            assert!(
+                begun.elapsed() < Duration::from_secs(10),
+                "never became ready"
+            );
+        };
+        assert!(report.confirmed, "{report:?}");
+        assert!(p.is_alive());
+        eprintln!(
+            "{} round {round}: ready after {:?}, early refusals {early:?}",
+            python.display(),
+            begun.elapsed()
+        );
+    }
+}
+
+#[test]
+fn injecting_during_interpreter_startup_waits_for_it() {
+    for v in ["3.8.18", "3.11.7", "3.13.0"] {
+        inject_from_exec(&pyenv(v));
+    }
+    inject_from_exec(Path::new(DEBIAN_PYTHON));
+}

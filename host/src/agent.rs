@@ -25,6 +25,9 @@ pub fn run(cfg: AgentConfig) -> Result<()> {
     if let Some(src) = &cfg.source {
         tracing::info!(config = %src.display(), "configuration read");
     }
+    if !cfg.scope.descendants_of.is_empty() {
+        tracing::info!(pids = ?cfg.scope.descendants_of, "scope: only descendants of these processes");
+    }
 
     let engine = Arc::new(SandboxEngine::new(
         SandboxLimits::default(),
@@ -86,6 +89,7 @@ async fn serve(cfg: AgentConfig, registry: Arc<SensorRegistry>) -> Result<()> {
             max_concurrent_injections: cfg.max_concurrent_injections,
             excluded_services: cfg.exclude.services.clone(),
             excluded_uids: cfg.excluded_uids(),
+            descendants_of: cfg.scope.descendants_of.clone(),
             ..OrchestratorConfig::default()
         },
         registry.clone(),

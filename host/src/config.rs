@@ -34,6 +34,8 @@ pub struct FileConfig {
     #[serde(default)]
     pub exclude: ExcludeSection,
     #[serde(default)]
+    pub scope: ScopeSection,
+    #[serde(default)]
     pub sampling: SamplingSection,
     #[serde(default)]
     pub store: StoreSection,
@@ -61,6 +63,16 @@ pub struct ExcludeSection {
     /// Users (names or numeric uids) whose processes are never injected.
     #[serde(default)]
     pub users: Vec<String>,
+}
+
+/// Limits the agent to part of the host. Empty (the default): every process.
+#[derive(Debug, Default, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct ScopeSection {
+    /// Only processes descending from one of these pids (e.g. a supervisor, or a test harness)
+    /// are considered at all.
+    #[serde(default)]
+    pub descendants_of: Vec<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -109,6 +121,7 @@ pub struct AgentConfig {
     pub otlp_endpoint: Option<String>,
     pub otlp_headers: Vec<(String, String)>,
     pub exclude: ExcludeSection,
+    pub scope: ScopeSection,
     pub sample_rate: f64,
     pub retention: Duration,
     pub max_store_bytes: u64,
@@ -162,6 +175,7 @@ impl AgentConfig {
             otlp_endpoint,
             otlp_headers: file.otlp.headers.into_iter().collect(),
             exclude: file.exclude,
+            scope: file.scope,
             sample_rate,
             retention: Duration::from_secs(3600 * file.store.retention_hours.unwrap_or(24)),
             max_store_bytes: file.store.max_size_mb.unwrap_or(1024) << 20,

@@ -62,6 +62,8 @@ pub struct OrchestratorConfig {
     pub excluded_services: Vec<String>,
     /// Users whose processes are never injected (config `exclude.users`).
     pub excluded_uids: Vec<u32>,
+    /// When not empty, only descendants of these pids are considered (config `scope`).
+    pub descendants_of: Vec<u32>,
     pub host_name: String,
 }
 
@@ -76,6 +78,7 @@ impl Default for OrchestratorConfig {
             pending_grace: Duration::from_secs(60),
             excluded_services: Vec::new(),
             excluded_uids: Vec::new(),
+            descendants_of: Vec::new(),
             host_name: host_name(),
         }
     }
@@ -270,7 +273,7 @@ impl Core {
 
     /// A new or changed process: match it and decide what to do.
     fn consider(&mut self, info: ProcessInfo) {
-        if info.python.is_none() {
+        if info.python.is_none() || !self.in_scope(&info) {
             return;
         }
         let pid = info.pid;
@@ -344,6 +347,23 @@ impl Core {
             t.due = Some(Instant::now());
         }
         self.procs.insert(pid, t);
+    }
+
+    fn in_scope(&self, info: &ProcessInfo) -> bool {
+        if self.cfg.descendants_of.is_empty() {
+            return true;
+        }
+        let mut cur = info.ppid;
+        for _ in 0..64 {
+            if self.cfg.descendants_of.contains(&cur) {
+                return true;
+            }
+            match parent_of(cur) {
+                Some(p) if p > 1 => cur = p,
+                _ => return false,
+            }
+        }
+        false
     }
 
     fn parent_traced(&self, t: &Tracked) -> bool {
@@ -620,6 +640,11 @@ fn schedule_retry(t: &mut Tracked, retry: &RetryPolicy, reason: String) {
             t.due = None;
         }
     }
+}
+
+fn parent_of(pid: u32) -> Option<u32> {
+    let p = procfs::process::Process::new(i32::try_from(pid).ok()?).ok()?;
+    u32::try_from(p.stat().ok()?.ppid).ok()
 }
 
 fn current_start_time(pid: u32) -> Option<u64> {

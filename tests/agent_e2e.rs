@@ -1,0 +1,460 @@
+//! The product end to end: services running before the agent, as a non-root user, with nothing
+//! zerostep-related anywhere near them, become traced when the agent starts.
+//!
+//! A (Flask on gunicorn, 2 workers, pyenv 3.11) calls B (plain WSGI on uWSGI, 2 workers, pyenv
+//! 3.12), which queries SQLite. Then a new service C (gunicorn on Debian's python3.11) starts
+//! after the agent, and finally A is detached.
+//!
+//! The agent is scoped to this test's descendants (`scope.descendants_of`), so it never touches
+//! a process the test did not start. Every process runs in its own process group, killed when the
+//! test ends. Re-run: `cargo test -p zerostep --test agent_e2e -- --nocapture`.
+mod support;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::*;
+
+const USER: &str = "65534"; // nobody
+
+struct Agent {
+    _proc: Proc,
+    port: u16,
+    log: PathBuf,
+}
+
+impl Agent {
+    fn start(dir: &Path) -> Agent {
+        let sensors = repo_root().join("target/sensors");
+        assert!(
+            sensors.join("gunicorn.wasm").exists() && sensors.join("uwsgi.wasm").exists(),
+            "{} has no sensors: run `make sensors`",
+            sensors.display()
+        );
+        let port = free_port();
+        let config = dir.join("zerostep.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "listen = \"127.0.0.1:{port}\"\nstate_dir = \"{}\"\nsensors_dir = \"{}\"\n\
+                 [scope]\ndescendants_of = [{}]\n",
+                dir.join("state").display(),
+                sensors.display(),
+                std::process::id()
+            ),
+        )
+        .expect("write config");
+        let log = dir.join("agent.log");
+        let out = std::fs::File::create(&log).expect("agent log");
+        let proc = Proc::spawn(
+            "zerostep agent",
+            Command::new(zerostep_bin())
+                .args(["agent", "--config"])
+                .arg(&config)
+                .env("ZEROSTEP_LOG", "info,zerostep=debug")
+                .stdout(out.try_clone().expect("dup"))
+                .stderr(out),
+        );
+        let agent = Agent {
+            _proc: proc,
+            port,
+            log,
+        };
+        assert!(
+            wait_until(Duration::from_secs(30), || agent
+                .get("/api/v1/health")
+                .is_some()),
+            "agent did not come up:\n{}",
+            agent.log()
+        );
+        agent
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn get(&self, path: &str) -> Option<Value> {
+        let (status, body) = http_get(self.port, path).ok()?;
+        if status != 200 {
+            return None;
+        }
+        serde_json::from_str(&body)
+            .ok()
+            .or(Some(Value::String(body)))
+    }
+
+    fn processes(&self) -> Vec<Value> {
+        self.get("/api/v1/processes")
+            .and_then(|v| v.as_array().cloned())
+            .unwrap_or_default()
+    }
+
+    fn state_of(&self, pids: &[u32]) -> BTreeMap<u32, String> {
+        let procs = self.processes();
+        pids.iter()
+            .map(|pid| {
+                let st = procs
+                    .iter()
+                    .find(|p| p["pid"].as_u64() == Some(*pid as u64))
+                    .map(|p| format!("{} {}", p["state"].as_str().unwrap_or("?"), p["reason"]))
+                    .unwrap_or_else(|| "unseen".into());
+                (*pid, st)
+            })
+            .collect()
+    }
+
+    fn all_traced(&self, pids: &[u32]) -> bool {
+        self.state_of(pids)
+            .values()
+            .all(|s| s.starts_with("traced"))
+    }
+
+    fn traces(&self, query: &str) -> Vec<Value> {
+        let v = self
+            .get(&format!("/api/v1/traces?{query}"))
+            .unwrap_or(Value::Null);
+        v.as_array()
+            .or_else(|| v.get("traces").and_then(Value::as_array))
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    fn trace_spans(&self, id: &str) -> Vec<Value> {
+        let v = self
+            .get(&format!("/api/v1/traces/{id}"))
+            .unwrap_or(Value::Null);
+        v.get("spans")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new(zerostep_bin())
+            .args(args)
+            .args(["--agent", &format!("127.0.0.1:{}", self.port)])
+            .output()
+            .expect("zerostep cli");
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    }
+}
+
+/// An app directory owned by the service's user (so the app could write there; the test then
+/// checks that nothing did).
+fn app_dir(root: &Path, name: &str) -> PathBuf {
+    let d = root.join(name);
+    std::fs::create_dir_all(&d).expect("app dir");
+    std::fs::copy(
+        repo_root().join("tests/e2e_apps").join(name).join("app.py"),
+        d.join("app.py"),
+    )
+    .expect("copy app");
+    d
+}
+
+fn chown_nobody(path: &Path) {
+    let st = Command::new("chown")
+        .args(["-R", &format!("{USER}:{USER}")])
+        .arg(path)
+        .status()
+        .expect("chown");
+    assert!(st.success());
+}
+
+fn listing(dir: &Path) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let p = e.path();
+            out.insert(p.strip_prefix(dir).unwrap_or(&p).display().to_string());
+            if p.is_dir() {
+                stack.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// Runs a server as `nobody` with a minimal environment: nothing zerostep-related in it.
+fn as_service_user(bin: &Path, dir: &Path, log: &Path) -> Command {
+    let mut c = Command::new("setpriv");
+    c.args([
+        &format!("--reuid={USER}"),
+        &format!("--regid={USER}"),
+        "--clear-groups",
+        "--",
+    ])
+    .arg(bin)
+    .current_dir(dir)
+    .env_clear()
+    .env("PATH", "/usr/bin:/bin")
+    .env("LANG", "C.UTF-8");
+    let out = std::fs::File::create(log).expect("server log");
+    c.stdout(out.try_clone().expect("dup")).stderr(out);
+    c
+}
+
+fn children(pid: u32) -> Vec<u32> {
+    let mut v: Vec<u32> = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    v.sort_unstable();
+    v
+}
+
+/// A server's master (the exec'd setpriv becomes it) and its workers, once all are up.
+fn server_pids(master: u32, workers: usize) -> Vec<u32> {
+    assert!(
+        wait_until(Duration::from_secs(20), || children(master).len()
+            == workers),
+        "pid {master} has workers {:?}",
+        children(master)
+    );
+    let mut v = vec![master];
+    v.extend(children(master));
+    v
+}
+
+fn new_log_errors(log: &Path, from: usize) -> Vec<String> {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    text.get(from..)
+        .unwrap_or("")
+        .lines()
+        .filter(|l| {
+            let l = l.to_ascii_lowercase();
+            ["traceback", "error", "exception", "warning", "zerostep"]
+                .iter()
+                .any(|w| l.contains(w))
+        })
+        .map(str::to_string)
+        .collect()
+}
+
+fn id_of(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+#[test]
+fn services_started_before_the_agent_are_traced_end_to_end() {
+    let root = tempfile::Builder::new()
+        .prefix("zs-e2e-")
+        .tempdir()
+        .expect("tempdir");
+    // setpriv'd servers must reach their app dirs.
+    std::fs::set_permissions(
+        root.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
+    let frontend = app_dir(root.path(), "frontend");
+    let inventory = app_dir(root.path(), "inventory");
+    let billing = app_dir(root.path(), "billing");
+    let db = inventory.join("inventory.db");
+    let st = Command::new(pyenv_python("3.12.1"))
+        .args([
+            "-c",
+            "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); \
+             c.execute('create table items(id integer primary key, name text, qty integer)'); \
+             c.executemany('insert into items values(?,?,?)', [(i,'item%d'%i,i*3) for i in range(1,100)]); \
+             c.commit()",
+        ])
+        .arg(&db)
+        .status()
+        .expect("make db");
+    assert!(st.success());
+    for d in [&frontend, &inventory, &billing] {
+        chown_nobody(d);
+    }
+
+    // B: uWSGI, plain function app, 2 workers.
+    let b_port = free_port();
+    let b_log = root.path().join("inventory.log");
+    let mut cmd = as_service_user(&venv_bin("tracer-uwsgi-312", "uwsgi"), &inventory, &b_log);
+    cmd.args([
+        "--http-socket",
+        &format!("127.0.0.1:{b_port}"),
+        "--master",
+        "--processes",
+        "2",
+        "--wsgi-file",
+        "app.py",
+        "--die-on-term",
+    ]);
+    let b = Proc::spawn("inventory (uWSGI)", &mut cmd);
+    // A: gunicorn + Flask, 2 sync workers, calling B.
+    let a_port = free_port();
+    let a_log = root.path().join("frontend.log");
+    let mut cmd = as_service_user(&venv_bin("tracer-311", "gunicorn"), &frontend, &a_log);
+    cmd.args(["-w", "2", "-b", &format!("127.0.0.1:{a_port}"), "app:app"])
+        .env("INVENTORY_URL", format!("http://127.0.0.1:{b_port}"));
+    let a = Proc::spawn("frontend (gunicorn)", &mut cmd);
+    assert!(
+        wait_for_port(b_port, Duration::from_secs(20)),
+        "B did not start"
+    );
+    assert!(
+        wait_for_port(a_port, Duration::from_secs(20)),
+        "A did not start"
+    );
+    let b_pids = server_pids(b.pid(), 2);
+    let a_pids = server_pids(a.pid(), 2);
+    assert_eq!(http_get(a_port, "/orders/1").expect("GET A").0, 200);
+    let before = (listing(&frontend), listing(&inventory));
+    let log_marks = (
+        std::fs::metadata(&a_log)
+            .map(|m| m.len() as usize)
+            .unwrap_or(0),
+        std::fs::metadata(&b_log)
+            .map(|m| m.len() as usize)
+            .unwrap_or(0),
+    );
+
+    // The agent, started after both.
+    let agent = Agent::start(root.path());
+    let started = Instant::now();
+    let all: Vec<u32> = a_pids.iter().chain(&b_pids).copied().collect();
+    assert!(
+        wait_until(Duration::from_secs(60), || agent.all_traced(&all)),
+        "not all traced: {:?}\n{}",
+        agent.state_of(&all),
+        agent.log()
+    );
+    eprintln!(
+        "A and B traced {:?} after the agent started",
+        started.elapsed()
+    );
+    let ps = agent.cli(&["ps"]);
+    assert!(ps.contains("frontend") && ps.contains("inventory"), "{ps}");
+
+    // Traffic: each request must become one trace A → B → SQLite.
+    let mut sent = Vec::new();
+    for i in 1..=8 {
+        let (status, body) = http_get(a_port, &format!("/orders/{i}")).expect("GET A");
+        assert_eq!(status, 200, "{body}");
+        sent.push((i, Instant::now()));
+    }
+    let t0 = Instant::now();
+    let mut traces = Vec::new();
+    let complete = wait_until(Duration::from_secs(5), || {
+        traces = agent.traces("service=frontend&limit=100");
+        traces.len() >= sent.len() + 1
+            && traces.iter().take(sent.len()).all(|t| {
+                let id = id_of(&t["trace_id"]);
+                agent.trace_spans(&id).len() >= 4
+            })
+    });
+    eprintln!(
+        "traces complete in the API {:?} after the last request",
+        t0.elapsed()
+    );
+    assert!(complete, "traces: {traces:#?}\n{}", agent.log());
+    let mut checked = 0;
+    for t in traces.iter().take(sent.len()) {
+        let spans = agent.trace_spans(&id_of(&t["trace_id"]));
+        let find = |pred: &dyn Fn(&Value) -> bool| spans.iter().find(|s| pred(s)).cloned();
+        let svc = |s: &Value| id_of(&s["service"]);
+        let kind = |s: &Value| id_of(&s["kind"]).to_ascii_lowercase();
+        let a_server = find(&|s| svc(s) == "frontend" && kind(s) == "server")
+            .unwrap_or_else(|| panic!("no frontend server span: {spans:#?}"));
+        let a_client = find(&|s| svc(s) == "frontend" && kind(s) == "client")
+            .unwrap_or_else(|| panic!("no frontend client span: {spans:#?}"));
+        let b_server = find(&|s| svc(s) == "inventory" && kind(s) == "server")
+            .unwrap_or_else(|| panic!("no inventory server span: {spans:#?}"));
+        let b_db = find(&|s| {
+            svc(s) == "inventory" && kind(s) == "client" && s.to_string().contains("sqlite")
+        })
+        .unwrap_or_else(|| panic!("no inventory sqlite span: {spans:#?}"));
+        assert!(
+            a_server["parent_span_id"].is_null() || id_of(&a_server["parent_span_id"]).is_empty(),
+            "{a_server}"
+        );
+        assert_eq!(
+            id_of(&a_client["parent_span_id"]),
+            id_of(&a_server["span_id"])
+        );
+        assert_eq!(
+            id_of(&b_server["parent_span_id"]),
+            id_of(&a_client["span_id"])
+        );
+        assert_eq!(id_of(&b_db["parent_span_id"]), id_of(&b_server["span_id"]));
+        assert!(
+            a_server.to_string().contains("/orders/<int:order_id>"),
+            "route: {a_server}"
+        );
+        checked += 1;
+    }
+    assert_eq!(checked, sent.len());
+
+    // Nothing changed for the services: same pids, no errors, no files.
+    assert_eq!(server_pids(a.pid(), 2), a_pids, "A's processes changed");
+    assert_eq!(server_pids(b.pid(), 2), b_pids, "B's processes changed");
+    assert_eq!(new_log_errors(&a_log, log_marks.0), Vec::<String>::new());
+    assert_eq!(new_log_errors(&b_log, log_marks.1), Vec::<String>::new());
+    assert_eq!((listing(&frontend), listing(&inventory)), before);
+
+    // C starts after the agent: traced without anyone doing anything.
+    let c_port = free_port();
+    let c_log = root.path().join("billing.log");
+    let mut cmd = as_service_user(&venv_bin("tracer-debian", "gunicorn"), &billing, &c_log);
+    cmd.args(["-w", "2", "-b", &format!("127.0.0.1:{c_port}"), "app:app"]);
+    let c_started = Instant::now();
+    let c = Proc::spawn("billing (gunicorn, Debian python)", &mut cmd);
+    assert!(
+        wait_for_port(c_port, Duration::from_secs(20)),
+        "C did not start"
+    );
+    let c_pids = server_pids(c.pid(), 2);
+    assert!(
+        wait_until(Duration::from_secs(15), || agent.all_traced(&c_pids)),
+        "C not traced: {:?}\n{}",
+        agent.state_of(&c_pids),
+        agent.log()
+    );
+    // Printed, not asserted (timings are not pass/fail here); the goal is 2 s.
+    eprintln!("C traced {:?} after its start", c_started.elapsed());
+    assert_eq!(http_get(c_port, "/invoices/7").expect("GET C").0, 200);
+    assert!(
+        wait_until(Duration::from_secs(5), || !agent
+            .traces("service=billing")
+            .is_empty()),
+        "no trace from C"
+    );
+
+    // Detach A: it keeps serving and stops sending spans.
+    let out = agent.cli(&["detach", "--service", "frontend"]);
+    assert!(out.contains("detached"), "{out}");
+    let a_before = agent.traces("service=frontend&limit=1000").len();
+    std::thread::sleep(Duration::from_millis(500));
+    for i in 1..=5 {
+        assert_eq!(
+            http_get(a_port, &format!("/orders/{i}")).expect("GET A").0,
+            200
+        );
+    }
+    // B still traces its side of these requests (as new traces).
+    assert!(wait_until(Duration::from_secs(5), || agent
+        .traces("service=inventory&limit=1000")
+        .len()
+        >= sent.len() + 1 + 5));
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        agent.traces("service=frontend&limit=1000").len(),
+        a_before,
+        "A still sends spans after detach"
+    );
+    assert_eq!(new_log_errors(&a_log, log_marks.0), Vec::<String>::new());
+    assert_eq!(server_pids(a.pid(), 2), a_pids);
+    drop((agent, a, b, c));
+}
