@@ -13,12 +13,17 @@ TEST_SENSORS_OUT := target/test-sensors
 HOSTILE_VARIANTS := well-behaved infinite-loop memory-bomb panic huge-return wrong-contract slow-enrich
 STATE_DIR ?= target/state
 
-.PHONY: help setup build sensors test-sensors run test test-deps lint bench clean
+.PHONY: help setup build sensors test-sensors run test test-deps lint bench clean install demo
+
+PREFIX ?= /usr/local
+DESTDIR ?=
 
 help:
 	@echo "make run    build the agent and sensors, start the agent (foreground, API on 127.0.0.1:7787)"
 	@echo "make test   install test prerequisites and run every test"
 	@echo "make bench  benchmarks (not in CI); make lint: fmt + clippy"
+	@echo "make demo   two sample services, traffic and the agent: traces within a minute"
+	@echo "make install  binary, sensors and systemd unit into place (PREFIX=/usr/local)"
 
 setup:
 	@bash tests/setup/00-rust.sh
@@ -66,6 +71,22 @@ lint: setup
 
 bench: test-deps sensors
 	@for b in bench/[0-9]*.sh; do echo "== $$b"; bash "$$b"; done
+
+demo: build sensors
+	@bash tests/setup/10-apt.sh
+	@bash demo/run.sh
+
+# The binary, the sensors and the systemd unit. `systemctl enable --now zerostep` starts it.
+install: build sensors
+	install -D -m 0755 target/release/zerostep $(DESTDIR)$(PREFIX)/bin/zerostep
+	install -d -m 0700 $(DESTDIR)/var/lib/zerostep
+	install -D -m 0644 -t $(DESTDIR)/var/lib/zerostep/sensors $(SENSORS_OUT)/gunicorn.wasm $(SENSORS_OUT)/uwsgi.wasm
+	sed 's|/usr/local/bin/zerostep|$(PREFIX)/bin/zerostep|' deploy/zerostep.service > zerostep.service.tmp
+	install -D -m 0644 zerostep.service.tmp $(DESTDIR)/etc/systemd/system/zerostep.service
+	rm -f zerostep.service.tmp
+	install -D -m 0644 deploy/zerostep.toml.example $(DESTDIR)/etc/zerostep/zerostep.toml.example
+	@if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi
+	@echo "installed; start with: systemctl enable --now zerostep"
 
 clean:
 	$(CARGO) clean
