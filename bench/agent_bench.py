@@ -184,7 +184,7 @@ def main():
                 if isinstance(traces, dict):
                     traces = traces.get("traces", [])
                 if traces:
-                    first = min(t.get("start_unix_ms", t0 * 1000) for t in traces) / 1000.0
+                    first = min(t["start_ms"] for t in traces) / 1000.0
                     break
                 time.sleep(0.02)
             times.append((first - t0) if first else None)
