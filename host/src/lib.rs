@@ -4,6 +4,7 @@ pub mod agent;
 pub mod api;
 pub mod cli;
 pub mod discover;
+pub mod export;
 pub mod inject;
 pub mod intake;
 pub mod pipeline;
