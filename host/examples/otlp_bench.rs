@@ -110,7 +110,7 @@ fn request_spans(n: u64) -> Vec<Span> {
                 Attribute::int("http.response.status_code", 200),
                 Attribute::str("server.address", "billing.internal"),
             ],
-            n % 50 == 0,
+            n.is_multiple_of(50),
         ),
     ]
 }

@@ -274,7 +274,11 @@ impl Worker {
                 }
                 Outcome::Retry { reason, after } => {
                     failures += 1;
-                    let delay = after.unwrap_or_else(|| backoff.next_delay());
+                    // A `Retry-After: 0` (or a past date) must not turn into a busy loop.
+                    let delay = match after {
+                        Some(after) => after.max(self.config.retry.initial_backoff),
+                        None => backoff.next_delay(),
+                    };
                     self.note_error(format!("{reason} (retrying)"), spans);
                     let mut st = self.shared.state.lock();
                     st.stats.sink.errors += 1;
