@@ -6,6 +6,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod discover;
+pub mod export;
 pub mod inject;
 pub mod intake;
 pub mod orchestrate;
