@@ -8,6 +8,7 @@ use sha2::Digest;
 
 use crate::api::{self, AgentParts, ApiState};
 use crate::config::AgentConfig;
+use crate::export::{OtlpConfig, OtlpExporter};
 use crate::intake::{Intake, IntakeAddress, IntakeConfig, PeerRegistry};
 use crate::orchestrate::{self, OrchestratorConfig, ProcessDirectory};
 use crate::pipeline::{Pipeline, Sink};
@@ -72,7 +73,18 @@ async fn serve(cfg: AgentConfig, registry: Arc<SensorRegistry>) -> Result<()> {
     let intake =
         Arc::new(Intake::start(intake_cfg, PeerRegistry::new()).context("starting the intake")?);
     let directory = ProcessDirectory::default();
-    let sinks: Vec<Arc<dyn Sink>> = Vec::new();
+    let mut sinks: Vec<Arc<dyn Sink>> = Vec::new();
+    let otlp = match &cfg.otlp_endpoint {
+        Some(endpoint) => {
+            let mut c = OtlpConfig::new(endpoint.clone());
+            c.headers = cfg.otlp_headers.clone();
+            let exporter = Arc::new(OtlpExporter::start(c).context("starting the OTLP exporter")?);
+            tracing::info!(url = %exporter.url(), "exporting spans as OTLP");
+            sinks.push(exporter.clone());
+            Some(exporter)
+        }
+        None => None,
+    };
     let pipeline = Arc::new(
         Pipeline::start(
             intake.queue(),
@@ -118,7 +130,19 @@ async fn serve(cfg: AgentConfig, registry: Arc<SensorRegistry>) -> Result<()> {
         .await
         .context("serving the API")?;
     let p = pipeline.clone();
-    tokio::task::spawn_blocking(move || p.stop()).await.ok();
+    tokio::task::spawn_blocking(move || {
+        p.stop();
+        if let Some(e) = otlp {
+            let st = e.shutdown(std::time::Duration::from_secs(5));
+            tracing::info!(
+                delivered = st.sink.delivered,
+                dropped = st.sink.dropped,
+                "OTLP exporter stopped"
+            );
+        }
+    })
+    .await
+    .ok();
     Ok(())
 }
 
