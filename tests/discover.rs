@@ -245,15 +245,23 @@ while True: time.sleep(0.2)
 
 #[test]
 fn retitled_process_is_changed() {
-    let mut w = Watch::connector();
-    let p = python("retitle", &pyenv(), RETITLE);
-    w.appeared(p.pid(), Duration::from_secs(3))
-        .expect("appeared");
-    let c = w
-        .changed(p.pid(), Duration::from_secs(8))
-        .expect("retitle seen");
-    assert_eq!(c.cmdline[0], "zerostep-retitled", "{:?}", c.cmdline);
-    assert_eq!(c.python.as_ref().map(|r| r.version.as_str()), Some("3.12"));
+    let rescan_only = DiscoveryConfig {
+        use_connector: false,
+        rescan_interval: Duration::from_millis(300),
+        ..Default::default()
+    };
+    // Through the connector's comm event, and through rescans alone.
+    for config in [DiscoveryConfig::default(), rescan_only] {
+        let mut w = Watch::start(config);
+        let p = python("retitle", &pyenv(), RETITLE);
+        w.appeared(p.pid(), Duration::from_secs(3))
+            .expect("appeared");
+        let c = w
+            .changed(p.pid(), Duration::from_secs(8))
+            .expect("retitle seen");
+        assert_eq!(c.cmdline[0], "zerostep-retitled", "{:?}", c.cmdline);
+        assert_eq!(c.python.as_ref().map(|r| r.version.as_str()), Some("3.12"));
+    }
 }
 
 #[test]
@@ -420,12 +428,13 @@ fn bench_discovery_cost() {
             .unwrap_or(0);
         println!(
             "{label}: host processes {procs_total}, python tracked {}, initial scan {} us; over {secs} s: \
-             rescans {}, last rescan {} us, maps reads {} ({:.2}/rescan), connector events {}, \
+             rescans {}, last rescan {} us, new processes examined {}, maps reads {} ({:.2}/rescan), connector events {}, \
              discovery thread CPU {:.1} ms ({:.3} % of one core)",
             s1.tracked_python,
             s0.last_rescan_us,
             s1.rescans - s0.rescans,
             s1.last_rescan_us,
+            s1.examined - s0.examined,
             s1.maps_reads - s0.maps_reads,
             (s1.maps_reads - s0.maps_reads) as f64 / (s1.rescans - s0.rescans).max(1) as f64,
             s1.connector_events - s0.connector_events,

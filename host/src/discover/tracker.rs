@@ -17,6 +17,8 @@ use super::{DiscoveryEvent, Namespaces, ProcessInfo};
 
 /// A process started this recently, found by a rescan without Python, is re-checked like an exec.
 const YOUNG_SECS: u64 = 5;
+/// A retitled process is looked at again this long after its comm or uid changed.
+const REFRESH_AGAIN: Duration = Duration::from_millis(100);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Reason {
@@ -28,6 +30,15 @@ pub(crate) enum Reason {
     Fork {
         parent: u32,
     },
+}
+
+/// What one look at a process's maps said.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Look {
+    Python,
+    NotPython,
+    /// The loader has not mapped the libraries yet: too early to tell.
+    Unsettled,
 }
 
 struct Known {
@@ -48,6 +59,8 @@ struct Recheck {
 pub(crate) struct Tracker {
     known: HashMap<u32, Known>,
     rechecks: BinaryHeap<Reverse<Recheck>>,
+    /// Second looks after a comm/uid event (a title may be written after the comm changes).
+    refreshes: BinaryHeap<Reverse<(Instant, u32)>>,
     recheck_after: Vec<Duration>,
     self_pid: u32,
     counters: Arc<Counters>,
@@ -64,6 +77,7 @@ impl Tracker {
         Tracker {
             known: HashMap::new(),
             rechecks: BinaryHeap::new(),
+            refreshes: BinaryHeap::new(),
             recheck_after,
             self_pid: std::process::id(),
             counters,
@@ -129,6 +143,8 @@ impl Tracker {
     pub fn on_refresh(&mut self, pid: u32) {
         if self.known.get(&pid).is_some_and(|k| k.info.is_some()) {
             self.event_for(pid, Reason::Rescan);
+            self.refreshes
+                .push(Reverse((Instant::now() + REFRESH_AGAIN, pid)));
         }
     }
 
@@ -144,10 +160,23 @@ impl Tracker {
 
     /// The earliest pending re-check.
     pub fn next_due(&self) -> Option<Instant> {
-        self.rechecks.peek().map(|Reverse(r)| r.due)
+        let recheck = self.rechecks.peek().map(|Reverse(r)| r.due);
+        let refresh = self.refreshes.peek().map(|Reverse((due, _))| *due);
+        recheck.into_iter().chain(refresh).min()
     }
 
     pub fn run_due_rechecks(&mut self, now: Instant) {
+        while self
+            .refreshes
+            .peek()
+            .is_some_and(|Reverse((due, _))| *due <= now)
+        {
+            if let Some(Reverse((_, pid))) = self.refreshes.pop() {
+                if self.known.get(&pid).is_some_and(|k| k.info.is_some()) {
+                    self.event_for(pid, Reason::Rescan);
+                }
+            }
+        }
         while self.rechecks.peek().is_some_and(|Reverse(r)| r.due <= now) {
             let Some(Reverse(r)) = self.rechecks.pop() else {
                 break;
@@ -164,7 +193,7 @@ impl Tracker {
                 continue; // the next event or rescan sorts it out
             };
             let last = r.attempt + 1 >= self.recheck_after.len();
-            if !self.try_detect(r.pid, &p, st, last) {
+            if self.try_detect(r.pid, &p, st, last) != Look::Python {
                 self.schedule(r.pid, r.image, r.attempt + 1);
             }
         }
@@ -218,9 +247,18 @@ impl Tracker {
             return self.report_new(info);
         }
         // Right after exec the loader has not mapped anything yet: look shortly after instead.
-        let found =
-            reason != Reason::Exec && self.try_detect(pid, p, st, reason == Reason::Settled);
-        if !found && reason != Reason::Settled {
+        let look = match reason {
+            Reason::Exec => Look::Unsettled,
+            _ => self.try_detect(pid, p, st, false),
+        };
+        // A process running for a while without Python is settled; a young one may still load it,
+        // and one without libc mapped may have exec'd moments ago (however old the process).
+        let again = match look {
+            Look::Python => false,
+            Look::NotPython => reason != Reason::Settled,
+            Look::Unsettled => true,
+        };
+        if again {
             if let Some(k) = self.known.get_mut(&pid) {
                 k.recheck_pending = true;
             }
@@ -249,22 +287,22 @@ impl Tracker {
     }
 
     /// Reads the maps and reports the process if it runs CPython. `accept_unloaded`: judge even if
-    /// the loader has not mapped libc yet (last chance, or a long-running static program).
-    fn try_detect(&mut self, pid: u32, p: &Process, st: Stat, accept_unloaded: bool) -> bool {
+    /// the loader has not mapped libc yet (the last re-check: a static program).
+    fn try_detect(&mut self, pid: u32, p: &Process, st: Stat, accept_unloaded: bool) -> Look {
         Counters::bump(&self.counters.maps_reads);
         let Ok(maps) = python_runtime::read_maps(pid) else {
-            return false;
+            return Look::NotPython;
         };
         if !accept_unloaded && !probe::libraries_loaded(&maps) {
-            return false;
+            return Look::Unsettled;
         }
         let exe = probe::exe(p);
         let Some(runtime) = python_runtime::detect_from(&exe, &maps) else {
-            return false;
+            return Look::NotPython;
         };
         let info = self.build(pid, p, st, exe, &runtime);
         self.report_new(info);
-        true
+        Look::Python
     }
 
     fn build(

@@ -30,6 +30,9 @@ pub use queue::{SpanBatch, SpanQueue};
 pub use tracer_source::{bootstrap_code, MODULES as TRACER_MODULES, TRACER_VERSION};
 pub use wire::{Command, PeerRole};
 
+/// How long a bootstrap waits to connect and be answered, in the target's main thread.
+const BOOTSTRAP_TIMEOUT_SECS: f64 = 2.0;
+
 #[derive(Debug, thiserror::Error)]
 pub enum IntakeError {
     #[error("binding the intake socket {0}: {1}")]
@@ -212,7 +215,10 @@ impl Intake {
     /// The bootstrap for injecting `target_pid`, pointing at [`Intake::address_for`] it.
     pub fn bootstrap_code_for(&self, target_pid: u32) -> Result<String, IntakeError> {
         let address = self.address_for(target_pid)?;
-        Ok(bootstrap_code(&address.bootstrap_param(), 2.0))
+        Ok(bootstrap_code(
+            &address.bootstrap_param(),
+            BOOTSTRAP_TIMEOUT_SECS,
+        ))
     }
 
     /// Listeners open inside other network namespaces now.
@@ -222,7 +228,10 @@ impl Intake {
 
     /// The bootstrap for the injector, pointing at this intake.
     pub fn bootstrap_code(&self) -> String {
-        bootstrap_code(&self.shared.config.address.bootstrap_param(), 2.0)
+        bootstrap_code(
+            &self.shared.config.address.bootstrap_param(),
+            BOOTSTRAP_TIMEOUT_SECS,
+        )
     }
 
     pub fn registry(&self) -> &PeerRegistry {
