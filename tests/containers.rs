@@ -32,7 +32,9 @@ fn container(name: &str, program: &str, args: &[&str]) -> Proc {
         program,
     ])
     .args(args)
-    .env("PYTHONDONTWRITEBYTECODE", "1");
+    .env("PYTHONDONTWRITEBYTECODE", "1")
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null());
     Proc::spawn(name, &mut cmd)
 }
 

@@ -84,23 +84,22 @@ impl Watch {
     }
 
     fn appeared(&mut self, pid: u32, timeout: Duration) -> Option<ProcessInfo> {
-        match self.wait(
-            timeout,
-            |e| matches!(e, DiscoveryEvent::Appeared(p) if p.pid == pid),
-        ) {
-            Some((_, DiscoveryEvent::Appeared(p))) => Some(p),
-            _ => None,
-        }
+        self.info_event(pid, timeout, false)
     }
 
     fn changed(&mut self, pid: u32, timeout: Duration) -> Option<ProcessInfo> {
-        match self.wait(
-            timeout,
-            |e| matches!(e, DiscoveryEvent::Changed(p) if p.pid == pid),
-        ) {
-            Some((_, DiscoveryEvent::Changed(p))) => Some(p),
+        self.info_event(pid, timeout, true)
+    }
+
+    /// The next `Appeared` (or `Changed`) of `pid`.
+    fn info_event(&mut self, pid: u32, timeout: Duration, changed: bool) -> Option<ProcessInfo> {
+        let pick = move |e: &DiscoveryEvent| match e {
+            DiscoveryEvent::Appeared(p) if !changed => Some(p.clone()),
+            DiscoveryEvent::Changed(p) if changed => Some(p.clone()),
             _ => None,
-        }
+        };
+        let (_, e) = self.wait(timeout, |e| pick(e).is_some_and(|p| p.pid == pid))?;
+        pick(&e)
     }
 
     fn exited(&mut self, pid: u32, timeout: Duration) -> Option<u64> {
