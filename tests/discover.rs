@@ -391,6 +391,48 @@ fn reused_pid_is_a_new_process() {
     assert!(n_exit < n_new, "exit of the old one first");
 }
 
+/// A kernel buffer far too small for a fork burst: the kernel drops connector events (ENOBUFS),
+/// discovery rescans, and ends up knowing exactly the live Python processes all the same.
+#[test]
+fn connector_overrun_is_repaired_by_a_rescan() {
+    let mut w = Watch::start(DiscoveryConfig {
+        connector_buffer_bytes: 1,
+        ..Default::default()
+    });
+    let burst = python(
+        "fork-burst",
+        &pyenv(),
+        "import os, time\n\
+         time.sleep(0.5)\n\
+         kids = []\n\
+         for _ in range(1500):\n\
+         \x20   pid = os.fork()\n\
+         \x20   if pid == 0: os._exit(0)\n\
+         \x20   kids.append(pid)\n\
+         for k in kids: os.waitpid(k, 0)\n\
+         print('done', flush=True)\n\
+         while True: time.sleep(0.2)",
+    );
+    w.appeared(burst.pid(), Duration::from_secs(3))
+        .expect("burst parent");
+    // Started during the burst: found by events or by the repair rescan.
+    std::thread::sleep(Duration::from_millis(600));
+    let late = python("late-sleeper", &pyenv(), SLEEPER);
+    w.appeared(late.pid(), Duration::from_secs(8))
+        .expect("a process started during the burst");
+    let only_live = wait_until(Duration::from_secs(15), || {
+        let _ = w.about(0);
+        w.discovery
+            .snapshot()
+            .iter()
+            .filter(|p| p.ppid == burst.pid())
+            .all(|p| std::path::Path::new(&format!("/proc/{}", p.pid)).exists())
+    });
+    let s = w.discovery.stats();
+    println!("overrun test: {s:?}");
+    assert!(only_live, "every burst child reported exited: {s:?}");
+}
+
 /// Costs with many idle processes: discovery thread CPU and maps reads per rescan on a steady host.
 #[test]
 #[ignore]

@@ -5,10 +5,6 @@ use std::time::Duration;
 
 use proc_connector::{EventMask, ProcConnector, ProcEvent};
 
-/// Kernel buffer for bursts (a `make -j` forks thousands of processes a second); root may exceed
-/// `rmem_max`.
-const RECV_BUFFER: usize = 4 << 20;
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Event {
     Fork {
@@ -38,19 +34,20 @@ pub(crate) struct Connector {
 impl Connector {
     /// Subscribes. Fails without `CAP_NET_ADMIN`, outside the initial network namespace, or on a
     /// kernel without `CONFIG_PROC_EVENTS`.
-    pub fn open() -> Result<Connector, proc_connector::Error> {
+    pub fn open(recv_buffer: usize) -> Result<Connector, proc_connector::Error> {
         let conn = ProcConnector::new()?;
         let mask =
             EventMask::FORK | EventMask::EXEC | EventMask::EXIT | EventMask::COMM | EventMask::UID;
         conn.subscribe_filtered(mask)?;
+        // Root may exceed `rmem_max`.
         if nix::sys::socket::setsockopt(
             &conn.as_fd(),
             nix::sys::socket::sockopt::RcvBufForce,
-            &RECV_BUFFER,
+            &recv_buffer,
         )
         .is_err()
         {
-            let _ = conn.set_recv_buf_size(RECV_BUFFER);
+            let _ = conn.set_recv_buf_size(recv_buffer);
         }
         Ok(Connector {
             conn,

@@ -43,6 +43,8 @@ use tracker::Tracker;
 
 /// The longest the discovery thread sleeps before looking at its stop flag.
 const MAX_WAIT: Duration = Duration::from_millis(250);
+/// Rescans triggered by connector overruns are at least this far apart.
+const MIN_RESCAN_GAP: Duration = Duration::from_millis(500);
 
 #[derive(Debug, Clone)]
 pub struct DiscoveryConfig {
@@ -55,6 +57,9 @@ pub struct DiscoveryConfig {
     /// Events buffered for a slow consumer; when full, discovery waits (the kernel may then drop
     /// connector events, which triggers a rescan: nothing is lost, only later).
     pub channel_capacity: usize,
+    /// Kernel buffer for connector events, for bursts (a `make -j` forks thousands of processes a
+    /// second). When it overflows, the kernel drops events and discovery rescans.
+    pub connector_buffer_bytes: usize,
 }
 
 impl Default for DiscoveryConfig {
@@ -67,6 +72,7 @@ impl Default for DiscoveryConfig {
                 .map(Duration::from_millis)
                 .collect(),
             channel_capacity: 1024,
+            connector_buffer_bytes: 4 << 20,
         }
     }
 }
@@ -115,7 +121,11 @@ impl Discovery {
             stop: AtomicBool::new(false),
         });
         // Subscribed before the first scan, so nothing started in between is missed.
-        let connector = config.use_connector.then(open_connector).flatten();
+        let connector = if config.use_connector {
+            open_connector(config.connector_buffer_bytes)
+        } else {
+            None
+        };
         shared
             .counters
             .connector_active
@@ -168,8 +178,8 @@ impl Drop for Discovery {
     }
 }
 
-fn open_connector() -> Option<Connector> {
-    match Connector::open() {
+fn open_connector(buffer: usize) -> Option<Connector> {
+    match Connector::open(buffer) {
         Ok(c) => Some(c),
         Err(e) => {
             tracing::warn!(error = %e, "discovery: proc connector unavailable, rescanning /proc only");
@@ -190,11 +200,13 @@ impl Worker {
     fn run(mut self) {
         self.tracker.rescan();
         self.tracker.out.push(DiscoveryEvent::InitialScanDone);
-        let mut next_rescan = Instant::now() + self.config.rescan_interval;
+        let mut last_rescan = Instant::now();
+        let mut next_rescan = last_rescan + self.config.rescan_interval;
         while self.flush() {
             let now = Instant::now();
             if now >= next_rescan {
                 self.tracker.rescan();
+                last_rescan = now;
                 next_rescan = now + self.config.rescan_interval;
             }
             self.tracker.run_due_rechecks(now);
@@ -215,7 +227,8 @@ impl Worker {
                 Some(Ok(Recv::Overrun)) => {
                     Counters::bump(&self.shared.counters.connector_overruns);
                     tracing::debug!("discovery: connector overrun, rescanning");
-                    next_rescan = Instant::now();
+                    // Soon, but not more often than this however fast the kernel overflows.
+                    next_rescan = next_rescan.min(last_rescan + MIN_RESCAN_GAP);
                 }
                 Some(Err(e)) => {
                     tracing::warn!(error = %e, "discovery: proc connector failed, rescanning /proc only");
