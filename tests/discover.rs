@@ -391,6 +391,50 @@ fn reused_pid_is_a_new_process() {
     assert!(n_exit < n_new, "exit of the old one first");
 }
 
+/// uWSGI is its own executable with libpython loaded, and forks its workers right after: the master
+/// and every worker are reported, by what is mapped and not by the executable's name.
+#[test]
+fn uwsgi_master_and_workers_appear() {
+    let mut w = Watch::connector();
+    let port = free_port();
+    let master = Proc::spawn(
+        "uwsgi",
+        Command::new(venv_bin("inject-uwsgi", "uwsgi"))
+            .current_dir(repo_root().join("tests/fixtures/inject"))
+            .args([
+                "--http-socket",
+                &format!("127.0.0.1:{port}"),
+                "--master",
+                "--processes",
+                "2",
+                "--wsgi-file",
+                "app.py",
+                "--die-on-term",
+                "--disable-logging",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null()),
+    );
+    let m = w
+        .appeared(master.pid(), Duration::from_secs(10))
+        .expect("uwsgi master");
+    assert!(m.exe.ends_with("uwsgi"), "{}", m.exe);
+    assert!(matches!(
+        m.python.as_ref().map(|r| &r.libpython),
+        Some(LibPython::Shared(_))
+    ));
+    for _ in 0..2 {
+        let worker = w.wait(
+            Duration::from_secs(10),
+            |e| matches!(e, DiscoveryEvent::Appeared(p) if p.ppid == master.pid()),
+        );
+        let Some((_, DiscoveryEvent::Appeared(worker))) = worker else {
+            panic!("uwsgi worker not reported: {:?}", w.about(master.pid()));
+        };
+        assert_eq!(worker.python, m.python);
+    }
+}
+
 /// A kernel buffer far too small for a fork burst: the kernel drops connector events (ENOBUFS),
 /// discovery rescans, and ends up knowing exactly the live Python processes all the same.
 #[test]

@@ -231,9 +231,15 @@ impl Tracker {
             match self.known.get(&parent) {
                 // A copy of its parent (no exec since the fork): same interpreter, same addresses.
                 Some(k) if k.image.1 == st.start_stack && st.start_stack != 0 => {
+                    let parent_undecided = k.recheck_pending;
                     if let Some(info) = self.inherit(pid, p, st, parent) {
                         Counters::bump(&self.counters.inherited);
                         self.report_new(info);
+                    } else if parent_undecided {
+                        // uWSGI loads its Python plugin and forks workers at once, maybe before the
+                        // master's own re-check: the workers are re-checked like it.
+                        self.mark_pending(pid);
+                        self.schedule(pid, st.image(), 0);
                     }
                     return;
                 }
@@ -259,9 +265,7 @@ impl Tracker {
             Look::Unsettled => true,
         };
         if again {
-            if let Some(k) = self.known.get_mut(&pid) {
-                k.recheck_pending = true;
-            }
+            self.mark_pending(pid);
             self.schedule(pid, st.image(), 0);
         }
     }
@@ -387,6 +391,12 @@ impl Tracker {
                 pid,
                 start_time: k.image.0,
             });
+        }
+    }
+
+    fn mark_pending(&mut self, pid: u32) {
+        if let Some(k) = self.known.get_mut(&pid) {
+            k.recheck_pending = true;
         }
     }
 
