@@ -8,6 +8,7 @@ use sha2::Digest;
 
 use crate::api::{self, AgentParts, ApiState};
 use crate::config::AgentConfig;
+use crate::discover::{Discovery, DiscoveryConfig};
 use crate::export::{OtlpConfig, OtlpExporter};
 use crate::intake::{Intake, IntakeAddress, IntakeConfig, PeerRegistry};
 use crate::orchestrate::{self, OrchestratorConfig, ProcessDirectory};
@@ -95,7 +96,12 @@ async fn serve(cfg: AgentConfig, registry: Arc<SensorRegistry>) -> Result<()> {
         )
         .context("starting the pipeline")?,
     );
-    let (events_tx, events_rx) = tokio::sync::mpsc::channel(4096);
+    let (discovery, events_rx) = Discovery::start(DiscoveryConfig {
+        rescan_interval: cfg.rescan,
+        ..DiscoveryConfig::default()
+    })
+    .context("starting discovery")?;
+    let discovery = Arc::new(discovery);
     let orchestrator = orchestrate::start(
         OrchestratorConfig {
             max_concurrent_injections: cfg.max_concurrent_injections,
@@ -109,7 +115,6 @@ async fn serve(cfg: AgentConfig, registry: Arc<SensorRegistry>) -> Result<()> {
         directory,
         events_rx,
     );
-    let _discovery = crate::discover::scan::start(cfg.rescan, events_tx);
 
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
@@ -122,6 +127,7 @@ async fn serve(cfg: AgentConfig, registry: Arc<SensorRegistry>) -> Result<()> {
             orchestrator,
             intake,
             pipeline: pipeline.clone(),
+            discovery,
             sinks,
         }),
     };

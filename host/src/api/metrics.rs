@@ -117,6 +117,31 @@ pub async fn render(State(state): State<ApiState>) -> impl IntoResponse {
             let n = procs.iter().filter(|p| p.state == state_name).count();
             o.sample("zerostep_processes", &[("state", state_name)], n as f64);
         }
+        let d = a.discovery.stats();
+        o.one(
+            "zerostep_discovery_connector_active",
+            "gauge",
+            "1 when exec/fork/exit events come from the proc connector, 0 on rescans alone.",
+            if d.connector_active { 1.0 } else { 0.0 },
+        );
+        o.one(
+            "zerostep_discovery_rescans_total",
+            "counter",
+            "Full /proc rescans.",
+            d.rescans as f64,
+        );
+        o.one(
+            "zerostep_discovery_maps_reads_total",
+            "counter",
+            "Processes whose memory maps were read (only new or exec'd ones).",
+            d.maps_reads as f64,
+        );
+        o.one(
+            "zerostep_discovery_connector_overruns_total",
+            "counter",
+            "Proc connector overruns (each repaired by a rescan).",
+            d.connector_overruns as f64,
+        );
         let i = a.intake.stats();
         o.one(
             "zerostep_intake_peers",

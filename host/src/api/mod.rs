@@ -12,6 +12,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
+use crate::discover::Discovery;
 use crate::intake::Intake;
 use crate::orchestrate::{DetachTarget, Orchestrator, ProcessView};
 use crate::pipeline::{Pipeline, Sink};
@@ -29,6 +30,7 @@ pub struct AgentParts {
     pub orchestrator: Orchestrator,
     pub intake: Arc<Intake>,
     pub pipeline: Arc<Pipeline>,
+    pub discovery: Arc<Discovery>,
     pub sinks: Vec<Arc<dyn Sink>>,
 }
 

@@ -1,5 +1,7 @@
 use serde::{Deserialize, Serialize};
 
+use super::Namespaces;
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum LibPython {
@@ -32,4 +34,7 @@ pub struct ProcessInfo {
     pub parent_cmdline: Vec<String>,
     #[serde(default)]
     pub extra: Vec<(String, String)>,
+    /// Its pid/mount/network namespaces and whether they differ from the agent's (a container).
+    #[serde(default)]
+    pub namespaces: Namespaces,
 }

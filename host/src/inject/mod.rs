@@ -335,7 +335,7 @@ pub fn inject(pid: u32, code: &str, opts: &InjectOptions) -> Result<InjectReport
         syscall_ret: gadgets.syscall_ret,
     };
     let leftovers = hijack::find_leftovers(pid, &maps);
-    let mut handshake = Handshake::new().map_err(InjectError::Handshake)?;
+    let mut handshake = Handshake::for_target(pid).map_err(InjectError::Handshake)?;
     let text = wrapper::render(code, &handshake.nonce, &handshake.name);
     let len = scratch::size_for(&text) as u64;
     debug!(pid, python = %runtime.version_string(), ?api, ?gadgets, prep = ?begun.elapsed(), "resolved");

@@ -183,7 +183,7 @@ pub fn inject(
     let table = remote_mem::read(pid, rt, DEBUG_OFFSETS_LEN)
         .map_err(|e| InjectError::Pep768(format!("reading _PyRuntime: {e}")))?;
     let off = parse(&table, runtime.version).map_err(InjectError::Pep768)?;
-    let mut handshake = Handshake::new().map_err(InjectError::Handshake)?;
+    let mut handshake = Handshake::for_target(pid).map_err(InjectError::Handshake)?;
     let text = wrapper::render(code, &handshake.nonce, &handshake.name);
     let script = format!("/tmp/zerostep-inject-{}.py", handshake.nonce);
     let host_path = format!("/proc/{pid}/root{script}");

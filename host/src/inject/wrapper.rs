@@ -86,6 +86,18 @@ pub struct Handshake {
 }
 
 impl Handshake {
+    /// A handshake socket `target_pid` can reach: bound inside its network namespace when that
+    /// differs from the injector's (a container), since abstract names are per namespace.
+    pub fn for_target(target_pid: u32) -> std::io::Result<Handshake> {
+        use crate::discover::namespaces;
+        let theirs = namespaces::ns_inode(target_pid, "net");
+        if theirs == 0 || theirs == namespaces::agent_net() {
+            return Handshake::new();
+        }
+        namespaces::in_netns_of(target_pid, Handshake::new)
+            .map_err(|e| std::io::Error::other(e.to_string()))?
+    }
+
     pub fn new() -> std::io::Result<Handshake> {
         let mut raw = [0u8; 16];
         getrandom::fill(&mut raw).map_err(|e| std::io::Error::other(e.to_string()))?;

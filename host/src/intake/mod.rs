@@ -8,6 +8,7 @@
 //! others never notice.
 mod connection;
 mod marshal;
+mod netns;
 mod peers;
 mod queue;
 mod tracer_source;
@@ -29,6 +30,9 @@ pub use queue::{SpanBatch, SpanQueue};
 pub use tracer_source::{bootstrap_code, MODULES as TRACER_MODULES, TRACER_VERSION};
 pub use wire::{Command, PeerRole};
 
+/// How long a bootstrap waits to connect and be answered, in the target's main thread.
+const BOOTSTRAP_TIMEOUT_SECS: f64 = 2.0;
+
 #[derive(Debug, thiserror::Error)]
 pub enum IntakeError {
     #[error("binding the intake socket {0}: {1}")]
@@ -37,6 +41,10 @@ pub enum IntakeError {
     NoSuchPeer(u32),
     #[error("peer {0} is not reading its commands")]
     PeerBusy(u32),
+    #[error("no process with pid {0}")]
+    NoSuchTarget(u32),
+    #[error("listening inside the network namespace of pid {0}: {1}")]
+    Namespace(u32, #[source] crate::discover::namespaces::NetnsError),
 }
 
 /// Where the intake listens.
@@ -138,12 +146,16 @@ struct Shared {
     counters: Counters,
     peers: Mutex<HashMap<u32, PeerEntry>>,
     next_id: AtomicU64,
+    /// Extra listeners inside containers' network namespaces.
+    netns: Mutex<netns::NsListeners>,
+    runtime: tokio::runtime::Handle,
 }
 
 /// The running intake. Dropping it stops accepting; connected peers are closed.
 pub struct Intake {
     shared: Arc<Shared>,
     accept_task: tokio::task::JoinHandle<()>,
+    prune_task: tokio::task::JoinHandle<()>,
 }
 
 impl Intake {
@@ -164,11 +176,15 @@ impl Intake {
             counters: Counters::default(),
             peers: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
+            netns: Mutex::new(netns::NsListeners::default()),
+            runtime: tokio::runtime::Handle::current(),
         });
         let accept_task = tokio::spawn(connection::accept_loop(listener, shared.clone()));
+        let prune_task = tokio::spawn(netns::prune_loop(Arc::downgrade(&shared)));
         Ok(Intake {
             shared,
             accept_task,
+            prune_task,
         })
     }
 
@@ -176,9 +192,46 @@ impl Intake {
         &self.shared.config.address
     }
 
+    /// The address a process `target_pid` can reach: the main one when it shares the agent's
+    /// network namespace (and, for a socket file, its mount namespace); otherwise an abstract
+    /// socket inside the target's network namespace, created on first use and shared by every
+    /// target there (see `netns.rs`). Callable from any thread.
+    pub fn address_for(&self, target_pid: u32) -> Result<IntakeAddress, IntakeError> {
+        let ns = crate::discover::Namespaces::of(target_pid);
+        if ns.net == 0 {
+            return Err(IntakeError::NoSuchTarget(target_pid));
+        }
+        let main = &self.shared.config.address;
+        let reachable = match main {
+            IntakeAddress::Abstract(_) => !ns.net_differs,
+            IntakeAddress::Path(_) => !ns.net_differs && !ns.mnt_differs,
+        };
+        if reachable {
+            return Ok(main.clone());
+        }
+        netns::listener_for(&self.shared, target_pid, ns.net)
+    }
+
+    /// The bootstrap for injecting `target_pid`, pointing at [`Intake::address_for`] it.
+    pub fn bootstrap_code_for(&self, target_pid: u32) -> Result<String, IntakeError> {
+        let address = self.address_for(target_pid)?;
+        Ok(bootstrap_code(
+            &address.bootstrap_param(),
+            BOOTSTRAP_TIMEOUT_SECS,
+        ))
+    }
+
+    /// Listeners open inside other network namespaces now.
+    pub fn namespace_listeners(&self) -> usize {
+        self.shared.netns.lock().len()
+    }
+
     /// The bootstrap for the injector, pointing at this intake.
     pub fn bootstrap_code(&self) -> String {
-        bootstrap_code(&self.shared.config.address.bootstrap_param(), 2.0)
+        bootstrap_code(
+            &self.shared.config.address.bootstrap_param(),
+            BOOTSTRAP_TIMEOUT_SECS,
+        )
     }
 
     pub fn registry(&self) -> &PeerRegistry {
@@ -252,6 +305,8 @@ impl Intake {
 impl Drop for Intake {
     fn drop(&mut self) {
         self.accept_task.abort();
+        self.prune_task.abort();
+        self.shared.netns.lock().close_all();
         // Closing each peer's command channel ends its connection task.
         self.shared.peers.lock().clear();
         if let IntakeAddress::Path(p) = &self.shared.config.address {

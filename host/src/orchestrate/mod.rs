@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use crate::discover::ProcessInfo;
+use crate::discover::{DiscoveryEvent, ProcessInfo};
 use crate::inject::{self, InjectError, InjectOptions, InjectReport};
 use crate::intake::{Command, Intake, PeerRegistry};
 use crate::pipeline::Resource;
@@ -110,6 +110,9 @@ pub struct ProcessView {
     pub connected: bool,
     pub since_unix_ms: u64,
     pub cmdline: String,
+    /// In other pid/mount/network namespaces than the agent (a container).
+    #[serde(default)]
+    pub container: bool,
     /// The last injection's report (mode, stop time in µs, confirmation).
     pub last_injection: Option<serde_json::Value>,
 }
@@ -199,7 +202,6 @@ struct Core {
     intake: Arc<Intake>,
     peers: PeerRegistry,
     directory: ProcessDirectory,
-    bootstrap: String,
     procs: HashMap<u32, Tracked>,
     detached_services: HashSet<String>,
     detached_pids: HashSet<(u32, u64)>,
@@ -214,13 +216,12 @@ pub fn start(
     sensors: Arc<SensorRegistry>,
     intake: Arc<Intake>,
     directory: ProcessDirectory,
-    mut events: mpsc::Receiver<ProcessEvent>,
+    mut events: mpsc::Receiver<DiscoveryEvent>,
 ) -> Orchestrator {
     let (control_tx, mut control_rx) = mpsc::channel(64);
     let (done_tx, mut done_rx) = mpsc::channel(256);
     let mut core = Core {
         permits: Arc::new(Semaphore::new(cfg.max_concurrent_injections.max(1))),
-        bootstrap: intake.bootstrap_code(),
         peers: intake.registry().clone(),
         cfg,
         sensors,
@@ -254,10 +255,13 @@ pub fn start(
 }
 
 impl Core {
-    fn on_event(&mut self, ev: ProcessEvent) {
+    fn on_event(&mut self, ev: DiscoveryEvent) {
         match ev {
-            ProcessEvent::Appeared(info) | ProcessEvent::Changed(info) => self.consider(info),
-            ProcessEvent::Exited { pid, start_time } => {
+            DiscoveryEvent::Appeared(info) | DiscoveryEvent::Changed(info) => self.consider(info),
+            DiscoveryEvent::InitialScanDone => {
+                tracing::info!(python_processes = self.procs.len(), "initial scan done")
+            }
+            DiscoveryEvent::Exited { pid, start_time } => {
                 if self
                     .procs
                     .get(&pid)
@@ -438,7 +442,7 @@ impl Core {
         t.injected = true;
         self.peers.allow(pid);
         let start_time = t.info.start_time;
-        let code = self.bootstrap.clone();
+        let intake = self.intake.clone();
         let opts = InjectOptions {
             timeout: self.cfg.inject_timeout,
             wait_for_pending: true,
@@ -450,9 +454,15 @@ impl Core {
             let Ok(_permit) = permits.acquire_owned().await else {
                 return;
             };
-            let result = tokio::task::spawn_blocking(move || inject::inject(pid, &code, &opts))
-                .await
-                .unwrap_or_else(|e| Err(InjectError::Unsupported(format!("injector task: {e}"))));
+            // A process in another network namespace (a container) gets a listener inside it.
+            let result = tokio::task::spawn_blocking(move || {
+                let code = intake.bootstrap_code_for(pid).map_err(|e| {
+                    InjectError::Unsupported(format!("intake for this process: {e}"))
+                })?;
+                inject::inject(pid, &code, &opts)
+            })
+            .await
+            .unwrap_or_else(|e| Err(InjectError::Unsupported(format!("injector task: {e}"))));
             let _ = done
                 .send(Done {
                     pid,
@@ -617,6 +627,7 @@ impl Core {
                     connected: connected.contains(pid),
                     since_unix_ms: state::unix_ms(t.since),
                     cmdline: t.info.cmdline.join(" "),
+                    container: t.info.namespaces.is_foreign(),
                     last_injection: t
                         .last_injection
                         .as_ref()
