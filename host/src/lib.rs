@@ -9,3 +9,4 @@ pub mod intake;
 pub mod pipeline;
 pub mod sensors;
 pub mod span;
+pub mod store;

@@ -1,4 +1,7 @@
 //! The agent's HTTP API (and, later, its web UI). Read-only views of the other stages.
+pub mod store_routes;
+pub mod ui;
+
 use std::sync::Arc;
 
 use axum::extract::State;
