@@ -13,3 +13,4 @@ pub mod orchestrate;
 pub mod pipeline;
 pub mod sensors;
 pub mod span;
+pub mod store;

@@ -2,6 +2,8 @@
 //! `POST /api/v1/detach`. Handlers only read shared state or ask the orchestrator; no sensor code
 //! and no injection runs on an API thread.
 mod metrics;
+pub mod store_routes;
+pub mod ui;
 
 use std::sync::Arc;
 

@@ -1,0 +1,592 @@
+//! Read queries for the API and UI, each on a read-only connection. Aggregates come from the
+//! per-minute rollups (histograms merged here); trace lists come from the entry-span indexes or the
+//! trace summaries, never from a scan of all spans.
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use rusqlite::{params_from_iter, types::Value, Connection, OptionalExtension};
+use serde::Serialize;
+
+use super::encode::{self, STATUS_ERROR};
+use super::histogram::Histogram;
+use super::writer::trace_key;
+use super::StoreError;
+use crate::span::{Attribute, Event, SpanKind, StatusCode};
+
+/// `[from_ms, to_ms)`, unix milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TimeRange {
+    pub from_ms: i64,
+    pub to_ms: i64,
+}
+
+impl TimeRange {
+    fn minutes(&self) -> (i64, i64) {
+        (
+            self.from_ms.div_euclid(60_000),
+            (self.to_ms - 1).div_euclid(60_000),
+        )
+    }
+
+    fn length_minutes(&self) -> f64 {
+        ((self.to_ms - self.from_ms) as f64 / 60_000.0).max(1.0 / 60.0)
+    }
+
+    fn ns(&self) -> (i64, i64) {
+        (
+            self.from_ms.saturating_mul(1_000_000),
+            self.to_ms.saturating_mul(1_000_000),
+        )
+    }
+}
+
+/// Counts and latency over a time range (requests for services and endpoints, calls for edges).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct RequestStats {
+    pub count: u64,
+    pub errors: u64,
+    pub rate_per_min: f64,
+    /// errors / count, 0..=1.
+    pub error_rate: f64,
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+    pub p99_ms: f64,
+}
+
+#[derive(Default)]
+struct Agg {
+    count: u64,
+    errors: u64,
+    histogram: Histogram,
+}
+
+impl Agg {
+    fn add(&mut self, count: i64, errors: i64, histogram: &[u8]) {
+        self.count += count as u64;
+        self.errors += errors as u64;
+        self.histogram.merge_encoded(histogram);
+    }
+
+    fn stats(&self, range: &TimeRange) -> RequestStats {
+        RequestStats {
+            count: self.count,
+            errors: self.errors,
+            rate_per_min: self.count as f64 / range.length_minutes(),
+            error_rate: if self.count == 0 {
+                0.0
+            } else {
+                self.errors as f64 / self.count as f64
+            },
+            p50_ms: self.histogram.quantile_ms(0.50),
+            p95_ms: self.histogram.quantile_ms(0.95),
+            p99_ms: self.histogram.quantile_ms(0.99),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ServiceSummary {
+    pub name: String,
+    /// `service` (traced) or `database` (a system traced services call).
+    pub kind: String,
+    pub technology: String,
+    pub first_seen_ms: i64,
+    pub last_seen_ms: i64,
+    pub pids: Vec<u32>,
+    /// Entry spans handled (for a database: calls received).
+    #[serde(flatten)]
+    pub stats: RequestStats,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EdgeSummary {
+    pub caller: String,
+    pub callee: String,
+    pub callee_kind: String,
+    #[serde(flatten)]
+    pub stats: RequestStats,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EndpointSummary {
+    pub service: String,
+    pub endpoint: String,
+    #[serde(flatten)]
+    pub stats: RequestStats,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StatusFilter {
+    Ok,
+    Error,
+}
+
+/// A trace search. With `service` or `endpoint`, it finds requests that service/endpoint handled
+/// (entry spans) and `status`/`min_duration` apply to that request; without, they apply to the
+/// whole trace.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TraceQuery {
+    pub service: Option<String>,
+    pub endpoint: Option<String>,
+    pub status: Option<StatusFilter>,
+    pub min_duration: Option<Duration>,
+    pub from_ms: Option<i64>,
+    pub to_ms: Option<i64>,
+    /// 1..=1000; 0 means the default (50).
+    pub limit: usize,
+}
+
+pub const DEFAULT_TRACE_LIMIT: usize = 50;
+pub const MAX_TRACE_LIMIT: usize = 1000;
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TraceSummary {
+    pub trace_id: String,
+    pub root_service: String,
+    pub root_name: String,
+    pub start_ms: f64,
+    pub duration_ms: f64,
+    pub span_count: u64,
+    pub error: bool,
+    pub services: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StoredSpan {
+    pub span_id: String,
+    pub parent_span_id: Option<String>,
+    pub service: String,
+    pub pid: u32,
+    pub name: String,
+    pub kind: SpanKind,
+    pub status: StatusCode,
+    pub status_message: String,
+    pub endpoint: Option<String>,
+    pub start_ms: f64,
+    pub duration_ms: f64,
+    /// Duration not covered by child spans.
+    pub self_ms: f64,
+    /// 0 for spans whose parent is not in the trace.
+    pub depth: u32,
+    pub attributes: Vec<Attribute>,
+    pub events: Vec<Event>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CulpritReason {
+    /// The deepest span that failed.
+    Error,
+    /// No span failed: the one with the most time of its own.
+    SelfTime,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Culprit {
+    pub span_id: String,
+    pub reason: CulpritReason,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TraceDetail {
+    pub trace_id: String,
+    pub start_ms: f64,
+    pub duration_ms: f64,
+    pub services: Vec<String>,
+    /// Ordered by start time.
+    pub spans: Vec<StoredSpan>,
+    pub culprit: Option<Culprit>,
+}
+
+struct ServiceRow {
+    name: String,
+    kind: String,
+    technology: String,
+    first_seen_ns: i64,
+    last_seen_ns: i64,
+    pids: String,
+}
+
+fn service_rows(conn: &Connection) -> rusqlite::Result<HashMap<i64, ServiceRow>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT id, name, kind, technology, first_seen_ns, last_seen_ns, pids FROM services",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            ServiceRow {
+                name: r.get(1)?,
+                kind: r.get(2)?,
+                technology: r.get(3)?,
+                first_seen_ns: r.get(4)?,
+                last_seen_ns: r.get(5)?,
+                pids: r.get(6)?,
+            },
+        ))
+    })?;
+    rows.collect()
+}
+
+fn service_names(conn: &Connection) -> rusqlite::Result<HashMap<i64, String>> {
+    Ok(service_rows(conn)?
+        .into_iter()
+        .map(|(id, s)| (id, s.name))
+        .collect())
+}
+
+/// Sums a rollup table over a range, grouped by `group(a, b)`.
+fn aggregate<K: std::hash::Hash + Eq>(
+    conn: &Connection,
+    table: &str,
+    range: &TimeRange,
+    mut group: impl FnMut(i64, i64) -> Option<K>,
+) -> rusqlite::Result<HashMap<K, Agg>> {
+    let cols = match table {
+        "edge_minutes" => "caller_id, callee_id",
+        _ => "service_id, endpoint_id",
+    };
+    let (from, to) = range.minutes();
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {cols}, count, errors, histogram FROM {table} WHERE minute BETWEEN ?1 AND ?2"
+    ))?;
+    let mut rows = stmt.query([from, to])?;
+    let mut out: HashMap<K, Agg> = HashMap::new();
+    while let Some(r) = rows.next()? {
+        let Some(key) = group(r.get(0)?, r.get(1)?) else {
+            continue;
+        };
+        let hist = r.get_ref(4)?.as_blob().unwrap_or_default();
+        out.entry(key).or_default().add(r.get(2)?, r.get(3)?, hist);
+    }
+    Ok(out)
+}
+
+pub fn services(conn: &Connection, range: &TimeRange) -> Result<Vec<ServiceSummary>, StoreError> {
+    let rows = service_rows(conn)?;
+    let mut by_service = aggregate(conn, "endpoint_minutes", range, |s, _| Some(s))?;
+    let databases: HashSet<i64> = rows
+        .iter()
+        .filter(|(_, s)| s.kind != "service")
+        .map(|(id, _)| *id)
+        .collect();
+    let into_db = aggregate(conn, "edge_minutes", range, |_, callee| {
+        databases.contains(&callee).then_some(callee)
+    })?;
+    by_service.extend(into_db);
+    let (from_ns, _) = range.ns();
+    let mut out: Vec<ServiceSummary> = rows
+        .into_iter()
+        .filter(|(id, s)| by_service.contains_key(id) || s.last_seen_ns >= from_ns)
+        .map(|(id, s)| ServiceSummary {
+            stats: by_service
+                .get(&id)
+                .map(|a| a.stats(range))
+                .unwrap_or_default(),
+            name: s.name,
+            kind: s.kind,
+            technology: s.technology,
+            first_seen_ms: s.first_seen_ns / 1_000_000,
+            last_seen_ms: s.last_seen_ns / 1_000_000,
+            pids: serde_json::from_str(&s.pids).unwrap_or_default(),
+        })
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+pub fn edges(conn: &Connection, range: &TimeRange) -> Result<Vec<EdgeSummary>, StoreError> {
+    let rows = service_rows(conn)?;
+    let aggs = aggregate(conn, "edge_minutes", range, |a, b| Some((a, b)))?;
+    let name = |id: i64| rows.get(&id).map(|s| s.name.clone()).unwrap_or_default();
+    let mut out: Vec<EdgeSummary> = aggs
+        .iter()
+        .map(|((caller, callee), agg)| EdgeSummary {
+            caller: name(*caller),
+            callee: name(*callee),
+            callee_kind: rows.get(callee).map(|s| s.kind.clone()).unwrap_or_default(),
+            stats: agg.stats(range),
+        })
+        .collect();
+    out.sort_by(|a, b| (&a.caller, &a.callee).cmp(&(&b.caller, &b.callee)));
+    Ok(out)
+}
+
+pub fn endpoints(
+    conn: &Connection,
+    range: &TimeRange,
+    service: Option<&str>,
+) -> Result<Vec<EndpointSummary>, StoreError> {
+    let services = service_names(conn)?;
+    let wanted = match service {
+        Some(name) => match services.iter().find(|(_, n)| n.as_str() == name) {
+            Some((id, _)) => Some(*id),
+            None => return Ok(Vec::new()),
+        },
+        None => None,
+    };
+    let aggs = aggregate(conn, "endpoint_minutes", range, |s, e| {
+        wanted.is_none_or(|w| w == s).then_some((s, e))
+    })?;
+    let mut names = conn.prepare_cached("SELECT name FROM endpoints WHERE id = ?1")?;
+    let mut out = Vec::with_capacity(aggs.len());
+    for ((s, e), agg) in &aggs {
+        let endpoint: String = names
+            .query_row([e], |r| r.get(0))
+            .optional()?
+            .unwrap_or_default();
+        out.push(EndpointSummary {
+            service: services.get(s).cloned().unwrap_or_default(),
+            endpoint,
+            stats: agg.stats(range),
+        });
+    }
+    out.sort_by(|a, b| {
+        b.stats
+            .count
+            .cmp(&a.stats.count)
+            .then_with(|| (&a.service, &a.endpoint).cmp(&(&b.service, &b.endpoint)))
+    });
+    Ok(out)
+}
+
+fn ms(ns: i64) -> f64 {
+    ns as f64 / 1e6
+}
+
+/// Trace ids, newest first, matching the query.
+fn matching_trace_ids(
+    conn: &Connection,
+    q: &TraceQuery,
+    limit: usize,
+) -> rusqlite::Result<Vec<Vec<u8>>> {
+    let from = q.from_ms.unwrap_or(0).saturating_mul(1_000_000);
+    let to = q
+        .to_ms
+        .unwrap_or(i64::MAX / 1_000_000)
+        .saturating_mul(1_000_000);
+    let min_ns = q
+        .min_duration
+        .map(|d| d.as_nanos().min(i64::MAX as u128) as i64);
+    let mut args: Vec<Value> = vec![from.into(), to.into()];
+    let mut sql;
+    if q.service.is_some() || q.endpoint.is_some() {
+        // Status literals (not parameters) so the planner can match the partial index.
+        let mut ids = String::new();
+        if let Some(service) = &q.service {
+            let id: Option<i64> = conn
+                .query_row("SELECT id FROM services WHERE name = ?1", [service], |r| {
+                    r.get(0)
+                })
+                .optional()?;
+            let Some(id) = id else { return Ok(Vec::new()) };
+            args.push(id.into());
+            ids.push_str(" AND service_id = ?3");
+        }
+        if let Some(endpoint) = &q.endpoint {
+            let mut stmt = conn.prepare_cached(
+                "SELECT id FROM endpoints WHERE name = ?1
+                 AND (?2 IS NULL OR service_id = (SELECT id FROM services WHERE name = ?2))",
+            )?;
+            let eps: Vec<i64> = stmt
+                .query_map(rusqlite::params![endpoint, q.service], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            if eps.is_empty() {
+                return Ok(Vec::new());
+            }
+            let list: Vec<String> = eps.iter().map(|e| e.to_string()).collect();
+            ids.push_str(&format!(" AND endpoint_id IN ({})", list.join(",")));
+        }
+        let index = if q.endpoint.is_some() {
+            "entries_by_endpoint"
+        } else {
+            "entries_by_service"
+        };
+        sql = format!(
+            "SELECT trace_id FROM spans INDEXED BY {index}
+             WHERE endpoint_id IS NOT NULL AND start_ns >= ?1 AND start_ns < ?2{ids}"
+        );
+        match q.status {
+            Some(StatusFilter::Error) => sql.push_str(&format!(" AND status = {STATUS_ERROR}")),
+            Some(StatusFilter::Ok) => sql.push_str(&format!(" AND status != {STATUS_ERROR}")),
+            None => {}
+        }
+        if let Some(min) = min_ns {
+            args.push(min.into());
+            sql.push_str(&format!(" AND duration_ns >= ?{}", args.len()));
+        }
+        sql.push_str(" ORDER BY start_ns DESC");
+    } else {
+        sql = "SELECT trace_id FROM traces WHERE start_ns >= ?1 AND start_ns < ?2".to_string();
+        match q.status {
+            Some(StatusFilter::Error) => sql.push_str(" AND error = 1"),
+            Some(StatusFilter::Ok) => sql.push_str(" AND error = 0"),
+            None => {}
+        }
+        if let Some(min) = min_ns {
+            args.push(min.into());
+            sql.push_str(&format!(" AND end_ns - start_ns >= ?{}", args.len()));
+        }
+        sql.push_str(" ORDER BY start_ns DESC");
+    }
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut rows = stmt.query(params_from_iter(args))?;
+    let mut seen = HashSet::new();
+    let mut out = Vec::new();
+    // Rows come lazily: stop as soon as there are enough distinct traces.
+    while let Some(r) = rows.next()? {
+        let id: Vec<u8> = r.get(0)?;
+        if seen.insert(id.clone()) {
+            out.push(id);
+            if out.len() >= limit {
+                break;
+            }
+        }
+    }
+    Ok(out)
+}
+
+pub fn traces(conn: &Connection, q: &TraceQuery) -> Result<Vec<TraceSummary>, StoreError> {
+    let limit = match q.limit {
+        0 => DEFAULT_TRACE_LIMIT,
+        n => n.min(MAX_TRACE_LIMIT),
+    };
+    let services = service_names(conn)?;
+    let ids = matching_trace_ids(conn, q, limit)?;
+    let mut summary = conn.prepare_cached(
+        "SELECT start_ns, end_ns, root_service_id, root_name, span_count, error
+         FROM traces WHERE trace_id = ?1",
+    )?;
+    let mut involved =
+        conn.prepare_cached("SELECT DISTINCT service_id FROM spans WHERE trace_id = ?1")?;
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        let row = summary
+            .query_row([&id], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get::<_, i64>(4)?,
+                    r.get::<_, bool>(5)?,
+                ))
+            })
+            .optional()?;
+        // A trace whose summary retention already removed is skipped.
+        let Some((start, end, root_service, root_name, count, error)) = row else {
+            continue;
+        };
+        let mut names: Vec<String> = involved
+            .query_map([&id], |r| r.get::<_, i64>(0))?
+            .filter_map(|s| s.ok().and_then(|s| services.get(&s).cloned()))
+            .collect();
+        names.sort();
+        let trace_id = <[u8; 16]>::try_from(id.as_slice())
+            .map(|b| encode::trace_id_hex(u128::from_be_bytes(b)))
+            .unwrap_or_default();
+        out.push(TraceSummary {
+            trace_id,
+            root_service: services.get(&root_service).cloned().unwrap_or_default(),
+            root_name,
+            start_ms: ms(start),
+            duration_ms: ms(end - start),
+            span_count: count as u64,
+            error,
+            services: names,
+        });
+    }
+    Ok(out)
+}
+
+/// All spans of one trace, or `None` when the store has none.
+pub fn trace(conn: &Connection, trace_id: u128) -> Result<Option<TraceDetail>, StoreError> {
+    let services = service_names(conn)?;
+    let mut stmt = conn.prepare_cached(
+        "SELECT s.span_id, s.parent_id, s.service_id, s.name, s.kind, s.status, s.start_ns,
+                s.duration_ns, s.detail, e.name
+         FROM spans s LEFT JOIN endpoints e ON e.id = s.endpoint_id
+         WHERE s.trace_id = ?1",
+    )?;
+    let mut spans = Vec::new();
+    let mut raw = Vec::new();
+    let mut rows = stmt.query([&trace_key(trace_id)[..]])?;
+    while let Some(r) = rows.next()? {
+        let span_id = r.get::<_, i64>(0)? as u64;
+        let parent = r.get::<_, Option<i64>>(1)?.map(|p| p as u64);
+        let start: i64 = r.get(6)?;
+        let duration: i64 = r.get(7)?;
+        let detail = encode::decode_detail(r.get_ref(8)?.as_blob().unwrap_or_default());
+        raw.push((span_id, parent, start, start + duration));
+        spans.push(StoredSpan {
+            span_id: encode::span_id_hex(span_id),
+            parent_span_id: parent.map(encode::span_id_hex),
+            service: services.get(&r.get(2)?).cloned().unwrap_or_default(),
+            pid: detail.pid,
+            name: r.get(3)?,
+            kind: encode::kind_from_code(r.get(4)?),
+            status: encode::status_from_code(r.get(5)?),
+            status_message: detail.status_message,
+            endpoint: r.get(9)?,
+            start_ms: ms(start),
+            duration_ms: ms(duration),
+            self_ms: 0.0,
+            depth: 0,
+            attributes: detail.attributes,
+            events: detail.events,
+        });
+    }
+    if spans.is_empty() {
+        return Ok(None);
+    }
+    let shape = super::tree::shape(&raw);
+    for (span, (depth, self_ns)) in spans.iter_mut().zip(&shape) {
+        span.depth = *depth;
+        span.self_ms = *self_ns as f64 / 1e6;
+    }
+    let culprit = culprit(&spans);
+    let start = raw.iter().map(|r| r.2).min().unwrap_or(0);
+    let end = raw.iter().map(|r| r.3).max().unwrap_or(0);
+    let mut names: Vec<String> = spans.iter().map(|s| s.service.clone()).collect();
+    names.sort();
+    names.dedup();
+    spans.sort_by(|a, b| {
+        a.start_ms
+            .total_cmp(&b.start_ms)
+            .then(a.depth.cmp(&b.depth))
+    });
+    Ok(Some(TraceDetail {
+        trace_id: encode::trace_id_hex(trace_id),
+        start_ms: ms(start),
+        duration_ms: ms(end - start),
+        services: names,
+        spans,
+        culprit,
+    }))
+}
+
+/// The deepest failing span (the error's origin, not every ancestor it propagated through), else
+/// the span with the most time of its own.
+fn culprit(spans: &[StoredSpan]) -> Option<Culprit> {
+    let failing = spans
+        .iter()
+        .filter(|s| s.status == StatusCode::Error)
+        .max_by(|a, b| {
+            a.depth
+                .cmp(&b.depth)
+                .then(b.start_ms.total_cmp(&a.start_ms))
+        });
+    if let Some(s) = failing {
+        return Some(Culprit {
+            span_id: s.span_id.clone(),
+            reason: CulpritReason::Error,
+        });
+    }
+    spans
+        .iter()
+        .max_by(|a, b| a.self_ms.total_cmp(&b.self_ms))
+        .map(|s| Culprit {
+            span_id: s.span_id.clone(),
+            reason: CulpritReason::SelfTime,
+        })
+}
