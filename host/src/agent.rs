@@ -14,6 +14,7 @@ use crate::intake::{Intake, IntakeAddress, IntakeConfig, PeerRegistry};
 use crate::orchestrate::{self, OrchestratorConfig, ProcessDirectory};
 use crate::pipeline::{Pipeline, Sink};
 use crate::sensors::{watch_dir, QuarantinePolicy, SandboxEngine, SandboxLimits, SensorRegistry};
+use crate::store::{Store, StoreConfig};
 
 pub fn run(cfg: AgentConfig) -> Result<()> {
     std::fs::create_dir_all(&cfg.state_dir)
@@ -74,7 +75,18 @@ async fn serve(cfg: AgentConfig, registry: Arc<SensorRegistry>) -> Result<()> {
     let intake =
         Arc::new(Intake::start(intake_cfg, PeerRegistry::new()).context("starting the intake")?);
     let directory = ProcessDirectory::default();
-    let mut sinks: Vec<Arc<dyn Sink>> = Vec::new();
+    let store = Arc::new(
+        Store::open(
+            &cfg.state_dir,
+            StoreConfig {
+                retention_age: cfg.retention,
+                retention_bytes: cfg.max_store_bytes,
+                ..StoreConfig::default()
+            },
+        )
+        .context("opening the store")?,
+    );
+    let mut sinks: Vec<Arc<dyn Sink>> = vec![Arc::new(store.sink())];
     let otlp = match &cfg.otlp_endpoint {
         Some(endpoint) => {
             let mut c = OtlpConfig::new(endpoint.clone());
@@ -131,13 +143,17 @@ async fn serve(cfg: AgentConfig, registry: Arc<SensorRegistry>) -> Result<()> {
             sinks,
         }),
     };
-    axum::serve(listener, api::router(state))
+    let app = api::router(state)
+        .merge(api::store_routes::router(store.clone()))
+        .merge(api::ui::ui_router());
+    axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await
         .context("serving the API")?;
     let p = pipeline.clone();
     tokio::task::spawn_blocking(move || {
         p.stop();
+        store.close();
         if let Some(e) = otlp {
             let st = e.shutdown(std::time::Duration::from_secs(5));
             tracing::info!(
