@@ -9,7 +9,7 @@ cache=${ZEROSTEP_TEST_CACHE:-/var/cache/zerostep-test}
 work=$(mktemp -d /tmp/zerostep-demo.XXXXXX)
 chmod 755 "$work"
 venv="$cache/venvs/demo"
-want="gunicorn==23.0.0 flask==3.1.1 requests==2.32.4 pyuwsgi==2.0.31"
+want="gunicorn==23.0.0 flask==3.1.1 requests==2.32.4 pyuwsgi==2.0.30.post1"
 if [ "$(cat "$venv/.zerostep-stamp" 2>/dev/null)" != "$want" ]; then
   echo "demo: creating $venv (Debian python3.11): $want"
   rm -rf "$venv"

@@ -35,13 +35,27 @@ const GEVENT: Opt = Opt::long(&["--gevent"]);
 /// uWSGI's own routers and the emperor, which run no application).
 pub fn match_process(p: &ProcessView<'_>) -> Option<ProcessMatch> {
     match launch(p.cmdline) {
-        // `python uwsgi.py` is someone's script, not uWSGI.
         Some(l) if l.program == TECHNOLOGY && !l.by_interpreter => {
             from_options(p, l.args, TECHNOLOGY)
         }
         Some(l) if l.program == "pyuwsgi" => from_options(p, l.args, "pyuwsgi"),
+        // The pyuwsgi wheel installs its console script under both names, so an interpreter
+        // running `…/bin/uwsgi` (`/venv/bin/python /venv/bin/uwsgi`) is pyuwsgi; the C `uwsgi`
+        // is an ELF executable no interpreter runs. A `uwsgi` script elsewhere is someone's own.
+        Some(l) if l.program == TECHNOLOGY && is_console_script(p.cmdline, l.args) => {
+            from_options(p, l.args, "pyuwsgi")
+        }
         _ => from_process_title(p),
     }
+}
+
+/// The script the interpreter runs sits in a `bin/` directory (an installed console script).
+fn is_console_script(cmdline: &[String], args: &[String]) -> bool {
+    let argv = trimmed(cmdline);
+    let script_at = argv.len().checked_sub(args.len() + 1);
+    script_at
+        .and_then(|i| argv.get(i))
+        .is_some_and(|s| s.ends_with("/bin/uwsgi"))
 }
 
 fn from_options(
@@ -287,6 +301,10 @@ mod tests {
         ]);
         let m = run_with(match_process, "/usr/bin/python3.10", &["/v/bin/python", "/v/bin/pyuwsgi", "-w", "a"], &["bash"], "/");
         check_settings(&m.expect("pyuwsgi"), &[("launcher", "pyuwsgi"), ("enable-threads", "false")]);
+        let m = run_with(match_process, "/usr/bin/python3.11", &["/v/bin/python", "/v/bin/uwsgi", "--wsgi-file", "app.py"], &["bash"], "/srv/inventory");
+        check_settings(&m.expect("pyuwsgi's `uwsgi` script"), &[("launcher", "pyuwsgi")]);
+        let m = run_with(match_process, "/usr/bin/python3.11", &["python", "uwsgi.py"], &["bash"], "/srv/x");
+        assert!(m.is_none(), "a script named uwsgi.py is not uWSGI");
         let m = run(&["uwsgi", "--ini", "a.ini", "--gevent", "100"], &["bash"]).expect("m");
         check_settings(&m, &[("enable-threads", "unknown"), ("concurrency", "gevent")]);
     }
