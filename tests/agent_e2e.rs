@@ -459,3 +459,84 @@ fn services_started_before_the_agent_are_traced_end_to_end() {
     assert_eq!(server_pids(a.pid(), 2), a_pids);
     drop((agent, a, b, c));
 }
+
+/// A gunicorn in its own pid, mount and network namespaces (as a container runtime makes them,
+/// here with `unshare`), with a private /tmp: the agent discovers it, injects it, its tracer
+/// reaches the intake through a socket made inside that network namespace, and its requests
+/// become traces; nothing is written into the container.
+#[test]
+fn a_service_in_a_container_is_traced() {
+    // Not under /tmp: the container gets its own, empty /tmp.
+    let root = tempfile::Builder::new()
+        .prefix("zs-e2e-ctr-")
+        .tempdir_in(repo_root().join("target"))
+        .expect("tempdir");
+    let app = app_dir(root.path(), "billing");
+    let port = free_port();
+    let mut cmd = Command::new("unshare");
+    cmd.args([
+        "--pid",
+        "--fork",
+        "--mount",
+        "--mount-proc",
+        "--net",
+        "sh",
+        "-c",
+        "ip link set lo up && mount -t tmpfs zs-container-tmp /tmp && exec \"$0\" \"$@\"",
+    ])
+    .arg(venv_bin("e2e", "gunicorn"))
+    .args(["-w", "2", "-b", &format!("127.0.0.1:{port}"), "app:app"])
+    .current_dir(&app)
+    .env_clear()
+    .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+    .env("PYTHONDONTWRITEBYTECODE", "1");
+    let log = root.path().join("container.log");
+    let out = std::fs::File::create(&log).expect("log");
+    cmd.stdout(out.try_clone().expect("dup")).stderr(out);
+    let container = Proc::spawn("gunicorn in a container", &mut cmd);
+    let agent = Agent::start(root.path());
+
+    let mut pids = Vec::new();
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            pids = agent
+                .processes()
+                .iter()
+                .filter(|p| p["service"] == "billing" && p["container"] == true)
+                .filter_map(|p| p["pid"].as_u64().map(|p| p as u32))
+                .collect();
+            pids.len() == 3 && agent.all_traced(&pids)
+        }),
+        "container processes: {:?} {pids:?}\n{}\n{}",
+        agent.state_of(&pids),
+        agent.log(),
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let netns = format!("--net=/proc/{}/ns/net", pids[0]);
+    let url = format!("http://127.0.0.1:{port}/invoices/42");
+    assert!(
+        wait_until(Duration::from_secs(10), || Command::new("nsenter")
+            .args([netns.as_str(), "curl", "-sf", "-m", "5", url.as_str()])
+            .output()
+            .is_ok_and(|o| o.status.success())),
+        "the server answers inside its network namespace"
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || agent
+            .traces("service=billing")
+            .iter()
+            .any(|t| t["root_name"]
+                .as_str()
+                .unwrap_or("")
+                .contains("/invoices/"))),
+        "no trace from the container: {:?}",
+        agent.traces("")
+    );
+    let tmp: Vec<_> = std::fs::read_dir(format!("/proc/{}/root/tmp", pids[0]))
+        .expect("container /tmp")
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(tmp.is_empty(), "written into the container: {tmp:?}");
+    drop((agent, container));
+}
