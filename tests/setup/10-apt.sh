@@ -5,6 +5,7 @@ PACKAGES=(
   python3.11 python3.11-dev python3.11-venv libpython3.11-dev gcc make
   gdb  # the injector benchmark compares against gdb-based injection
   redis-server postgresql
+  iproute2 curl util-linux  # containers (unshare, nsenter, ip), services as another user (setpriv)
 )
 missing=()
 for p in "${PACKAGES[@]}"; do
