@@ -425,6 +425,26 @@ fn services_started_before_the_agent_are_traced_end_to_end() {
     );
     // Printed, not asserted (timings are not pass/fail here); the goal is 2 s.
     eprintln!("C traced {:?} after its start", c_started.elapsed());
+    // A worker that crashes is respawned by the master and traced again (inherited at fork).
+    unsafe {
+        libc::kill(c_pids[1] as i32, libc::SIGKILL);
+    }
+    let mut respawned = Vec::new();
+    assert!(
+        wait_until(Duration::from_secs(15), || {
+            respawned = children(c.pid());
+            respawned.len() == 2 && !respawned.contains(&c_pids[1]) && agent.all_traced(&respawned)
+        }),
+        "respawned worker not traced: {:?}",
+        agent.state_of(&respawned)
+    );
+    let via: Vec<String> = agent
+        .processes()
+        .iter()
+        .filter(|p| respawned.contains(&(p["pid"].as_u64().unwrap_or(0) as u32)))
+        .map(|p| p["via"].to_string())
+        .collect();
+    eprintln!("C's workers after a crash: {respawned:?} via {via:?}");
     assert_eq!(http_get(c_port, "/invoices/7").expect("GET C").0, 200);
     assert!(
         wait_until(Duration::from_secs(5), || !agent
