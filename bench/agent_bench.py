@@ -166,11 +166,12 @@ def main():
         for i in range(int(os.environ.get("BENCH_EXEC_RUNS", "5"))):
             app_dir = os.path.join(work3, "hello%d" % i)
             os.makedirs(app_dir)
-            with open(os.path.join(app_dir, "hello.py"), "w") as f:
+            # A module name of its own, so the sensor names this service hello<i>.
+            with open(os.path.join(app_dir, "hello%d.py" % i), "w") as f:
                 f.write("def application(e, s):\n    s('200 OK', [])\n    return [b'hi']\n")
             gport = free_port()
             t0 = time.time()
-            g = spawn([GUNICORN, "-w", "2", "-b", "127.0.0.1:%d" % gport, "hello:application"],
+            g = spawn([GUNICORN, "-w", "2", "-b", "127.0.0.1:%d" % gport, "hello%d:application" % i],
                       open(os.path.join(work3, "hello.log"), "a"), cwd=app_dir)
             svc = "hello%d" % i
             first = None

@@ -21,6 +21,16 @@ use support::*;
 
 const USER: &str = "65534"; // nobody
 
+/// Each agent is scoped to this test process's descendants, so two agents at once would both
+/// see both tests' services: the tests here take turns.
+static ONE_AGENT_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_agent_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    ONE_AGENT_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 struct Agent {
     _proc: Proc,
     port: u16,
@@ -249,6 +259,7 @@ fn id_of(v: &Value) -> String {
 
 #[test]
 fn services_started_before_the_agent_are_traced_end_to_end() {
+    let _turn = one_agent_at_a_time();
     let root = tempfile::Builder::new()
         .prefix("zs-e2e-")
         .tempdir()
@@ -486,6 +497,7 @@ fn services_started_before_the_agent_are_traced_end_to_end() {
 /// become traces; nothing is written into the container.
 #[test]
 fn a_service_in_a_container_is_traced() {
+    let _turn = one_agent_at_a_time();
     // Not under /tmp: the container gets its own, empty /tmp.
     let root = tempfile::Builder::new()
         .prefix("zs-e2e-ctr-")

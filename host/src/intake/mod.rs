@@ -149,6 +149,9 @@ struct Shared {
     /// Extra listeners inside containers' network namespaces.
     netns: Mutex<netns::NsListeners>,
     runtime: tokio::runtime::Handle,
+    /// Differs per intake, so the injector's run-once marker (a hash of the code) lets a new
+    /// agent run bootstrap a process again (e.g. one detached by the previous run).
+    run_id: String,
 }
 
 /// The running intake. Dropping it stops accepting; connected peers are closed.
@@ -178,6 +181,18 @@ impl Intake {
             next_id: AtomicU64::new(1),
             netns: Mutex::new(netns::NsListeners::default()),
             runtime: tokio::runtime::Handle::current(),
+            run_id: {
+                let mut b = [0u8; 8];
+                // Without randomness, the start time is distinct enough for this purpose.
+                if getrandom::fill(&mut b).is_err() {
+                    b = (SystemTime::now()
+                        .duration_since(SystemTime::UNIX_EPOCH)
+                        .map(|d| d.as_nanos() as u64)
+                        .unwrap_or(0))
+                    .to_le_bytes();
+                }
+                hex::encode(b)
+            },
         });
         let accept_task = tokio::spawn(connection::accept_loop(listener, shared.clone()));
         let prune_task = tokio::spawn(netns::prune_loop(Arc::downgrade(&shared)));
@@ -212,12 +227,14 @@ impl Intake {
         netns::listener_for(&self.shared, target_pid, ns.net)
     }
 
-    /// The bootstrap for injecting `target_pid`, pointing at [`Intake::address_for`] it.
+    /// The bootstrap for injecting `target_pid` with the injector (whose wrapper contains and
+    /// reports exceptions), pointing at [`Intake::address_for`] it.
     pub fn bootstrap_code_for(&self, target_pid: u32) -> Result<String, IntakeError> {
         let address = self.address_for(target_pid)?;
-        Ok(bootstrap_code(
+        Ok(tracer_source::bootstrap_for_injector(
             &address.bootstrap_param(),
             BOOTSTRAP_TIMEOUT_SECS,
+            &self.shared.run_id,
         ))
     }
 

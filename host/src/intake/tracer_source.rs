@@ -53,14 +53,32 @@ const BOOTSTRAP: &str = include_str!("../../python/bootstrap.py");
 /// it defines no name in `__main__` and never makes `PyRun_SimpleString` return -1 (which, from a
 /// pending call, would turn the running request into a 500).
 pub fn bootstrap_code(address: &str, connect_timeout_secs: f64) -> String {
+    format!(
+        "try:\n    {}\nexcept BaseException:\n    pass\n",
+        bootstrap_statement(address, connect_timeout_secs, "")
+    )
+}
+
+/// The same bootstrap for the injector, whose own wrapper already contains every exception and
+/// reports it back (`InjectReport::raised`): without the local `except`, a bootstrap that could
+/// not reach the intake says why instead of failing silently.
+pub fn bootstrap_for_injector(address: &str, connect_timeout_secs: f64, run_id: &str) -> String {
+    format!(
+        "{}\n",
+        bootstrap_statement(address, connect_timeout_secs, run_id)
+    )
+}
+
+fn bootstrap_statement(address: &str, connect_timeout_secs: f64, run_id: &str) -> String {
     let params =
-        serde_json::json!({"address": address, "timeout": connect_timeout_secs}).to_string();
+        serde_json::json!({"address": address, "timeout": connect_timeout_secs, "run": run_id})
+            .to_string();
     // A JSON string literal is also a valid Python string literal.
     let src = Value::String(BOOTSTRAP.to_string()).to_string();
     let params = Value::String(params).to_string();
     format!(
-        "try:\n    exec(compile({src}, '<zerostep-bootstrap>', 'exec'), \
-         {{'PARAMS': __import__('json').loads({params})}})\nexcept BaseException:\n    pass\n"
+        "exec(compile({src}, '<zerostep-bootstrap>', 'exec'), \
+         {{'PARAMS': __import__('json').loads({params})}})"
     )
 }
 

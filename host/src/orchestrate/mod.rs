@@ -390,7 +390,15 @@ impl Core {
 
     fn on_tick(&mut self) {
         let now = Instant::now();
-        let connected: HashSet<u32> = self.intake.peers().iter().map(|p| p.pid).collect();
+        let awaiting = self
+            .procs
+            .values()
+            .any(|t| t.state == State::AwaitingTracer);
+        let connected: HashSet<u32> = if awaiting {
+            self.intake.peers().iter().map(|p| p.pid).collect()
+        } else {
+            HashSet::new()
+        };
         let mut to_inject = Vec::new();
         for (pid, t) in self.procs.iter_mut() {
             if t.state == State::AwaitingTracer && connected.contains(pid) {
@@ -482,6 +490,17 @@ impl Core {
         }
         let retry = self.cfg.retry.clone();
         match done.result {
+            Ok(report) if report.raised.is_some() => {
+                self.stats.injections_failed += 1;
+                let reason = format!(
+                    "the bootstrap ran but failed: {}",
+                    report.raised.as_deref().unwrap_or("")
+                );
+                tracing::warn!(pid = done.pid, %reason, "injection failed");
+                t.failures += 1;
+                t.last_injection = Some(report);
+                schedule_retry(t, &retry, reason);
+            }
             Ok(report) => {
                 self.stats.injections_ok += 1;
                 t.state = State::AwaitingTracer;
