@@ -81,6 +81,8 @@ async fn serve(cfg: AgentConfig, registry: Arc<SensorRegistry>) -> Result<()> {
             StoreConfig {
                 retention_age: cfg.retention,
                 retention_bytes: cfg.max_store_bytes,
+                // ~1 KB a span: bounds the writer's backlog to tens of MB under overload.
+                queue_spans: 50_000,
                 ..StoreConfig::default()
             },
         )

@@ -75,6 +75,8 @@ pub struct IntakeConfig {
     pub max_bytes_per_sec: u64,
     /// Batches waiting for the pipeline before the oldest is dropped.
     pub queue_capacity: usize,
+    /// Spans waiting for the pipeline before the oldest batch is dropped (bounds memory).
+    pub queue_max_spans: usize,
     /// Handed to every tracer at load (see host/python/zerostep/report.py for keys).
     pub tracer_config: serde_json::Value,
 }
@@ -86,6 +88,7 @@ impl IntakeConfig {
             max_frame_bytes: 8 << 20,
             max_bytes_per_sec: 32 << 20,
             queue_capacity: 4096,
+            queue_max_spans: 65_536,
             tracer_config: serde_json::json!({}),
         }
     }
@@ -173,7 +176,7 @@ impl Intake {
         let listener = tokio::net::UnixListener::from_std(std_listener)
             .map_err(|e| IntakeError::Bind(shown, e))?;
         let shared = Arc::new(Shared {
-            queue: SpanQueue::new(config.queue_capacity),
+            queue: SpanQueue::with_span_limit(config.queue_capacity, config.queue_max_spans),
             config,
             registry,
             counters: Counters::default(),

@@ -23,10 +23,18 @@ pub struct SpanBatch {
     pub received_at: SystemTime,
 }
 
+#[derive(Debug, Default)]
+struct Queued {
+    batches: VecDeque<SpanBatch>,
+    /// Spans in `batches`: the bound that matters for memory (a batch holds 1 to 256 spans).
+    spans: usize,
+}
+
 #[derive(Debug)]
 struct Inner {
-    batches: Mutex<VecDeque<SpanBatch>>,
+    batches: Mutex<Queued>,
     capacity: usize,
+    max_spans: usize,
     notify: Notify,
     dropped_batches: AtomicU64,
     dropped_spans: AtomicU64,
@@ -40,10 +48,19 @@ pub struct SpanQueue {
 
 impl SpanQueue {
     pub fn new(capacity: usize) -> Self {
+        Self::with_span_limit(capacity, usize::MAX)
+    }
+
+    /// At most `capacity` batches and `max_spans` spans (one batch is always accepted).
+    pub fn with_span_limit(capacity: usize, max_spans: usize) -> Self {
         Self {
             inner: Arc::new(Inner {
-                batches: Mutex::new(VecDeque::with_capacity(capacity.min(1024))),
+                batches: Mutex::new(Queued {
+                    batches: VecDeque::with_capacity(capacity.min(1024)),
+                    spans: 0,
+                }),
                 capacity: capacity.max(1),
+                max_spans,
                 notify: Notify::new(),
                 dropped_batches: AtomicU64::new(0),
                 dropped_spans: AtomicU64::new(0),
@@ -54,21 +71,29 @@ impl SpanQueue {
     pub fn push(&self, batch: SpanBatch) {
         {
             let mut q = self.inner.batches.lock();
-            while q.len() >= self.inner.capacity {
-                if let Some(old) = q.pop_front() {
-                    self.inner.dropped_batches.fetch_add(1, Ordering::Relaxed);
-                    self.inner
-                        .dropped_spans
-                        .fetch_add(old.spans.len() as u64, Ordering::Relaxed);
-                }
+            while q.batches.len() >= self.inner.capacity
+                || (!q.batches.is_empty() && q.spans + batch.spans.len() > self.inner.max_spans)
+            {
+                let Some(old) = q.batches.pop_front() else {
+                    break;
+                };
+                q.spans -= old.spans.len();
+                self.inner.dropped_batches.fetch_add(1, Ordering::Relaxed);
+                self.inner
+                    .dropped_spans
+                    .fetch_add(old.spans.len() as u64, Ordering::Relaxed);
             }
-            q.push_back(batch);
+            q.spans += batch.spans.len();
+            q.batches.push_back(batch);
         }
         self.inner.notify.notify_one();
     }
 
     pub fn try_pop(&self) -> Option<SpanBatch> {
-        self.inner.batches.lock().pop_front()
+        let mut q = self.inner.batches.lock();
+        let b = q.batches.pop_front()?;
+        q.spans -= b.spans.len();
+        Some(b)
     }
 
     /// Waits for the next batch.
@@ -83,7 +108,12 @@ impl SpanQueue {
     }
 
     pub fn len(&self) -> usize {
-        self.inner.batches.lock().len()
+        self.inner.batches.lock().batches.len()
+    }
+
+    /// Spans waiting now.
+    pub fn spans(&self) -> usize {
+        self.inner.batches.lock().spans
     }
 
     pub fn is_empty(&self) -> bool {
@@ -135,6 +165,20 @@ mod tests {
         assert_eq!(q.try_pop().map(|b| b.pid), Some(2));
         assert_eq!(q.try_pop().map(|b| b.pid), Some(3));
         assert!(q.is_empty());
+    }
+
+    #[test]
+    fn bounds_spans_too() {
+        let q = SpanQueue::with_span_limit(100, 5);
+        q.push(batch(1, 3));
+        q.push(batch(2, 2));
+        q.push(batch(3, 2));
+        assert_eq!(q.dropped(), (1, 3));
+        assert_eq!(q.spans(), 4);
+        // A batch bigger than the bound still gets in, alone.
+        q.push(batch(4, 9));
+        assert_eq!(q.len(), 1);
+        assert_eq!(q.spans(), 9);
     }
 
     #[tokio::test]
