@@ -78,7 +78,7 @@ demo: build sensors
 
 # The binary, the sensors and the systemd unit. `systemctl enable --now zerostep` starts it.
 install: build sensors
-	install -D -m 0755 target/release/zerostep $(DESTDIR)$(PREFIX)/bin/zerostep
+	install -D -s -m 0755 target/release/zerostep $(DESTDIR)$(PREFIX)/bin/zerostep
 	install -d -m 0700 $(DESTDIR)/var/lib/zerostep
 	install -D -m 0644 -t $(DESTDIR)/var/lib/zerostep/sensors $(SENSORS_OUT)/gunicorn.wasm $(SENSORS_OUT)/uwsgi.wasm
 	sed 's|/usr/local/bin/zerostep|$(PREFIX)/bin/zerostep|' deploy/zerostep.service > zerostep.service.tmp
