@@ -409,6 +409,41 @@ fn services_started_before_the_agent_are_traced_end_to_end() {
     }
     assert_eq!(checked, sent.len());
 
+    // The other views: service map, endpoints, metrics, the UI page.
+    let edges = agent.get("/api/v1/edges").unwrap_or_default();
+    assert!(
+        edges.as_array().is_some_and(|e| e
+            .iter()
+            .any(|e| e["caller"] == "frontend" && e["callee"] == "inventory")),
+        "edges: {edges}"
+    );
+    let services = agent
+        .get("/api/v1/services")
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        services.contains("frontend") && services.contains("inventory"),
+        "{services}"
+    );
+    let endpoints = agent
+        .get("/api/v1/endpoints?service=frontend")
+        .unwrap_or_default()
+        .to_string();
+    assert!(endpoints.contains("/orders/<int:order_id>"), "{endpoints}");
+    let metrics = http_get(agent.port, "/metrics").expect("metrics").1;
+    assert!(
+        metrics.contains("zerostep_injections_total{outcome=\"ok\"}")
+            && metrics.contains("zerostep_processes{state=\"traced\"} 6"),
+        "{metrics}"
+    );
+    let page = http_get(agent.port, "/").expect("ui").1;
+    assert!(page.contains("<html"), "{page}");
+    let traces_cli = agent.cli(&["traces", "--service", "frontend"]);
+    assert!(
+        traces_cli.contains("GET /orders/<int:order_id>"),
+        "{traces_cli}"
+    );
+
     // Nothing changed for the services: same pids, no errors, no files.
     assert_eq!(server_pids(a.pid(), 2), a_pids, "A's processes changed");
     assert_eq!(server_pids(b.pid(), 2), b_pids, "B's processes changed");
