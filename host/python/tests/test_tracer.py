@@ -372,6 +372,42 @@ class TracerTest(unittest.TestCase):
         os.close(r)
         os.close(w)
 
+    def test_no_thread_in_a_uwsgi_master(self):
+        # uWSGI forks workers from C with the GIL released and no Python fork hook: a thread of
+        # ours holding the GIL at that instant hangs the new worker. Only workers get one.
+        self.zs.uninstall()
+        fake = type(sys)("uwsgi")
+        fake.opt = {"enable-threads": True}
+        fake.worker_id = lambda: 0
+        sys.modules["uwsgi"] = fake
+        try:
+            exec(bootstrap_code(self.intake.path), {})
+            zs = sys.modules["_zerostep"]
+            rep = zs._state.reporter
+            self.assertIsNone(rep.thread)
+            self.assertFalse([t for t in threading.enumerate() if t.name == "zerostep-reporter"])
+            rep.request_end()
+            self.assertIsNone(rep.thread, "no lazy start either")
+            import warnings
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)  # the fake intake's threads
+                pid = os.fork()
+            if pid == 0:
+                code = 1
+                try:
+                    fake.worker_id = lambda: 1
+                    fake.post_fork_hook()
+                    code = 0 if rep.thread is not None and rep.thread.is_alive() else 2
+                finally:
+                    os._exit(code)
+            _, status = os.waitpid(pid, 0)
+            self.assertEqual(os.WEXITSTATUS(status), 0, "a worker runs its own thread")
+        finally:
+            m = sys.modules.get("_zerostep")
+            if m is not None:
+                m.uninstall()
+            del sys.modules["uwsgi"]
+
     def test_internal_error_falls_back_to_the_app(self):
         srv = self.server()
         wsgi = sys.modules["_zerostep.wsgi"]

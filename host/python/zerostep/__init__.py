@@ -79,6 +79,7 @@ class _State(object):
         for i in self.insts:
             self.try_apply(i)
         self.reporter.start_thread()
+        self.reporter.flush()  # the status now: a process without our thread may not flush again
         try:
             os.register_at_fork(before=_before_fork_hook, after_in_parent=_after_fork_parent_hook,
                                 after_in_child=_after_fork_hook)

@@ -83,6 +83,13 @@ class Gunicorn(patch.Instrumentation):
         self.done = set()
 
 
+def _uwsgi_worker_id(u):
+    try:
+        return int(u.worker_id())
+    except Exception:
+        return 0
+
+
 class Uwsgi(patch.Instrumentation):
     """uWSGI calls the app from C, so there is no Python frame to patch above it: a plain function
     app gets its `__code__` swapped for a trampoline (restored on uninstall); an app object gets its
@@ -139,6 +146,11 @@ class Uwsgi(patch.Instrumentation):
             if not (self._opt(u, "enable-threads") or self._opt(u, "threads")):
                 # uWSGI ≤ 2.0.26 without threads starves background threads: flush per request.
                 self.reporter.threads_ok = False
+            if _uwsgi_worker_id(u) == 0:
+                # The master forks workers from C after releasing the GIL, with no Python fork
+                # hook: had our thread the GIL at that instant, the worker would block forever
+                # in uWSGI's post-fork GIL acquire. Workers start their own after the fork.
+                self.reporter.forbid_thread()
             self.prev_post_fork = getattr(u, "post_fork_hook", None)
             inst = self
 
@@ -158,7 +170,7 @@ class Uwsgi(patch.Instrumentation):
     def on_fork(self):
         from _zerostep import trace
         trace.reseed()
-        self.reporter.flush()  # sees the new pid: reconnects as this worker
+        self.reporter.flush()  # sees the new pid: reconnects as this worker, starts its thread
         self.wrap_apps()
 
     def wrap_apps(self):
