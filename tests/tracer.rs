@@ -14,7 +14,12 @@ use support::*;
 use zerostep::intake::{self, Intake, IntakeAddress, IntakeConfig, PeerRegistry, SpanBatch};
 use zerostep::span::{AttrValue, Span, SpanKind, StatusCode};
 
-const FIXTURES: &[&str] = &["zs_inject.py", "plain_app.py", "flask_app.py"];
+const FIXTURES: &[&str] = &[
+    "zs_inject.py",
+    "plain_app.py",
+    "flask_app.py",
+    "sqla_app.py",
+];
 
 struct Env {
     rt: tokio::runtime::Runtime,
@@ -435,6 +440,98 @@ fn redis_and_postgresql_spans() {
     assert_eq!(str_attr(p, "server.address"), Some("127.0.0.1"));
     let server = env.wait_spans(1, server_with_path("/pg"));
     assert_eq!(p.parent_span_id, Some(server[0].1.span_id));
+}
+
+/// SQLAlchemy engines: one span per statement (the DB-API span underneath suppressed), with the
+/// dialect, database and server. `preload` creates the engine in the master before injection;
+/// without it SQLAlchemy is imported in the workers after the tracer (the import hook's path).
+fn sqlalchemy_spans(venv: &str, preload: bool, pg_port: Option<u16>) {
+    let mut env = Env::new();
+    let port = free_port();
+    let mut extra = vec![];
+    if preload {
+        extra.push(("GUNICORN_CMD_ARGS", "--preload".to_string()));
+    }
+    if let Some(p) = pg_port {
+        extra.push(("ZS_PG_PORT", p.to_string()));
+    }
+    let _g = gunicorn(&env, venv, "sqla_app", "sync", "master", port, &extra);
+    for _ in 0..3 {
+        assert_eq!(http_get(port, "/sqla").expect("GET /sqla").0, 200);
+    }
+    assert_eq!(
+        http_get(port, "/sqla-error").expect("GET").1,
+        "error",
+        "the app still sees its own exception"
+    );
+    let servers = env.wait_spans(3, server_with_path("/sqla"));
+    assert!(servers.len() >= 3, "{servers:?}\n{}", env.server_log());
+    let db_file = env.path().join("sqla.db").display().to_string();
+    for (_, s) in &servers {
+        let texts = |env: &mut Env| {
+            env.spans()
+                .into_iter()
+                .filter(|(_, x)| x.trace_id == s.trace_id && x.attr("db.system").is_some())
+                .map(|(_, x)| x)
+                .collect::<Vec<_>>()
+        };
+        wait_until(Duration::from_secs(10), || texts(&mut env).len() >= 3);
+        let db = texts(&mut env);
+        let got: Vec<_> = db
+            .iter()
+            .map(|x| str_attr(x, "db.query.text").unwrap_or(""))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "create table if not exists t (x integer)",
+                "insert into t values (?)",
+                "select count(*) from t"
+            ],
+            "one span per statement, no DB-API span doubling it"
+        );
+        for x in &db {
+            assert_eq!(x.parent_span_id, Some(s.span_id));
+            assert_eq!(x.kind, SpanKind::Client);
+            assert_eq!(str_attr(x, "db.system"), Some("sqlite"));
+            assert_eq!(str_attr(x, "db.namespace"), Some(db_file.as_str()));
+        }
+        assert_eq!(db[1].name, "INSERT");
+        assert_eq!(str_attr(&db[1], "db.operation.name"), Some("INSERT"));
+    }
+    let err = env.wait_spans(1, |x| {
+        str_attr(x, "db.query.text") == Some("select nope from t")
+    });
+    let e = &err.first().expect("span of the failing statement").1;
+    assert_eq!(e.status.code, StatusCode::Error);
+    assert!(e.events.iter().any(|ev| ev.name == "exception"));
+    if let Some(pg) = pg_port {
+        assert_eq!(http_get(port, "/sqla-pg").expect("GET").1, "2");
+        let server = env.wait_spans(1, server_with_path("/sqla-pg"))[0].1.clone();
+        let p = env.wait_spans(1, |x| {
+            x.trace_id == server.trace_id && x.parent_span_id == Some(server.span_id)
+        });
+        assert_eq!(p.len(), 1, "one span, the psycopg2 one suppressed: {p:?}");
+        let p = &p[0].1;
+        assert_eq!(str_attr(p, "db.system"), Some("postgresql"));
+        assert_eq!(str_attr(p, "db.query.text"), Some("select 1 + %(x)s"));
+        assert_eq!(str_attr(p, "db.namespace"), Some("postgres"));
+        assert_eq!(str_attr(p, "server.address"), Some("127.0.0.1"));
+        assert_eq!(int_attr(p, "server.port"), Some(i64::from(pg)));
+    }
+    let log = env.server_log();
+    assert!(
+        !log.contains("Traceback"),
+        "errors in the app's log:\n{log}"
+    );
+}
+
+#[test]
+fn sqlalchemy_engines() {
+    sqlalchemy_spans("tracer-sqla-38", true, None); // SQLAlchemy 1.4
+    sqlalchemy_spans("tracer-sqla-312", false, None); // 2.1, imported after injection
+    let pg = Postgres::start();
+    sqlalchemy_spans("tracer-sqla-313", true, Some(pg.port)); // 2.0
 }
 
 /// uWSGI calls the plain function app from C: the master injected at start (before fork, via the

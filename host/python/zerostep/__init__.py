@@ -26,7 +26,7 @@ class _State(object):
         self.insts = [
             servers.Gunicorn(t, c, r), servers.Uwsgi(t, c, r), frameworks.Flask(t, c),
             frameworks.Django(t, c), clients.HttpClient(t, c), db.Sqlite3(t, c),
-            db.Psycopg2(t, c), db.PyMySQL(t, c), db.Redis(t, c),
+            db.Psycopg2(t, c), db.PyMySQL(t, c), db.Redis(t, c), db.SQLAlchemy(t, c),
         ]
         disabled = set(config.get("disable", ()))
         self.insts = [i for i in self.insts if i.name not in disabled]
