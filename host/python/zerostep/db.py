@@ -5,6 +5,7 @@ those two are covered from the next `connect()` on, through a subclass passed as
 factory; pure-Python drivers (pymysql, redis-py) are patched on their classes.
 """
 import contextvars
+import re
 import weakref
 
 from _zerostep import patch, trace
@@ -17,13 +18,19 @@ _orm_span = contextvars.ContextVar("zerostep_orm_span", default=None)
 _orm_span_get = _orm_span.get
 
 
+_current_get = trace.current.get
+
+
 def _query_span(tracer, system, sql, server=None):
-    if trace.current.get() is None or _orm_span_get() is not None:
+    if _current_get() is None or _orm_span_get() is not None:
         return None
-    try:
-        text = sql if isinstance(sql, str) else bytes(sql).decode("utf-8", "replace")
-    except Exception:
-        text = "?"
+    if type(sql) is str:
+        text = sql
+    else:
+        try:
+            text = sql if isinstance(sql, str) else bytes(sql).decode("utf-8", "replace")
+        except Exception:
+            text = "?"
     op = _operation(text)
     attrs = {"db.system": system, "db.query.text": text[:MAX_QUERY]}
     if op:
@@ -57,9 +64,13 @@ class Sqlite3(patch.Instrumentation):
         inst = self
         base_conn, base_cur = dbapi2.Connection, dbapi2.Cursor
 
+        base_execute = base_cur.execute
+
         class Cursor(base_cur):
             def execute(self, sql, *a):
-                return _run(_safe(inst, tracer, "sqlite", sql), base_cur.execute, self, sql, *a)
+                if _current_get() is None:  # outside a trace: nothing to record
+                    return base_execute(self, sql, *a)
+                return _run(_safe(inst, tracer, "sqlite", sql), base_execute, self, sql, *a)
 
             def executemany(self, sql, *a):
                 return _run(_safe(inst, tracer, "sqlite", sql), base_cur.executemany, self, sql, *a)
@@ -69,7 +80,7 @@ class Sqlite3(patch.Instrumentation):
                 return base_conn.cursor(self, factory)
 
             def execute(self, sql, *a):
-                return self.cursor().execute(sql, *a)
+                return Cursor(self).execute(sql, *a)
 
             def executemany(self, sql, *a):
                 return self.cursor().executemany(sql, *a)
@@ -337,11 +348,10 @@ class SQLAlchemy(patch.Instrumentation):
                 "after_cursor_execute": after_cursor_execute, "handle_error": handle_error}
 
 
+_first_word = re.compile(r"\s*([A-Za-z]+)").match
+
+
 def _operation(sql):
     """The statement's first keyword, upper-cased, without copying a long statement."""
-    head = sql[:32].lstrip()
-    i = 0
-    n = len(head)
-    while i < n and head[i].isalpha():
-        i += 1
-    return head[:i].upper()
+    m = _first_word(sql, 0, 64)
+    return m.group(1).upper() if m is not None else ""
