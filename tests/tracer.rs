@@ -19,6 +19,7 @@ const FIXTURES: &[&str] = &[
     "plain_app.py",
     "flask_app.py",
     "sqla_app.py",
+    "green_app.py",
 ];
 
 struct Env {
@@ -532,6 +533,81 @@ fn sqlalchemy_engines() {
     sqlalchemy_spans("tracer-sqla-312", false, None); // 2.1, imported after injection
     let pg = Postgres::start();
     sqlalchemy_spans("tracer-sqla-313", true, Some(pg.port)); // 2.0
+}
+
+/// gunicorn's greenlet workers, master injected before the fork: concurrent requests interleave
+/// in one worker, and each client span stays a child of its own request's server span.
+fn green_worker(worker: &str) {
+    let mut env = Env::new();
+    let port = free_port();
+    let _g = gunicorn(
+        &env,
+        "tracer-gevent",
+        "green_app",
+        worker,
+        "master",
+        port,
+        &[],
+    );
+    let tags = ["a", "b", "c", "d"];
+    let clients: Vec<_> = tags
+        .iter()
+        .map(|t| {
+            let path = format!("/call?tag={t}");
+            std::thread::spawn(move || http_get(port, &path))
+        })
+        .collect();
+    for (t, c) in tags.iter().zip(clients) {
+        let (code, body) = c.join().expect("client thread").expect("GET /call");
+        assert_eq!((code, body.as_str()), (200, format!("tag={t}").as_str()));
+    }
+    let calls = env.wait_spans(4, server_with_path("/call"));
+    assert_eq!(calls.len(), 4, "{calls:?}\n{}", env.server_log());
+    let overlapping = calls.iter().any(|(_, a)| {
+        calls.iter().any(|(_, b)| {
+            a.span_id != b.span_id
+                && a.start_unix_nano < b.end_unix_nano
+                && b.start_unix_nano < a.end_unix_nano
+        })
+    });
+    assert!(overlapping, "the requests were meant to run concurrently");
+    for (_, s) in &calls {
+        let tag = str_attr(s, "url.query").expect("query").to_string();
+        let client = env.wait_spans(1, |x| {
+            x.kind == SpanKind::Client
+                && str_attr(x, "url.full").is_some_and(|u| u.ends_with(&format!("/leaf?{tag}")))
+        });
+        let c = &client.first().expect("client span").1;
+        assert_eq!(
+            c.trace_id, s.trace_id,
+            "{tag}: client span in its own trace"
+        );
+        assert_eq!(
+            c.parent_span_id,
+            Some(s.span_id),
+            "{tag}: parent is its request"
+        );
+        let leaf = env.wait_spans(1, |x| {
+            x.kind == SpanKind::Server
+                && str_attr(x, "url.query") == Some(tag.as_str())
+                && str_attr(x, "url.path") == Some("/leaf")
+        });
+        let l = &leaf.first().expect("leaf server span").1;
+        assert_eq!(l.trace_id, s.trace_id);
+        assert_eq!(l.parent_span_id, Some(c.span_id));
+    }
+    let log = env.server_log();
+    assert!(!log.contains("Traceback"), "errors in the log:\n{log}");
+    assert!(
+        !log.contains("_zerostep"),
+        "the tracer showed in the log:\n{log}"
+    );
+}
+
+#[test]
+fn gunicorn_gevent_and_eventlet_workers() {
+    green_worker("gevent");
+    green_worker("eventlet");
 }
 
 /// uWSGI calls the plain function app from C: the master injected at start (before fork, via the
