@@ -297,6 +297,33 @@ fn gunicorn_gthread_every_python() {
     }
 }
 
+/// A master keeps reading agent commands after forking its workers, on 3.13 too (its reporter
+/// thread is paused around each fork and comes back from the master's loop, never from an
+/// after-fork hook, which 3.13 would count in its multi-threaded-fork warning).
+#[test]
+fn gunicorn_master_reads_commands_after_fork() {
+    for venv in ["tracer-312", "tracer-313"] {
+        let env = Env::new();
+        let port = free_port();
+        let master = gunicorn(&env, venv, "plain_app", "sync", "master", port, &[]);
+        assert!(wait_until(Duration::from_secs(10), || children(
+            master.pid()
+        )
+        .len()
+            == 2));
+        assert_eq!(http_get(port, "/pid").expect("GET").0, 200);
+        env.intake()
+            .send(master.pid(), &intake::Command::Detach)
+            .expect("send detach");
+        let gone = wait_until(Duration::from_secs(10), || {
+            !env.intake().peers().iter().any(|p| p.pid == master.pid())
+        });
+        assert!(gone, "{venv}: the master did not act on detach");
+        let log = env.server_log();
+        assert!(!log.contains("multi-threaded"), "{venv}:\n{log}");
+    }
+}
+
 /// Injected into an already-forked worker: only that worker traces, under its pid.
 #[test]
 fn gunicorn_worker_injection() {
@@ -725,6 +752,10 @@ fn python_unit_tests_every_interpreter() {
     let mut pythons: Vec<PathBuf> = pyenv_pythons().into_iter().map(|(_, p)| p).collect();
     pythons.push(PathBuf::from(DEBIAN_PYTHON));
     assert!(pythons.len() >= 6, "expected CPython 3.8-3.13: {pythons:?}");
+    // And where SQLAlchemy is installed (1.4, 2.1, 2.0), so its test runs instead of skipping.
+    for venv in ["tracer-sqla-38", "tracer-sqla-312", "tracer-sqla-313"] {
+        pythons.push(venv_bin(venv, "python"));
+    }
     for py in pythons {
         let out = Command::new(&py)
             .args(["-m", "unittest", "discover", "-s", "host/python/tests"])

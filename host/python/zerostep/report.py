@@ -333,8 +333,8 @@ class Reporter(object):
 
     def resume_after_fork(self):
         # 3.13+ checks for threads after the after-fork hooks ran: a thread restarted here would
-        # trigger the warning anyway, so there the next request restarts it (a master that serves
-        # none stays thread-less; it produces no spans).
+        # trigger the warning anyway, so there the next request_end() restarts it — the next
+        # request, or a gunicorn master's next loop (Arbiter.murder_workers calls it).
         if _LAZY_RESTART:
             self.thread_wanted = True
         elif self.thread is None and not self.stopping:
