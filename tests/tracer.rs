@@ -14,7 +14,13 @@ use support::*;
 use zerostep::intake::{self, Intake, IntakeAddress, IntakeConfig, PeerRegistry, SpanBatch};
 use zerostep::span::{AttrValue, Span, SpanKind, StatusCode};
 
-const FIXTURES: &[&str] = &["zs_inject.py", "plain_app.py", "flask_app.py"];
+const FIXTURES: &[&str] = &[
+    "zs_inject.py",
+    "plain_app.py",
+    "flask_app.py",
+    "sqla_app.py",
+    "green_app.py",
+];
 
 struct Env {
     rt: tokio::runtime::Runtime,
@@ -291,6 +297,33 @@ fn gunicorn_gthread_every_python() {
     }
 }
 
+/// A master keeps reading agent commands after forking its workers, on 3.13 too (its reporter
+/// thread is paused around each fork and comes back from the master's loop, never from an
+/// after-fork hook, which 3.13 would count in its multi-threaded-fork warning).
+#[test]
+fn gunicorn_master_reads_commands_after_fork() {
+    for venv in ["tracer-312", "tracer-313"] {
+        let env = Env::new();
+        let port = free_port();
+        let master = gunicorn(&env, venv, "plain_app", "sync", "master", port, &[]);
+        assert!(wait_until(Duration::from_secs(10), || children(
+            master.pid()
+        )
+        .len()
+            == 2));
+        assert_eq!(http_get(port, "/pid").expect("GET").0, 200);
+        env.intake()
+            .send(master.pid(), &intake::Command::Detach)
+            .expect("send detach");
+        let gone = wait_until(Duration::from_secs(10), || {
+            !env.intake().peers().iter().any(|p| p.pid == master.pid())
+        });
+        assert!(gone, "{venv}: the master did not act on detach");
+        let log = env.server_log();
+        assert!(!log.contains("multi-threaded"), "{venv}:\n{log}");
+    }
+}
+
 /// Injected into an already-forked worker: only that worker traces, under its pid.
 #[test]
 fn gunicorn_worker_injection() {
@@ -437,6 +470,173 @@ fn redis_and_postgresql_spans() {
     assert_eq!(p.parent_span_id, Some(server[0].1.span_id));
 }
 
+/// SQLAlchemy engines: one span per statement (the DB-API span underneath suppressed), with the
+/// dialect, database and server. `preload` creates the engine in the master before injection;
+/// without it SQLAlchemy is imported in the workers after the tracer (the import hook's path).
+fn sqlalchemy_spans(venv: &str, preload: bool, pg_port: Option<u16>) {
+    let mut env = Env::new();
+    let port = free_port();
+    let mut extra = vec![];
+    if preload {
+        extra.push(("GUNICORN_CMD_ARGS", "--preload".to_string()));
+    }
+    if let Some(p) = pg_port {
+        extra.push(("ZS_PG_PORT", p.to_string()));
+    }
+    let _g = gunicorn(&env, venv, "sqla_app", "sync", "master", port, &extra);
+    for _ in 0..3 {
+        assert_eq!(http_get(port, "/sqla").expect("GET /sqla").0, 200);
+    }
+    assert_eq!(
+        http_get(port, "/sqla-error").expect("GET").1,
+        "error",
+        "the app still sees its own exception"
+    );
+    let servers = env.wait_spans(3, server_with_path("/sqla"));
+    assert!(servers.len() >= 3, "{servers:?}\n{}", env.server_log());
+    let db_file = env.path().join("sqla.db").display().to_string();
+    for (_, s) in &servers {
+        let texts = |env: &mut Env| {
+            env.spans()
+                .into_iter()
+                .filter(|(_, x)| x.trace_id == s.trace_id && x.attr("db.system").is_some())
+                .map(|(_, x)| x)
+                .collect::<Vec<_>>()
+        };
+        wait_until(Duration::from_secs(10), || texts(&mut env).len() >= 3);
+        let db = texts(&mut env);
+        let got: Vec<_> = db
+            .iter()
+            .map(|x| str_attr(x, "db.query.text").unwrap_or(""))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                "create table if not exists t (x integer)",
+                "insert into t values (?)",
+                "select count(*) from t"
+            ],
+            "one span per statement, no DB-API span doubling it"
+        );
+        for x in &db {
+            assert_eq!(x.parent_span_id, Some(s.span_id));
+            assert_eq!(x.kind, SpanKind::Client);
+            assert_eq!(str_attr(x, "db.system"), Some("sqlite"));
+            assert_eq!(str_attr(x, "db.namespace"), Some(db_file.as_str()));
+        }
+        assert_eq!(db[1].name, "INSERT");
+        assert_eq!(str_attr(&db[1], "db.operation.name"), Some("INSERT"));
+    }
+    let err = env.wait_spans(1, |x| {
+        str_attr(x, "db.query.text") == Some("select nope from t")
+    });
+    let e = &err.first().expect("span of the failing statement").1;
+    assert_eq!(e.status.code, StatusCode::Error);
+    assert!(e.events.iter().any(|ev| ev.name == "exception"));
+    if let Some(pg) = pg_port {
+        assert_eq!(http_get(port, "/sqla-pg").expect("GET").1, "2");
+        let server = env.wait_spans(1, server_with_path("/sqla-pg"))[0].1.clone();
+        let p = env.wait_spans(1, |x| {
+            x.trace_id == server.trace_id && x.parent_span_id == Some(server.span_id)
+        });
+        assert_eq!(p.len(), 1, "one span, the psycopg2 one suppressed: {p:?}");
+        let p = &p[0].1;
+        assert_eq!(str_attr(p, "db.system"), Some("postgresql"));
+        assert_eq!(str_attr(p, "db.query.text"), Some("select 1 + %(x)s"));
+        assert_eq!(str_attr(p, "db.namespace"), Some("postgres"));
+        assert_eq!(str_attr(p, "server.address"), Some("127.0.0.1"));
+        assert_eq!(int_attr(p, "server.port"), Some(i64::from(pg)));
+    }
+    let log = env.server_log();
+    assert!(
+        !log.contains("Traceback"),
+        "errors in the app's log:\n{log}"
+    );
+}
+
+#[test]
+fn sqlalchemy_engines() {
+    sqlalchemy_spans("tracer-sqla-38", true, None); // SQLAlchemy 1.4
+    sqlalchemy_spans("tracer-sqla-312", false, None); // 2.1, imported after injection
+    let pg = Postgres::start();
+    sqlalchemy_spans("tracer-sqla-313", true, Some(pg.port)); // 2.0
+}
+
+/// gunicorn's greenlet workers, master injected before the fork: concurrent requests interleave
+/// in one worker, and each client span stays a child of its own request's server span.
+fn green_worker(worker: &str) {
+    let mut env = Env::new();
+    let port = free_port();
+    let _g = gunicorn(
+        &env,
+        "tracer-gevent",
+        "green_app",
+        worker,
+        "master",
+        port,
+        &[],
+    );
+    let tags = ["a", "b", "c", "d"];
+    let clients: Vec<_> = tags
+        .iter()
+        .map(|t| {
+            let path = format!("/call?tag={t}");
+            std::thread::spawn(move || http_get(port, &path))
+        })
+        .collect();
+    for (t, c) in tags.iter().zip(clients) {
+        let (code, body) = c.join().expect("client thread").expect("GET /call");
+        assert_eq!((code, body.as_str()), (200, format!("tag={t}").as_str()));
+    }
+    let calls = env.wait_spans(4, server_with_path("/call"));
+    assert_eq!(calls.len(), 4, "{calls:?}\n{}", env.server_log());
+    let overlapping = calls.iter().any(|(_, a)| {
+        calls.iter().any(|(_, b)| {
+            a.span_id != b.span_id
+                && a.start_unix_nano < b.end_unix_nano
+                && b.start_unix_nano < a.end_unix_nano
+        })
+    });
+    assert!(overlapping, "the requests were meant to run concurrently");
+    for (_, s) in &calls {
+        let tag = str_attr(s, "url.query").expect("query").to_string();
+        let client = env.wait_spans(1, |x| {
+            x.kind == SpanKind::Client
+                && str_attr(x, "url.full").is_some_and(|u| u.ends_with(&format!("/leaf?{tag}")))
+        });
+        let c = &client.first().expect("client span").1;
+        assert_eq!(
+            c.trace_id, s.trace_id,
+            "{tag}: client span in its own trace"
+        );
+        assert_eq!(
+            c.parent_span_id,
+            Some(s.span_id),
+            "{tag}: parent is its request"
+        );
+        let leaf = env.wait_spans(1, |x| {
+            x.kind == SpanKind::Server
+                && str_attr(x, "url.query") == Some(tag.as_str())
+                && str_attr(x, "url.path") == Some("/leaf")
+        });
+        let l = &leaf.first().expect("leaf server span").1;
+        assert_eq!(l.trace_id, s.trace_id);
+        assert_eq!(l.parent_span_id, Some(c.span_id));
+    }
+    let log = env.server_log();
+    assert!(!log.contains("Traceback"), "errors in the log:\n{log}");
+    assert!(
+        !log.contains("_zerostep"),
+        "the tracer showed in the log:\n{log}"
+    );
+}
+
+#[test]
+fn gunicorn_gevent_and_eventlet_workers() {
+    green_worker("gevent");
+    green_worker("eventlet");
+}
+
 /// uWSGI calls the plain function app from C: the master injected at start (before fork, via the
 /// harness's --import) covers the workers through the chained post_fork_hook.
 fn uwsgi_plain(venv: &str) {
@@ -552,6 +752,10 @@ fn python_unit_tests_every_interpreter() {
     let mut pythons: Vec<PathBuf> = pyenv_pythons().into_iter().map(|(_, p)| p).collect();
     pythons.push(PathBuf::from(DEBIAN_PYTHON));
     assert!(pythons.len() >= 6, "expected CPython 3.8-3.13: {pythons:?}");
+    // And where SQLAlchemy is installed (1.4, 2.1, 2.0), so its test runs instead of skipping.
+    for venv in ["tracer-sqla-38", "tracer-sqla-312", "tracer-sqla-313"] {
+        pythons.push(venv_bin(venv, "python"));
+    }
     for py in pythons {
         let out = Command::new(&py)
             .args(["-m", "unittest", "discover", "-s", "host/python/tests"])

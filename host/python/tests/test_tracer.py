@@ -150,6 +150,7 @@ def call(app, path="/x", headers=None):
 class TracerTest(unittest.TestCase):
     def setUp(self):
         self.intake = FakeIntake()
+        self.path_before = list(sys.path)
         exec(bootstrap_code(self.intake.path), {})
         self.zs = sys.modules.get("_zerostep")
         self.assertIsNotNone(self.zs, "bootstrap did not install the tracer")
@@ -168,7 +169,7 @@ class TracerTest(unittest.TestCase):
     def test_bootstrap_is_small_and_leaves_no_path(self):
         with open(os.path.join(os.path.dirname(HERE), "bootstrap.py")) as f:
             self.assertLess(len(f.read()), 4096)
-        self.assertFalse(any("zerostep" in p for p in sys.path))
+        self.assertEqual(sys.path, self.path_before)
         hello = [f for f in self.intake.frames if f.get("t") == "hello"]
         self.assertEqual(hello[0]["pid"], os.getpid())
 
@@ -372,6 +373,94 @@ class TracerTest(unittest.TestCase):
         os.close(r)
         os.close(w)
 
+    def test_no_thread_in_a_uwsgi_master(self):
+        # uWSGI forks workers from C with the GIL released and no Python fork hook: a thread of
+        # ours holding the GIL at that instant hangs the new worker. Only workers get one.
+        self.zs.uninstall()
+        fake = type(sys)("uwsgi")
+        fake.opt = {"enable-threads": True}
+        fake.worker_id = lambda: 0
+        sys.modules["uwsgi"] = fake
+        try:
+            exec(bootstrap_code(self.intake.path), {})
+            zs = sys.modules["_zerostep"]
+            rep = zs._state.reporter
+            self.assertIsNone(rep.thread)
+            self.assertFalse([t for t in threading.enumerate() if t.name == "zerostep-reporter"])
+            rep.request_end()
+            self.assertIsNone(rep.thread, "no lazy start either")
+            import warnings
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)  # the fake intake's threads
+                pid = os.fork()
+            if pid == 0:
+                code = 1
+                try:
+                    fake.worker_id = lambda: 1
+                    fake.post_fork_hook()
+                    code = 0 if rep.thread is not None and rep.thread.is_alive() else 2
+                finally:
+                    os._exit(code)
+            _, status = os.waitpid(pid, 0)
+            self.assertEqual(os.WEXITSTATUS(status), 0, "a worker runs its own thread")
+        finally:
+            m = sys.modules.get("_zerostep")
+            if m is not None:
+                m.uninstall()
+            del sys.modules["uwsgi"]
+
+    def test_sqlalchemy_engine_made_before_injection(self):
+        try:
+            import sqlalchemy
+        except ImportError:
+            self.skipTest("SQLAlchemy not installed (tests/tracer.rs runs this in its venvs)")
+        self.zs.uninstall()
+        path = os.path.join(tempfile.mkdtemp(), "app.db")
+        engine = sqlalchemy.create_engine("sqlite:///" + path)  # made and used before the tracer
+        with engine.connect():
+            pass
+        exec(bootstrap_code(self.intake.path), {})
+        self.zs = sys.modules["_zerostep"]
+        srv = self.server()
+
+        def app(environ, start_response):
+            with engine.begin() as c:
+                c.execute(sqlalchemy.text("create table if not exists t (x integer)"))
+                c.execute(sqlalchemy.text("insert into t values (:x)"), {"x": 1})
+                c.execute(sqlalchemy.text("select x from t")).fetchall()
+            try:
+                with engine.connect() as c:
+                    c.execute(sqlalchemy.text("select nope from t"))
+            except sqlalchemy.exc.OperationalError:
+                pass
+            return hello_app(environ, start_response)
+
+        self.assertEqual(call(lambda e, s: srv.call(app, e, s), "/sqla"), ("200 OK", b"hi"))
+        flush()
+        server = self.intake.wait_spans(lambda s: s[9].get("url.path") == "/sqla")[0]
+        self.intake.wait_spans(lambda s: "nope" in s[9].get("db.query.text", ""))
+        db = [s for s in self.intake.spans() if s[0] == server[0] and s[4] == 2]
+        texts = [s[9]["db.query.text"] for s in db]
+        self.assertEqual(texts, ["create table if not exists t (x integer)",
+                                 "insert into t values (?)", "select x from t",
+                                 "select nope from t"], "one span per statement, none doubled")
+        for s in db:
+            self.assertEqual(s[2], server[1])
+            self.assertEqual(s[9]["db.system"], "sqlite")
+            self.assertEqual(s[9]["db.namespace"], path)
+        self.assertEqual(db[1][3], "INSERT")
+        self.assertEqual(db[3][7], 2, "the failed statement has error status")
+        self.assertEqual(db[3][10][0][0], "exception")
+        # Outside SQLAlchemy the sqlite3 span is back.
+        self.assertIsNone(sys.modules["_zerostep.db"]._orm_span.get())
+        self.zs.uninstall()
+        from sqlalchemy.engine import Engine
+        for name in ("before_cursor_execute", "after_cursor_execute", "handle_error"):
+            self.assertFalse([f for f in Engine.dispatch._clslevel[Engine]
+                              if "zerostep" in repr(getattr(f, "__code__", ""))]
+                             if hasattr(Engine.dispatch, "_clslevel") else [], name)
+        engine.dispose()
+
     def test_internal_error_falls_back_to_the_app(self):
         srv = self.server()
         wsgi = sys.modules["_zerostep.wsgi"]
@@ -403,6 +492,7 @@ class TracerTest(unittest.TestCase):
 class TraceContextTest(unittest.TestCase):
     def setUp(self):
         self.intake = FakeIntake()
+        self.path_before = list(sys.path)
         exec(bootstrap_code(self.intake.path), {})
         self.t = sys.modules["_zerostep"].trace
 

@@ -26,7 +26,7 @@ class _State(object):
         self.insts = [
             servers.Gunicorn(t, c, r), servers.Uwsgi(t, c, r), frameworks.Flask(t, c),
             frameworks.Django(t, c), clients.HttpClient(t, c), db.Sqlite3(t, c),
-            db.Psycopg2(t, c), db.PyMySQL(t, c), db.Redis(t, c),
+            db.Psycopg2(t, c), db.PyMySQL(t, c), db.Redis(t, c), db.SQLAlchemy(t, c),
         ]
         disabled = set(config.get("disable", ()))
         self.insts = [i for i in self.insts if i.name not in disabled]
@@ -79,6 +79,7 @@ class _State(object):
         for i in self.insts:
             self.try_apply(i)
         self.reporter.start_thread()
+        self.reporter.flush()  # the status now: a process without our thread may not flush again
         try:
             os.register_at_fork(before=_before_fork_hook, after_in_parent=_after_fork_parent_hook,
                                 after_in_child=_after_fork_hook)

@@ -23,9 +23,12 @@ class HttpClient(patch.Instrumentation):
                     span = _start(tracer, conn, method, url)
                     if span is not None:
                         conn.__dict__[_SPAN_ATTR] = span
-                        conn.putheader("traceparent", span.traceparent())
+                        # Straight into the header buffer: values we made are valid, so the
+                        # validation in putheader (and urllib3's override of it) is skipped.
+                        out = conn._output
+                        out(b"traceparent: " + span.traceparent().encode())
                         if span.tracestate:
-                            conn.putheader("tracestate", span.tracestate)
+                            out(b"tracestate: " + span.tracestate.encode("latin-1"))
                 except Exception as e:
                     inst.fail(e)
                 return result
@@ -57,22 +60,33 @@ class HttpClient(patch.Instrumentation):
         self.patch(conn_cls, "getresponse", wrap_getresponse)
 
 
+_current_get = trace.current.get
+_origins = {}  # (host, port, default port) -> "scheme://netloc", bounded below
+
+
+def _origin(host, port, default):
+    key = (host, port, default)
+    o = _origins.get(key)
+    if o is None:
+        netloc = ("[%s]" % host if ":" in host else host) + ("" if port == default else ":%d" % port)
+        o = ("https://" if default == 443 else "http://") + netloc
+        if len(_origins) < 1024:
+            _origins[key] = o
+    return o
+
+
 def _start(tracer, conn, method, url):
-    if trace.current.get() is None:
+    if _current_get() is None:
         return None
-    https = conn.default_port == 443
     host = conn.host
     port = conn.port
-    if "://" in url:
-        full = url
-    else:
-        default = 443 if https else 80
-        netloc = ("[%s]" % host if ":" in host else host) + ("" if port == default else ":%d" % port)
-        full = ("https://" if https else "http://") + netloc + url
-    m = method.upper()
-    return tracer.start_child(m if m in _METHODS else "HTTP", trace.CLIENT, {
-        "http.request.method": m if m in _METHODS else "_OTHER",
-        "url.full": _redact(full),
+    full = url if "://" in url else _origin(host, port, conn.default_port) + url
+    if method not in _METHODS:
+        m = method.upper()
+        method = m if m in _METHODS else None
+    return tracer.start_child(method or "HTTP", trace.CLIENT, {
+        "http.request.method": method or "_OTHER",
+        "url.full": _redact(full) if "@" in full else full,
         "server.address": host,
         "server.port": port,
     })

@@ -4,20 +4,34 @@ sqlite3's and psycopg2's connection and cursor types are C types whose attribute
 those two are covered from the next `connect()` on, through a subclass passed as the connection
 factory; pure-Python drivers (pymysql, redis-py) are patched on their classes.
 """
+import contextvars
+import re
+import weakref
+
 from _zerostep import patch, trace
 
 MAX_QUERY = 2048
 
+# The SQLAlchemy span of the statement being executed: the DB-API driver's span underneath it is
+# suppressed, so one query is one span.
+_orm_span = contextvars.ContextVar("zerostep_orm_span", default=None)
+_orm_span_get = _orm_span.get
+
+
+_current_get = trace.current.get
+
 
 def _query_span(tracer, system, sql, server=None):
-    if trace.current.get() is None:
+    if _current_get() is None or _orm_span_get() is not None:
         return None
-    try:
-        text = sql if isinstance(sql, str) else bytes(sql).decode("utf-8", "replace")
-    except Exception:
-        text = "?"
-    op = text.lstrip().split(None, 1)
-    op = op[0].upper() if op else ""
+    if type(sql) is str:
+        text = sql
+    else:
+        try:
+            text = sql if isinstance(sql, str) else bytes(sql).decode("utf-8", "replace")
+        except Exception:
+            text = "?"
+    op = _operation(text)
     attrs = {"db.system": system, "db.query.text": text[:MAX_QUERY]}
     if op:
         attrs["db.operation.name"] = op
@@ -50,9 +64,13 @@ class Sqlite3(patch.Instrumentation):
         inst = self
         base_conn, base_cur = dbapi2.Connection, dbapi2.Cursor
 
+        base_execute = base_cur.execute
+
         class Cursor(base_cur):
             def execute(self, sql, *a):
-                return _run(_safe(inst, tracer, "sqlite", sql), base_cur.execute, self, sql, *a)
+                if _current_get() is None:  # outside a trace: nothing to record
+                    return base_execute(self, sql, *a)
+                return _run(_safe(inst, tracer, "sqlite", sql), base_execute, self, sql, *a)
 
             def executemany(self, sql, *a):
                 return _run(_safe(inst, tracer, "sqlite", sql), base_cur.executemany, self, sql, *a)
@@ -62,7 +80,7 @@ class Sqlite3(patch.Instrumentation):
                 return base_conn.cursor(self, factory)
 
             def execute(self, sql, *a):
-                return self.cursor().execute(sql, *a)
+                return Cursor(self).execute(sql, *a)
 
             def executemany(self, sql, *a):
                 return self.cursor().executemany(sql, *a)
@@ -236,3 +254,104 @@ def _redis_span(tracer, op, text, server):
         if server[1]:
             attrs["server.port"] = int(server[1])
     return tracer.start_child(op.upper(), trace.CLIENT, attrs)
+
+
+class SQLAlchemy(patch.Instrumentation):
+    """Engine-level spans from SQLAlchemy's own cursor events, listened on the `Engine` class, so
+    engines created before injection are covered (1.4, 2.0, 2.1). Watching the package itself: its
+    events and engine modules are complete only once `sqlalchemy/__init__` has run."""
+
+    name = "sqlalchemy"
+    modules = ("sqlalchemy",)
+    _events = ("before_cursor_execute", "after_cursor_execute", "handle_error")
+
+    def __init__(self, tracer, config):
+        patch.Instrumentation.__init__(self, tracer, config)
+        self._listening = []
+        self._engines = weakref.WeakKeyDictionary()
+
+    def apply(self, modules):
+        sa = modules["sqlalchemy"]
+        engine_cls = sa.engine.Engine
+        listen = sa.event.listen
+        fns = self._listeners()
+        for name in self._events:
+            listen(engine_cls, name, fns[name])
+            self._listening.append((sa.event, engine_cls, name, fns[name]))
+
+    def undo(self):
+        while self._listening:
+            event, cls, name, fn = self._listening.pop()
+            try:
+                event.remove(cls, name, fn)
+            except Exception:
+                pass
+        self._engines = weakref.WeakKeyDictionary()
+
+    def _base_attrs(self, engine):
+        """The attributes every statement of `engine` shares, computed once per engine."""
+        try:
+            base = self._engines.get(engine)
+        except TypeError:
+            base = None
+        if base is None:
+            url = engine.url
+            base = {"db.system": engine.dialect.name}
+            if url.database:
+                base["db.namespace"] = url.database
+            if url.host:
+                base["server.address"] = url.host
+                if url.port:
+                    base["server.port"] = int(url.port)
+            try:
+                self._engines[engine] = base
+            except TypeError:
+                pass
+        return base
+
+    def _listeners(self):
+        inst = self
+        tracer = self.tracer
+        current_get = trace.current.get
+        set_orm = _orm_span.set
+
+        def before_cursor_execute(conn, cursor, statement, parameters, context, executemany):
+            if inst.tripped or current_get() is None:
+                return
+            try:
+                attrs = dict(inst._base_attrs(conn.engine))
+                op = _operation(statement)
+                attrs["db.query.text"] = statement[:MAX_QUERY]
+                if op:
+                    attrs["db.operation.name"] = op
+                set_orm(tracer.start_child(op or attrs["db.system"], trace.CLIENT, attrs))
+            except Exception as e:
+                inst.fail(e)
+
+        def after_cursor_execute(conn, cursor, statement, parameters, context, executemany):
+            span = _orm_span_get()
+            if span is not None:
+                set_orm(None)
+                span.finish()
+
+        def handle_error(ctx):
+            span = _orm_span_get()
+            if span is not None:
+                set_orm(None)
+                try:
+                    span.set_error(ctx.original_exception)
+                except Exception as e:
+                    inst.fail(e)
+                span.finish()
+
+        return {"before_cursor_execute": before_cursor_execute,
+                "after_cursor_execute": after_cursor_execute, "handle_error": handle_error}
+
+
+_first_word = re.compile(r"\s*([A-Za-z]+)").match
+
+
+def _operation(sql):
+    """The statement's first keyword, upper-cased, without copying a long statement."""
+    m = _first_word(sql, 0, 64)
+    return m.group(1).upper() if m is not None else ""

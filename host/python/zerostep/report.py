@@ -101,6 +101,9 @@ class Reporter(object):
         self.threads_ok = True
         self.status_fn = None
         self.pending_status = True
+        # A process that forks from C without Python's fork hooks (a uWSGI master) must never run
+        # our thread: a fork while it holds the GIL leaves the child waiting for that GIL forever.
+        self.no_thread_pid = 0
         if sock is not None:
             self._adopt(sock)
 
@@ -118,7 +121,7 @@ class Reporter(object):
         if self.thread_wanted:
             self.thread_wanted = False
             self.start_thread()
-        if (len(self.spans) >= self.batch or not self.threads_ok
+        if (len(self.spans) >= self.batch or not self.threads_ok or self.thread is None
                 or time.monotonic() - self.last_flush >= self.interval):
             self.flush()
 
@@ -284,7 +287,7 @@ class Reporter(object):
     # -- background thread ----------------------------------------------------------------------
 
     def start_thread(self):
-        if self.thread is not None or self.stopping:
+        if self.thread is not None or self.stopping or self.no_thread_pid == os.getpid():
             return
         try:
             t = threading.Thread(target=self._run, name="zerostep-reporter", daemon=True)
@@ -302,6 +305,12 @@ class Reporter(object):
             if self.stopping or self.thread is not me or self.pid != os.getpid():
                 return
             self.flush()
+
+    def forbid_thread(self):
+        """No background thread in this process (forks in the child are unaffected): it forks
+        from C, where no before-fork hook can stop the thread. Flushes then happen per request."""
+        self.no_thread_pid = os.getpid()
+        self.pause_for_fork()
 
     def pause_for_fork(self):
         """Before os.fork(): our thread exits, so CPython 3.12+ does not warn the app about forking a
@@ -324,8 +333,8 @@ class Reporter(object):
 
     def resume_after_fork(self):
         # 3.13+ checks for threads after the after-fork hooks ran: a thread restarted here would
-        # trigger the warning anyway, so there the next request restarts it (a master that serves
-        # none stays thread-less; it produces no spans).
+        # trigger the warning anyway, so there the next request_end() restarts it — the next
+        # request, or a gunicorn master's next loop (Arbiter.murder_workers calls it).
         if _LAZY_RESTART:
             self.thread_wanted = True
         elif self.thread is None and not self.stopping:

@@ -36,7 +36,7 @@ class Gunicorn(patch.Instrumentation):
         ("gunicorn.workers.gthread", "ThreadWorker"),
         ("gunicorn.workers.base_async", "AsyncWorker"),
     )
-    extra_modules = tuple(m for m, _ in worker_classes)
+    extra_modules = tuple(m for m, _ in worker_classes) + ("gunicorn.arbiter",)
 
     def __init__(self, tracer, config, reporter):
         patch.Instrumentation.__init__(self, tracer, config)
@@ -45,6 +45,12 @@ class Gunicorn(patch.Instrumentation):
         self.done = set()
 
     def apply(self, modules):
+        arbiter = sys.modules.get("gunicorn.arbiter")
+        if arbiter is not None and "gunicorn.arbiter" not in self.done:
+            self.done.add("gunicorn.arbiter")
+            # Called once per turn of the master's loop (about a second) in gunicorn 19 to 27.
+            if "murder_workers" in arbiter.Arbiter.__dict__:
+                self.patch(arbiter.Arbiter, "murder_workers", self._wrap_master_loop)
         for modname, clsname in self.worker_classes:
             if modname in self.done:
                 continue
@@ -54,6 +60,22 @@ class Gunicorn(patch.Instrumentation):
                 continue
             self.done.add(modname)
             self.patch(cls, "handle_request", self._wrap)
+
+    def _wrap_master_loop(self, original):
+        """The master's loop: our thread, paused around each fork, comes back here — on 3.13 it
+        cannot from the after-fork hook without the fork warning."""
+        reporter = self.server.reporter
+
+        def murder_workers(arbiter, *args, **kwargs):
+            try:
+                return original(arbiter, *args, **kwargs)
+            finally:
+                try:
+                    reporter.request_end()
+                except Exception:
+                    pass
+
+        return murder_workers
 
     def _wrap(self, original):
         inst = self
@@ -81,6 +103,13 @@ class Gunicorn(patch.Instrumentation):
                 pass
         self.workers = weakref.WeakSet()
         self.done = set()
+
+
+def _uwsgi_worker_id(u):
+    try:
+        return int(u.worker_id())
+    except Exception:
+        return 0
 
 
 class Uwsgi(patch.Instrumentation):
@@ -139,6 +168,11 @@ class Uwsgi(patch.Instrumentation):
             if not (self._opt(u, "enable-threads") or self._opt(u, "threads")):
                 # uWSGI ≤ 2.0.26 without threads starves background threads: flush per request.
                 self.reporter.threads_ok = False
+            if _uwsgi_worker_id(u) == 0:
+                # The master forks workers from C after releasing the GIL, with no Python fork
+                # hook: had our thread the GIL at that instant, the worker would block forever
+                # in uWSGI's post-fork GIL acquire. Workers start their own after the fork.
+                self.reporter.forbid_thread()
             self.prev_post_fork = getattr(u, "post_fork_hook", None)
             inst = self
 
@@ -158,7 +192,7 @@ class Uwsgi(patch.Instrumentation):
     def on_fork(self):
         from _zerostep import trace
         trace.reseed()
-        self.reporter.flush()  # sees the new pid: reconnects as this worker
+        self.reporter.flush()  # sees the new pid: reconnects as this worker, starts its thread
         self.wrap_apps()
 
     def wrap_apps(self):
