@@ -6,6 +6,7 @@
 //! client span and an HTTP client span calling service B, whose server span has its own DB span.
 //! Span start times are spread evenly over the 24 h before now; 1 % of traces fail.
 //! Usage: store_bench [SPANS (default 6000000)] [DIR (default a temp dir)]
+#![allow(clippy::too_many_arguments)] // span builders take every field they vary
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -180,7 +181,7 @@ impl Gen {
         let a = n % SERVICES;
         let b = (a + 1 + self.next() % (SERVICES - 1)) % SERVICES;
         let (ep_a, ep_b) = (self.next() % ENDPOINTS, self.next() % ENDPOINTS);
-        let error = self.next() % 100 == 0;
+        let error = self.next().is_multiple_of(100);
         let ms = 1_000_000;
         // Log-uniform-ish latencies: 2–200 ms.
         let total = 2 * ms + (self.next() % 1000).pow(2) * 200;

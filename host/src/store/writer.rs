@@ -493,17 +493,18 @@ fn endpoint_id(
     service: i64,
     key: &str,
 ) -> rusqlite::Result<i64> {
-    if !caches.endpoints.contains_key(&service) {
-        // All of them, so the per-service cap holds across restarts.
-        let mut stmt = tx.prepare_cached("SELECT name, id FROM endpoints WHERE service_id = ?1")?;
-        let rows = stmt.query_map([service], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
-        })?;
-        caches
-            .endpoints
-            .insert(service, rows.collect::<Result<_, _>>()?);
-    }
-    let known = caches.endpoints.entry(service).or_default();
+    let known = match caches.endpoints.entry(service) {
+        std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+        std::collections::hash_map::Entry::Vacant(v) => {
+            // All of them, so the per-service cap holds across restarts.
+            let mut stmt =
+                tx.prepare_cached("SELECT name, id FROM endpoints WHERE service_id = ?1")?;
+            let rows = stmt.query_map([service], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+            })?;
+            v.insert(rows.collect::<Result<_, _>>()?)
+        }
+    };
     if let Some(id) = known.get(key) {
         return Ok(*id);
     }
