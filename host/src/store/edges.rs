@@ -4,7 +4,7 @@
 //! span that waited for it), so both sides are remembered for a while in memory: recent client
 //! spans, and entry spans still waiting for their parent. Memory is bounded by two-generation maps
 //! (a generation is dropped whole when it ages out) plus a hard cap on entries.
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 use std::time::{Duration, Instant};
 
 /// The caller side of a link.
@@ -42,8 +42,8 @@ struct Generations<V> {
 impl<V> Generations<V> {
     fn new(every: Duration, cap: usize) -> Self {
         Self {
-            current: HashMap::new(),
-            previous: HashMap::new(),
+            current: HashMap::default(),
+            previous: HashMap::default(),
             rotated: Instant::now(),
             every,
             cap,

@@ -1,8 +1,13 @@
 //! How one span is laid out in the store: the indexed columns are plain values, everything else
 //! (attributes, events, status message, pid) is one compact JSON document — attributes as an object
-//! `{"http.route": "/u/{id}", "http.response.status_code": 200}` rather than the tagged form the API
-//! uses, which halves its size. Oversized input is truncated here, visibly, so one span can never
-//! make a row huge.
+//! `{"3": "/u/{id}", "7": 200}` whose keys are ids in a dictionary of attribute names (the names
+//! were ~40 % of a span's bytes, repeated in every row), rather than the tagged form the API uses.
+//! Oversized input is truncated here, visibly, so one span can never make a row huge.
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+use rustc_hash::FxHashMap;
+
 use serde::ser::{SerializeMap, SerializeSeq, Serializer};
 use serde::{Deserialize, Serialize};
 
@@ -98,15 +103,22 @@ fn str_attr<'a>(span: &'a Span, keys: &[&str]) -> Option<&'a str> {
 /// `http.route` (so `GET /u/{id}` and `DELETE /u/{id}` are told apart), else the span name, which
 /// enrichment already made `METHOD /template` where it could derive one. Raw `url.path` is never
 /// used: every distinct id would become an endpoint.
-pub fn endpoint_key(span: &Span) -> String {
-    let key = match str_attr(span, &["http.route"]) {
-        Some(route) => match str_attr(span, &["http.request.method", "http.method"]) {
-            Some(method) => format!("{method} {route}"),
-            None => route.to_string(),
-        },
-        None => span.name.clone(),
-    };
-    truncate(&key, MAX_NAME_BYTES).into_owned()
+pub fn endpoint_key(span: &Span, out: &mut String) {
+    out.clear();
+    match str_attr(span, &["http.route"]) {
+        Some(route) => {
+            if let Some(method) = str_attr(span, &["http.request.method", "http.method"]) {
+                out.push_str(method);
+                out.push(' ');
+            }
+            out.push_str(route);
+        }
+        None => out.push_str(&span.name),
+    }
+    if out.len() > MAX_NAME_BYTES {
+        let cut = truncate(out, MAX_NAME_BYTES).into_owned();
+        *out = cut;
+    }
 }
 
 /// The callee a client span names when it is not a traced service: the database system.
@@ -114,14 +126,68 @@ pub fn db_system(span: &Span) -> Option<&str> {
     str_attr(span, &["db.system", "db.system.name"])
 }
 
-struct AttrMap<'a>(&'a [Attribute]);
+/// Distinct attribute names given an id; past this, names are stored literally.
+pub const MAX_KEYS: usize = 4096;
+/// Prefix of a literal (not dictionary) attribute name in the document.
+const LITERAL: char = '=';
+
+/// The writer's side of the attribute-name dictionary. Ids handed out during a transaction are
+/// listed in `new` so the transaction stores them with the spans that use them.
+#[derive(Default)]
+pub struct KeyDict {
+    ids: RefCell<FxHashMap<String, u32>>,
+    next: RefCell<u32>,
+    new: RefCell<Vec<(u32, String)>>,
+}
+
+impl KeyDict {
+    pub fn load(known: impl IntoIterator<Item = (u32, String)>) -> Self {
+        let ids: FxHashMap<String, u32> = known.into_iter().map(|(id, k)| (k, id)).collect();
+        let next = ids.values().max().map_or(1, |m| m + 1);
+        Self {
+            ids: RefCell::new(ids),
+            next: RefCell::new(next),
+            new: RefCell::new(Vec::new()),
+        }
+    }
+
+    fn id(&self, key: &str) -> Option<u32> {
+        if let Some(id) = self.ids.borrow().get(key) {
+            return Some(*id);
+        }
+        if self.ids.borrow().len() >= MAX_KEYS || key.len() > MAX_NAME_BYTES {
+            return None;
+        }
+        let id = {
+            let mut next = self.next.borrow_mut();
+            *next += 1;
+            *next - 1
+        };
+        self.ids.borrow_mut().insert(key.to_string(), id);
+        self.new.borrow_mut().push((id, key.to_string()));
+        Some(id)
+    }
+
+    /// Ids handed out since the last call, to be written.
+    pub fn take_new(&self) -> Vec<(u32, String)> {
+        std::mem::take(&mut *self.new.borrow_mut())
+    }
+}
+
+struct AttrMap<'a>(&'a [Attribute], &'a KeyDict);
 
 impl Serialize for AttrMap<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let kept = &self.0[..self.0.len().min(MAX_ATTRIBUTES)];
         let mut map = s.serialize_map(Some(kept.len()))?;
         for a in kept {
-            map.serialize_entry(&truncate(&a.key, MAX_NAME_BYTES), &ValueRef(&a.value))?;
+            match self.1.id(&a.key) {
+                Some(id) => map.serialize_entry(&id, &ValueRef(&a.value))?,
+                None => {
+                    let literal = format!("{LITERAL}{}", truncate(&a.key, MAX_NAME_BYTES));
+                    map.serialize_entry(&literal, &ValueRef(&a.value))?
+                }
+            }
         }
         map.end()
     }
@@ -149,43 +215,43 @@ impl Serialize for ValueRef<'_> {
     }
 }
 
-struct EventsRef<'a>(&'a [Event]);
+struct EventsRef<'a>(&'a [Event], &'a KeyDict);
 
 impl Serialize for EventsRef<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let kept = &self.0[..self.0.len().min(MAX_EVENTS)];
         let mut seq = s.serialize_seq(Some(kept.len()))?;
         for e in kept {
-            seq.serialize_element(&EventRef(e))?;
+            seq.serialize_element(&EventRef(e, self.1))?;
         }
         seq.end()
     }
 }
 
-struct EventRef<'a>(&'a Event);
+struct EventRef<'a>(&'a Event, &'a KeyDict);
 
 impl Serialize for EventRef<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let mut map = s.serialize_map(Some(3))?;
         map.serialize_entry("n", &truncate(&self.0.name, MAX_NAME_BYTES))?;
         map.serialize_entry("t", &self.0.time_unix_nano)?;
-        map.serialize_entry("a", &AttrMap(&self.0.attributes))?;
+        map.serialize_entry("a", &AttrMap(&self.0.attributes, self.1))?;
         map.end()
     }
 }
 
 /// Writes the span's detail document into `out` (cleared first; reused across spans).
-pub fn encode_detail(span: &Span, pid: u32, out: &mut Vec<u8>) {
+pub fn encode_detail(span: &Span, pid: u32, keys: &KeyDict, out: &mut Vec<u8>) {
     out.clear();
     let mut ser = serde_json::Serializer::new(&mut *out);
     let result = (|| {
         let mut map = ser.serialize_map(None)?;
         map.serialize_entry("p", &pid)?;
         if !span.attributes.is_empty() {
-            map.serialize_entry("a", &AttrMap(&span.attributes))?;
+            map.serialize_entry("a", &AttrMap(&span.attributes, keys))?;
         }
         if !span.events.is_empty() {
-            map.serialize_entry("e", &EventsRef(&span.events))?;
+            map.serialize_entry("e", &EventsRef(&span.events, keys))?;
         }
         if !span.status.message.is_empty() {
             map.serialize_entry("m", &truncate(&span.status.message, MAX_VALUE_BYTES))?;
@@ -228,10 +294,21 @@ pub struct Detail {
     pub status_message: String,
 }
 
-fn attrs_from(map: serde_json::Map<String, serde_json::Value>) -> Vec<Attribute> {
+fn attrs_from(
+    map: serde_json::Map<String, serde_json::Value>,
+    keys: &HashMap<u32, String>,
+) -> Vec<Attribute> {
     use serde_json::Value;
     map.into_iter()
         .map(|(key, v)| {
+            let key = match key.strip_prefix(LITERAL) {
+                Some(literal) => literal.to_string(),
+                None => key
+                    .parse::<u32>()
+                    .ok()
+                    .and_then(|id| keys.get(&id).cloned())
+                    .unwrap_or(key),
+            };
             let value = match v {
                 Value::String(s) => AttrValue::Str(s),
                 Value::Bool(b) => AttrValue::Bool(b),
@@ -257,18 +334,18 @@ fn attrs_from(map: serde_json::Map<String, serde_json::Value>) -> Vec<Attribute>
 
 /// A document that does not parse (a damaged row) yields an empty detail, not an error: the span's
 /// indexed columns are still worth showing.
-pub fn decode_detail(blob: &[u8]) -> Detail {
+pub fn decode_detail(blob: &[u8], keys: &HashMap<u32, String>) -> Detail {
     let doc: DetailDoc = serde_json::from_slice(blob).unwrap_or_default();
     Detail {
         pid: doc.p,
-        attributes: attrs_from(doc.a),
+        attributes: attrs_from(doc.a, keys),
         events: doc
             .e
             .into_iter()
             .map(|e| Event {
                 name: e.n,
                 time_unix_nano: e.t,
-                attributes: attrs_from(e.a),
+                attributes: attrs_from(e.a, keys),
             })
             .collect(),
         status_message: doc.m,
@@ -322,8 +399,9 @@ mod tests {
     fn detail_roundtrips_every_value_type() {
         let s = span();
         let mut buf = Vec::new();
-        encode_detail(&s, 42, &mut buf);
-        let d = decode_detail(&buf);
+        let dict = KeyDict::default();
+        encode_detail(&s, 42, &dict, &mut buf);
+        let d = decode_detail(&buf, &dict.take_new().into_iter().collect());
         assert_eq!(d.pid, 42);
         assert_eq!(d.status_message, "boom");
         assert_eq!(d.events, s.events);
@@ -332,7 +410,9 @@ mod tests {
         let mut got = d.attributes;
         got.sort_by(|a, b| a.key.cmp(&b.key));
         assert_eq!(got, want);
-        assert_eq!(endpoint_key(&s), "GET /u/{id}");
+        let mut key = String::new();
+        endpoint_key(&s, &mut key);
+        assert_eq!(key, "GET /u/{id}");
     }
 
     #[test]
@@ -342,18 +422,23 @@ mod tests {
             .map(|i| Attribute::str(format!("k{i}"), "é".repeat(100_000)))
             .collect();
         let mut buf = Vec::new();
-        encode_detail(&s, 1, &mut buf);
+        // A full dictionary: names are stored literally and still come back.
+        let dict = KeyDict::load((0..MAX_KEYS as u32).map(|i| (i, format!("x{i}"))));
+        encode_detail(&s, 1, &dict, &mut buf);
         assert!(
             buf.len() < MAX_ATTRIBUTES * (MAX_VALUE_BYTES + 64),
             "{}",
             buf.len()
         );
-        let d = decode_detail(&buf);
+        let d = decode_detail(&buf, &HashMap::new());
         assert_eq!(d.attributes.len(), MAX_ATTRIBUTES);
+        assert!(d.attributes.iter().any(|a| a.key == "k0"));
         let AttrValue::Str(v) = &d.attributes[0].value else {
             panic!()
         };
         assert!(v.ends_with("bytes]"), "{}", &v[v.len() - 20..]);
-        assert!(decode_detail(b"not json").attributes.is_empty());
+        assert!(decode_detail(b"not json", &HashMap::new())
+            .attributes
+            .is_empty());
     }
 }

@@ -500,8 +500,16 @@ pub fn traces(conn: &Connection, q: &TraceQuery) -> Result<Vec<TraceSummary>, St
 }
 
 /// All spans of one trace, or `None` when the store has none.
+/// The attribute-name dictionary (small: at most `encode::MAX_KEYS` rows).
+pub fn attribute_keys(conn: &Connection) -> rusqlite::Result<HashMap<u32, String>> {
+    let mut stmt = conn.prepare_cached("SELECT id, key FROM attribute_keys")?;
+    let rows = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    rows.collect()
+}
+
 pub fn trace(conn: &Connection, trace_id: u128) -> Result<Option<TraceDetail>, StoreError> {
     let services = service_names(conn)?;
+    let keys = attribute_keys(conn)?;
     let mut stmt = conn.prepare_cached(
         "SELECT s.span_id, s.parent_id, s.service_id, s.name, s.kind, s.status, s.start_ns,
                 s.duration_ns, s.detail, e.name
@@ -516,7 +524,7 @@ pub fn trace(conn: &Connection, trace_id: u128) -> Result<Option<TraceDetail>, S
         let parent = r.get::<_, Option<i64>>(1)?.map(|p| p as u64);
         let start: i64 = r.get(6)?;
         let duration: i64 = r.get(7)?;
-        let detail = encode::decode_detail(r.get_ref(8)?.as_blob().unwrap_or_default());
+        let detail = encode::decode_detail(r.get_ref(8)?.as_blob().unwrap_or_default(), &keys);
         raw.push((span_id, parent, start, start + duration));
         spans.push(StoredSpan {
             span_id: encode::span_id_hex(span_id),

@@ -1,7 +1,7 @@
 //! Per-minute rollups (count, errors, duration sum, latency histogram) kept in memory for the
 //! minutes still receiving spans and written in every transaction. A span for a minute no longer
 //! in memory (late arrival, restart) first loads that minute's row, so counts are never reset.
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 
 use rusqlite::{params, OptionalExtension, Transaction};
 
@@ -38,7 +38,7 @@ impl Rollups {
                  (minute, {a}, {b}, count, errors, duration_sum_ns, histogram) \
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
             ),
-            map: HashMap::new(),
+            map: HashMap::default(),
         }
     }
 
@@ -98,9 +98,18 @@ impl Rollups {
         Ok(())
     }
 
-    /// After a commit: everything is clean; minutes before `keep_from` leave memory.
-    pub fn committed(&mut self, keep_from_minute: i64) {
-        self.map.retain(|k, _| k.0 >= keep_from_minute);
+    /// After a commit: everything is clean; minutes more than `keep` behind the newest one seen
+    /// (by span time, so replayed or delayed data does not reload every row; but never past the
+    /// clock, so one span from the future cannot evict the present) leave memory.
+    pub fn committed(&mut self, keep: i64, now_minute: i64) {
+        let newest = self
+            .map
+            .keys()
+            .map(|k| k.0)
+            .max()
+            .unwrap_or(0)
+            .min(now_minute);
+        self.map.retain(|k, _| k.0 >= newest - keep);
         for acc in self.map.values_mut() {
             acc.dirty = false;
         }

@@ -82,6 +82,10 @@ CREATE TABLE edge_minutes (
     histogram BLOB NOT NULL,
     PRIMARY KEY (minute, caller_id, callee_id)
 ) WITHOUT ROWID;
+CREATE TABLE attribute_keys (
+    id INTEGER PRIMARY KEY,
+    key TEXT NOT NULL UNIQUE
+);
 CREATE TABLE commits (
     last_span_rowid INTEGER PRIMARY KEY,
     at_ns INTEGER NOT NULL
@@ -109,8 +113,9 @@ pub fn prepare_writer(conn: &Connection) -> Result<(), StoreError> {
         "PRAGMA journal_mode = WAL;
          PRAGMA synchronous = NORMAL;
          PRAGMA journal_size_limit = 67108864;
-         PRAGMA cache_size = -65536;
-         PRAGMA temp_store = MEMORY;",
+         PRAGMA cache_size = -131072;
+         PRAGMA temp_store = MEMORY;
+         PRAGMA wal_autocheckpoint = 8192;",
     )?;
     if version == 0 {
         let tx = conn.unchecked_transaction()?;

@@ -24,13 +24,12 @@ pub fn shape(spans: &[(u64, Option<u64>, i64, i64)]) -> Vec<(u32, u64)> {
             path.push(c);
             cur = parent_of(c);
         }
-        let mut d = match cur {
+        let base = match cur {
             Some(c) if depth[c].is_some() => depth[c].map_or(0, |d| d + 1),
             _ => 0,
         };
-        for &c in path.iter().rev() {
+        for (d, &c) in (base..).zip(path.iter().rev()) {
             depth[c] = Some(d);
-            d += 1;
         }
     }
 

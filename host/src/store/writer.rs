@@ -2,7 +2,7 @@
 //! trace summaries, rollups, services), commits, and between transactions runs retention. A failed
 //! transaction (full disk, I/O error) is counted, logged at most every few seconds, and its spans
 //! are dropped; the thread goes on with the next batch.
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -92,6 +92,8 @@ struct Caches {
     services: HashMap<String, ServiceEntry>,
     endpoints: HashMap<i64, HashMap<String, i64>>,
     traces: HashMap<u128, TraceAcc>,
+    /// Loaded from the database on first use after a start or a failed transaction.
+    keys: Option<encode::KeyDict>,
 }
 
 pub(crate) struct Writer {
@@ -187,9 +189,11 @@ impl Writer {
                     .counters
                     .delivered
                     .fetch_add(spans as u64, Ordering::Relaxed);
-                let keep = (now / NS_PER_MINUTE) as i64 - ROLLUP_MINUTES_IN_MEMORY;
-                self.endpoint_rollups.committed(keep);
-                self.edge_rollups.committed(keep);
+                let now_minute = (now / NS_PER_MINUTE) as i64;
+                self.endpoint_rollups
+                    .committed(ROLLUP_MINUTES_IN_MEMORY, now_minute);
+                self.edge_rollups
+                    .committed(ROLLUP_MINUTES_IN_MEMORY, now_minute);
                 for s in self.caches.services.values_mut() {
                     s.dirty = false;
                 }
@@ -224,6 +228,10 @@ fn write_all(
     detail: &mut Vec<u8>,
     last_mark: &mut Option<Instant>,
 ) -> rusqlite::Result<()> {
+    let key_buf = &mut String::new();
+    if caches.keys.is_none() {
+        caches.keys = Some(encode::KeyDict::load(super::query::attribute_keys(tx)?));
+    }
     let mut insert = tx.prepare_cached(INSERT_SPAN)?;
     let mut last_span_rowid = None;
     for batch in batches {
@@ -231,16 +239,14 @@ fn write_all(
         for span in &batch.spans {
             let duration = span.end_unix_nano.saturating_sub(span.start_unix_nano);
             let endpoint = if encode::is_entry(span) {
-                Some(endpoint_id(
-                    tx,
-                    caches,
-                    service,
-                    &encode::endpoint_key(span),
-                )?)
+                encode::endpoint_key(span, key_buf);
+                Some(endpoint_id(tx, caches, service, key_buf)?)
             } else {
                 None
             };
-            encode::encode_detail(span, batch.resource.pid, detail);
+            if let Some(keys) = &caches.keys {
+                encode::encode_detail(span, batch.resource.pid, keys, detail);
+            }
             let error = span.status.code == StatusCode::Error;
             let n = insert.execute(params![
                 &trace_key(span.trace_id)[..],
@@ -305,6 +311,12 @@ fn write_all(
         }
     }
     drop(insert);
+    if let Some(keys) = &caches.keys {
+        let mut stmt = tx.prepare_cached("INSERT INTO attribute_keys (id, key) VALUES (?1, ?2)")?;
+        for (id, key) in keys.take_new() {
+            stmt.execute(params![id, key])?;
+        }
+    }
     write_traces(tx, caches)?;
     endpoint_rollups.write(tx)?;
     edge_rollups.write(tx)?;
@@ -481,17 +493,18 @@ fn endpoint_id(
     service: i64,
     key: &str,
 ) -> rusqlite::Result<i64> {
-    if !caches.endpoints.contains_key(&service) {
-        // All of them, so the per-service cap holds across restarts.
-        let mut stmt = tx.prepare_cached("SELECT name, id FROM endpoints WHERE service_id = ?1")?;
-        let rows = stmt.query_map([service], |r| {
-            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
-        })?;
-        caches
-            .endpoints
-            .insert(service, rows.collect::<Result<_, _>>()?);
-    }
-    let known = caches.endpoints.entry(service).or_default();
+    let known = match caches.endpoints.entry(service) {
+        std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+        std::collections::hash_map::Entry::Vacant(v) => {
+            // All of them, so the per-service cap holds across restarts.
+            let mut stmt =
+                tx.prepare_cached("SELECT name, id FROM endpoints WHERE service_id = ?1")?;
+            let rows = stmt.query_map([service], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?))
+            })?;
+            v.insert(rows.collect::<Result<_, _>>()?)
+        }
+    };
     if let Some(id) = known.get(key) {
         return Ok(*id);
     }
