@@ -211,16 +211,6 @@ fn as_service_user(bin: &Path, dir: &Path, log: &Path) -> Command {
     c
 }
 
-fn children(pid: u32) -> Vec<u32> {
-    let mut v: Vec<u32> = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter_map(|s| s.parse().ok())
-        .collect();
-    v.sort_unstable();
-    v
-}
-
 /// A server's master (the exec'd setpriv becomes it) and its workers, once all are up.
 fn server_pids(master: u32, workers: usize) -> Vec<u32> {
     assert!(
@@ -540,23 +530,13 @@ fn a_service_in_a_container_is_traced() {
         .expect("tempdir");
     let app = app_dir(root.path(), "billing");
     let port = free_port();
-    let mut cmd = Command::new("unshare");
-    cmd.args([
-        "--pid",
-        "--fork",
-        "--mount",
-        "--mount-proc",
-        "--net",
-        "sh",
-        "-c",
-        "ip link set lo up && mount -t tmpfs zs-container-tmp /tmp && exec \"$0\" \"$@\"",
-    ])
-    .arg(venv_bin("e2e", "gunicorn"))
-    .args(["-w", "2", "-b", &format!("127.0.0.1:{port}"), "app:app"])
-    .current_dir(&app)
-    .env_clear()
-    .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
-    .env("PYTHONDONTWRITEBYTECODE", "1");
+    let mut cmd = container_command();
+    cmd.arg(venv_bin("e2e", "gunicorn"))
+        .args(["-w", "2", "-b", &format!("127.0.0.1:{port}"), "app:app"])
+        .current_dir(&app)
+        .env_clear()
+        .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("PYTHONDONTWRITEBYTECODE", "1");
     let log = root.path().join("container.log");
     let out = std::fs::File::create(&log).expect("log");
     cmd.stdout(out.try_clone().expect("dup")).stderr(out);

@@ -19,22 +19,12 @@ const SLEEPER: &str = "import time\nwhile True: time.sleep(0.2)";
 /// `program args…` as pid 1 of new pid, mount and network namespaces, with loopback up and a
 /// private, empty /tmp.
 fn container(name: &str, program: &str, args: &[&str]) -> Proc {
-    let mut cmd = Command::new("unshare");
-    cmd.args([
-        "--pid",
-        "--fork",
-        "--mount",
-        "--mount-proc",
-        "--net",
-        "sh",
-        "-c",
-        "ip link set lo up && mount -t tmpfs zs-container-tmp /tmp && exec \"$0\" \"$@\"",
-        program,
-    ])
-    .args(args)
-    .env("PYTHONDONTWRITEBYTECODE", "1")
-    .stdout(std::process::Stdio::null())
-    .stderr(std::process::Stdio::null());
+    let mut cmd = container_command();
+    cmd.arg(program)
+        .args(args)
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
     Proc::spawn(name, &mut cmd)
 }
 

@@ -297,16 +297,6 @@ impl Server {
     }
 }
 
-fn children(pid: u32) -> Vec<u32> {
-    let mut v: Vec<u32> = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter_map(|p| p.parse().ok())
-        .collect();
-    v.sort();
-    v
-}
-
 fn start_gunicorn(worker_class: &str, workers: usize) -> Server {
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_port();

@@ -923,17 +923,6 @@ fn real_injector_into_running_gunicorn() {
     assert!(!pids.contains(&master.pid()));
 }
 
-fn children(pid: u32) -> Vec<u32> {
-    let path = format!("/proc/{pid}/task/{pid}/children");
-    let mut v: Vec<u32> = std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter_map(|s| s.parse().ok())
-        .collect();
-    v.sort();
-    v
-}
-
 /// uWSGI with a framework app: `--lazy-apps` loads it in each worker after the fork; the app's
 /// class is patched when its module is imported, and the route names the span.
 #[test]

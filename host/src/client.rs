@@ -9,7 +9,8 @@ use serde_json::Value;
 use crate::cli::{AgentAddr, DEFAULT_LISTEN};
 use crate::orchestrate::ProcessView;
 
-fn get(agent: SocketAddr, path_and_query: &str) -> Result<String> {
+/// GET from the running agent's API; the error says what to check.
+pub fn get(agent: SocketAddr, path_and_query: &str) -> Result<String> {
     ureq::get(&format!("http://{agent}{path_and_query}"))
         .call()
         .with_context(|| format!("asking the agent at {agent} (is `zerostep agent` running?)"))?

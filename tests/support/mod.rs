@@ -185,3 +185,31 @@ pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     }
     f()
 }
+
+/// The direct children of `pid`, sorted (from /proc; empty once it has exited).
+pub fn children(pid: u32) -> Vec<u32> {
+    let mut v: Vec<u32> = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect();
+    v.sort_unstable();
+    v
+}
+
+/// `program args…` as pid 1 of new pid, mount and network namespaces (what a container runtime
+/// makes), with loopback up and a private, empty /tmp. Add the program, its arguments and stdio.
+pub fn container_command() -> Command {
+    let mut cmd = Command::new("unshare");
+    cmd.args([
+        "--pid",
+        "--fork",
+        "--mount",
+        "--mount-proc",
+        "--net",
+        "sh",
+        "-c",
+        "ip link set lo up && mount -t tmpfs zs-container-tmp /tmp && exec \"$0\" \"$@\"",
+    ]);
+    cmd
+}

@@ -30,13 +30,7 @@ pub fn check(file: &Path) -> Result<ExitCode> {
 }
 
 pub fn list(agent: SocketAddr, json: bool) -> Result<ExitCode> {
-    let url = format!("http://{agent}/api/v1/sensors");
-    let body = ureq::get(&url)
-        .call()
-        .with_context(|| format!("asking the agent at {agent} (is `zerostep agent` running?)"))?
-        .body_mut()
-        .read_to_string()
-        .context("reading the agent's answer")?;
+    let body = crate::client::get(agent, "/api/v1/sensors")?;
     if json {
         println!("{body}");
         return Ok(ExitCode::SUCCESS);
