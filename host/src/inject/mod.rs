@@ -317,7 +317,12 @@ pub fn inject(pid: u32, code: &str, opts: &InjectOptions) -> Result<InjectReport
     if runtime.version.1 >= 14 {
         return pep768::inject(pid, &runtime, &maps, &api_path, code, opts);
     }
-    let syms = elf_symbols::resolve(pid, &maps, &api_path, API_SYMBOLS)?;
+    // Moments after exec the loader may not have mapped everything yet: that is "not ready".
+    let young = |e: InjectError| match process_age(pid) {
+        Some(age) if age < Duration::from_secs(2) => InjectError::NotReady { pid },
+        _ => e,
+    };
+    let syms = elf_symbols::resolve(pid, &maps, &api_path, API_SYMBOLS).map_err(young)?;
     let sym = |n: &str| {
         syms.get(n).copied().ok_or_else(|| InjectError::NotCPython {
             pid,
@@ -326,7 +331,7 @@ pub fn inject(pid: u32, code: &str, opts: &InjectOptions) -> Result<InjectReport
     };
     let rt = sym("_PyRuntime")?;
     ensure_initialized(pid, runtime.version.1, rt.addr)?;
-    let gadgets = gadgets::find(pid, &maps)?;
+    let gadgets = gadgets::find(pid, &maps).map_err(young)?;
     let api = scratch::Api {
         ensure: sym("PyGILState_Ensure")?.addr,
         run: sym("PyRun_SimpleString")?.addr,
