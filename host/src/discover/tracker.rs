@@ -304,6 +304,15 @@ impl Tracker {
         let Some(runtime) = python_runtime::detect_from(&exe, &maps) else {
             return Look::NotPython;
         };
+        // The loader maps libc and libpython one after the other: caught in between, a
+        // `--enable-shared` build looks like one with libpython linked in. A young process that
+        // looks linked-in is looked at again (a truly linked-in build is reported then).
+        if !accept_unloaded
+            && runtime.to_runtime().libpython == super::LibPython::LinkedIntoExecutable
+            && age(st.start_time).is_none_or(|a| a < LOADER_SETTLED)
+        {
+            return Look::Unsettled;
+        }
         let info = self.build(pid, p, st, exe, &runtime);
         self.report_new(info);
         Look::Python
@@ -418,4 +427,16 @@ impl Tracker {
             k.recheck_pending = false;
         }
     }
+}
+
+/// Older than this, a process's loader has long finished mapping its libraries.
+const LOADER_SETTLED: Duration = Duration::from_millis(400);
+
+/// How long ago a process with this start time (clock ticks since boot) started.
+fn age(start_ticks: u64) -> Option<Duration> {
+    use procfs::Current;
+    let uptime = procfs::Uptime::current().ok()?.uptime_duration();
+    let started =
+        Duration::from_millis(start_ticks.saturating_mul(1000) / procfs::ticks_per_second());
+    uptime.checked_sub(started)
 }
