@@ -3,7 +3,7 @@
 use std::os::fd::AsFd;
 use std::time::Duration;
 
-use proc_connector::{EventMask, ProcConnector, ProcEvent};
+use proc_connector::{ProcConnector, ProcEvent};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Event {
@@ -36,9 +36,10 @@ impl Connector {
     /// kernel without `CONFIG_PROC_EVENTS`.
     pub fn open(recv_buffer: usize) -> Result<Connector, proc_connector::Error> {
         let conn = ProcConnector::new()?;
-        let mask =
-            EventMask::FORK | EventMask::EXEC | EventMask::EXIT | EventMask::COMM | EventMask::UID;
-        conn.subscribe_filtered(mask)?;
+        // Unfiltered: with a kernel-side event filter the subscription's acknowledgement
+        // (PROC_EVENT_NONE) is filtered out too, and the crate's blocking wait for it then lasts
+        // until the next fork or exec anywhere on the host (30 s+ on a quiet one).
+        conn.subscribe()?;
         // Root may exceed `rmem_max`.
         if nix::sys::socket::setsockopt(
             &conn.as_fd(),
