@@ -430,7 +430,7 @@ impl Tracker {
 }
 
 /// Older than this, a process's loader has long finished mapping its libraries.
-const LOADER_SETTLED: Duration = Duration::from_millis(400);
+const LOADER_SETTLED: Duration = Duration::from_millis(60);
 
 /// How long ago a process with this start time (clock ticks since boot) started.
 fn age(start_ticks: u64) -> Option<Duration> {
