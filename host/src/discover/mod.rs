@@ -275,3 +275,13 @@ impl Worker {
         !self.shared.stop.load(Ordering::Relaxed)
     }
 }
+
+/// How long ago a process with this start time (clock ticks since boot, `/proc/PID/stat`
+/// field 22) started; `None` if the clock cannot be read.
+pub fn age_since_start(start_ticks: u64) -> Option<Duration> {
+    use procfs::Current;
+    let uptime = procfs::Uptime::current().ok()?.uptime_duration();
+    let started =
+        Duration::from_millis(start_ticks.saturating_mul(1000) / procfs::ticks_per_second());
+    uptime.checked_sub(started)
+}

@@ -309,7 +309,7 @@ impl Tracker {
         // looks linked-in is looked at again (a truly linked-in build is reported then).
         if !accept_unloaded
             && runtime.to_runtime().libpython == super::LibPython::LinkedIntoExecutable
-            && age(st.start_time).is_none_or(|a| a < LOADER_SETTLED)
+            && super::age_since_start(st.start_time).is_none_or(|a| a < LOADER_SETTLED)
         {
             return Look::Unsettled;
         }
@@ -431,12 +431,3 @@ impl Tracker {
 
 /// Older than this, a process's loader has long finished mapping its libraries.
 const LOADER_SETTLED: Duration = Duration::from_millis(60);
-
-/// How long ago a process with this start time (clock ticks since boot) started.
-fn age(start_ticks: u64) -> Option<Duration> {
-    use procfs::Current;
-    let uptime = procfs::Uptime::current().ok()?.uptime_duration();
-    let started =
-        Duration::from_millis(start_ticks.saturating_mul(1000) / procfs::ticks_per_second());
-    uptime.checked_sub(started)
-}

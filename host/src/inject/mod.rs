@@ -432,15 +432,11 @@ fn ensure_initialized(pid: u32, minor: u32, runtime_addr: u64) -> Result<(), Inj
 }
 
 fn process_age(pid: u32) -> Option<Duration> {
-    let stat = procfs::process::Process::new(pid as i32)
+    let stat = procfs::process::Process::new(i32::try_from(pid).ok()?)
         .ok()?
         .stat()
         .ok()?;
-    let tps = procfs::ticks_per_second();
-    use procfs::Current;
-    let uptime = procfs::Uptime::current().ok()?.uptime_duration();
-    let started = Duration::from_millis(stat.starttime * 1000 / tps);
-    uptime.checked_sub(started)
+    crate::discover::age_since_start(stat.starttime)
 }
 
 fn record_outcome(report: &mut InjectReport, outcome: Option<Outcome>) {
