@@ -106,7 +106,8 @@ pub(crate) struct Writer {
     edges: EdgeResolver,
     calls: Vec<Call>,
     detail: Vec<u8>,
-    last_mark: Option<Instant>,
+    /// When the newest commit mark was started, and the rowid it is keyed by.
+    last_mark: Option<(Instant, i64)>,
     last_error_log: Option<Instant>,
 }
 
@@ -226,7 +227,7 @@ fn write_all(
     edges: &mut EdgeResolver,
     calls: &mut Vec<Call>,
     detail: &mut Vec<u8>,
-    last_mark: &mut Option<Instant>,
+    last_mark: &mut Option<(Instant, i64)>,
 ) -> rusqlite::Result<()> {
     let key_buf = &mut String::new();
     if caches.keys.is_none() {
@@ -321,14 +322,27 @@ fn write_all(
     endpoint_rollups.write(tx)?;
     edge_rollups.write(tx)?;
     write_services(tx, caches)?;
-    // Age retention finds old spans through these marks; one a second is plenty.
-    let due = last_mark.is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
-    if let Some(rowid) = last_span_rowid.filter(|_| due) {
-        tx.execute(
-            "INSERT OR REPLACE INTO commits (last_span_rowid, at_ns) VALUES (?1, ?2)",
-            params![rowid, now as i64],
-        )?;
-        *last_mark = Some(Instant::now());
+    // Age retention finds old spans through these marks. Every commit is covered (or spans
+    // written just before an idle spell would outlive their age), but a mark younger than a
+    // second is moved forward rather than joined by another, so there is about one a second.
+    if let Some(rowid) = last_span_rowid {
+        // The mark may be gone (retention, a rolled-back transaction): then a new one is made.
+        let moved = match *last_mark {
+            Some((started, key)) if started.elapsed() < Duration::from_secs(1) => tx.execute(
+                "UPDATE commits SET last_span_rowid = ?1, at_ns = ?2 WHERE last_span_rowid = ?3",
+                params![rowid, now as i64, key],
+            )? == 1,
+            _ => false,
+        };
+        if moved {
+            *last_mark = last_mark.map(|(started, _)| (started, rowid));
+        } else {
+            tx.execute(
+                "INSERT OR REPLACE INTO commits (last_span_rowid, at_ns) VALUES (?1, ?2)",
+                params![rowid, now as i64],
+            )?;
+            *last_mark = Some((Instant::now(), rowid));
+        }
     }
     Ok(())
 }
