@@ -132,11 +132,40 @@ def window(agent_pid, port, secs):
             "received_per_s": received, "stored_per_s": stored}
 
 
+def flat_out(secs):
+    work = tempfile.mkdtemp(prefix="zs-agent-bench-")
+    port = free_port()
+    agent = start_agent(work, port, pin=0)
+    span_source(work, 0, workers=int(os.environ.get("BENCH_SOURCES", "3")), pin=1)
+    assert wait_for(lambda: metric(port, "zerostep_spans_received_total") > 0, 30), "no spans"
+    time.sleep(3)
+    perf = None
+    if os.environ.get("BENCH_PERF"):
+        perf = subprocess.Popen(["perf", "record", "-F", "499", "-g", "--call-graph", "dwarf,16384",
+                                 "-o", os.environ["BENCH_PERF"], "-p", str(agent.pid)],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    result = window(agent.pid, port, secs)
+    if perf is not None:
+        perf.send_signal(signal.SIGINT)
+        perf.wait()
+    result["drops"] = [l for l in get(port, "/metrics").splitlines()
+                       if l.startswith("zerostep_spans_dropped_total")]
+    stop_all()
+    if os.environ.get("BENCH_ONLY") == "flat":
+        print(json.dumps(result, indent=2))
+    return {"flat_out_one_core": result}
+
+
 def main():
     secs = float(os.environ.get("BENCH_SECS", "20"))
+    # BENCH_ONLY=flat runs only the one-core throughput part; BENCH_PERF=FILE records a perf
+    # profile of the agent during it (for finding where the time goes, not for the table).
+    only_flat = os.environ.get("BENCH_ONLY") == "flat"
     results = {}
     work = tempfile.mkdtemp(prefix="zs-agent-bench-")
     try:
+        if only_flat:
+            return flat_out(secs)
         port = free_port()
         agent = start_agent(work, port)
         time.sleep(3)
@@ -147,18 +176,7 @@ def main():
         results["5k_spans_per_s"] = window(agent.pid, port, secs)
         stop_all()
 
-        work2 = tempfile.mkdtemp(prefix="zs-agent-bench-")
-        port = free_port()
-        agent = start_agent(work2, port, pin=0)
-        span_source(work2, 0, workers=int(os.environ.get("BENCH_SOURCES", "3")), pin=1)
-        assert wait_for(lambda: metric(port, "zerostep_spans_received_total") > 0, 30), "no spans"
-        time.sleep(3)
-        results["flat_out_one_core"] = window(agent.pid, port, secs)
-        dropped = get(port, "/metrics")
-        results["flat_out_one_core"]["drops"] = [l for l in dropped.splitlines()
-                                                 if l.startswith("zerostep_spans_dropped_total")]
-        stop_all()
-
+        results.update(flat_out(secs))
         work3 = tempfile.mkdtemp(prefix="zs-agent-bench-")
         port = free_port()
         agent = start_agent(work3, port)
