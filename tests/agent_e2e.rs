@@ -486,7 +486,10 @@ fn services_started_before_the_agent_are_traced_end_to_end() {
         wait_until(Duration::from_secs(5), || !agent
             .traces("service=billing")
             .is_empty()),
-        "no trace from C"
+        "no trace from C; processes: {:?}\nC's log:\n{}\nagent log:\n{}",
+        agent.processes(),
+        std::fs::read_to_string(&c_log).unwrap_or_default(),
+        agent.log()
     );
 
     // Detach A: it keeps serving and stops sending spans.

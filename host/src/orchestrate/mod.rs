@@ -188,6 +188,9 @@ struct Tracked {
     injected: bool,
     not_ready_since: Option<Instant>,
     last_injection: Option<InjectReport>,
+    /// Since when (time since boot) this process has had the tracer, as far as forks go: a
+    /// child forked earlier cannot have inherited it. Zero when it had it before we knew it.
+    tracer_since: Option<Duration>,
 }
 
 struct Done {
@@ -310,6 +313,7 @@ impl Core {
             injected: false,
             not_ready_since: None,
             last_injection: None,
+            tracer_since: None,
         };
         let Some((sensor, m)) = matched else {
             t.state = State::Excluded("no sensor matched".into());
@@ -342,6 +346,7 @@ impl Core {
             // Already traced (the agent restarted, or the tracer arrived with a fork).
             t.state = State::Traced;
             t.via = Some(Via::Inherited);
+            t.tracer_since = Some(Duration::ZERO);
         } else if self.parent_traced(&t) {
             t.state = State::AwaitingTracer;
             t.via = Some(Via::Inherited);
@@ -399,6 +404,17 @@ impl Core {
         } else {
             HashSet::new()
         };
+        // A worker waiting to inherit its master's tracer, but forked before the master had it,
+        // is injected now rather than after the grace (uWSGI and gunicorn fork their first
+        // workers before the agent may have reached the master).
+        let tracer_since: HashMap<u32, Duration> = if awaiting {
+            self.procs
+                .iter()
+                .filter_map(|(pid, t)| Some((*pid, t.tracer_since?)))
+                .collect()
+        } else {
+            HashMap::new()
+        };
         let mut to_inject = Vec::new();
         for (pid, t) in self.procs.iter_mut() {
             if t.state == State::AwaitingTracer && connected.contains(pid) {
@@ -407,9 +423,23 @@ impl Core {
                 t.due = None;
                 if t.via == Some(Via::Inherited) {
                     self.stats.inherited += 1;
+                    t.tracer_since = Some(Duration::ZERO);
                 }
                 tracing::info!(pid, service = ?t.matched.as_ref().map(|m| &m.1.service_name), via = ?t.via, "traced");
                 continue;
+            }
+            if t.state == State::AwaitingTracer
+                && !t.injected
+                && tracer_since
+                    .get(&t.info.ppid)
+                    .is_some_and(|since| forked_before(t.info.start_time, *since))
+            {
+                tracing::debug!(
+                    pid,
+                    ppid = t.info.ppid,
+                    "forked before its parent had the tracer"
+                );
+                t.due = Some(now);
             }
             let Some(due) = t.due else { continue };
             if due > now {
@@ -505,6 +535,9 @@ impl Core {
                 self.stats.injections_ok += 1;
                 t.state = State::AwaitingTracer;
                 t.via = Some(Via::Injected);
+                // A little after the bootstrap really ran: a child forked in between is
+                // injected itself and finds the tracer already there, which is harmless.
+                t.tracer_since = since_boot();
                 t.not_ready_since = None;
                 let grace = if report.confirmed {
                     self.cfg.connect_grace
@@ -702,5 +735,49 @@ fn resource(info: &ProcessInfo, m: &Match, host_name: &str) -> Resource {
         }
         .to_string(),
         tracer_version: crate::intake::TRACER_VERSION.to_string(),
+    }
+}
+
+/// Time since boot on the clock `/proc/PID/stat` start times are measured with.
+fn since_boot() -> Option<Duration> {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+        .ok()
+        .map(Duration::from)
+}
+
+/// Whether a process with this start time (clock ticks since boot) certainly started before
+/// `since`: start times are truncated to a tick, so one tick of doubt counts as "maybe not".
+fn forked_before(start_ticks: u64, since: Duration) -> bool {
+    let tick = 1_000_000_000 / procfs::ticks_per_second().max(1);
+    let started_ns = start_ticks.saturating_add(1).saturating_mul(tick);
+    u128::from(started_ns) < since.as_nanos()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_child_is_known_to_predate_the_tracer_only_with_a_tick_to_spare() {
+        let tick = Duration::from_nanos(1_000_000_000 / procfs::ticks_per_second());
+        let since = tick * 200;
+        assert!(forked_before(198, since));
+        // Started within the tick before `since`: may have forked after the tracer arrived.
+        assert!(!forked_before(199, since));
+        assert!(!forked_before(250, since));
+        assert!(!forked_before(0, Duration::ZERO));
+    }
+
+    #[test]
+    fn boot_time_is_after_our_own_start() {
+        let me = procfs::process::Process::myself()
+            .and_then(|p| p.stat())
+            .map(|s| s.starttime)
+            .unwrap_or(0);
+        let now = since_boot().unwrap_or_default();
+        assert!(
+            forked_before(me, now + Duration::from_millis(50)),
+            "{me} {now:?}"
+        );
     }
 }
