@@ -1,6 +1,8 @@
 //! Crossing the sandbox boundary: host types into the contract's types, and the sensor's answers
 //! back into host types, validated against the limits. Nothing a sensor returns is trusted.
-use std::collections::{HashMap, HashSet};
+// FxHash: keys are looked up once per attribute on the hot path; a batch's keys are few and
+// bounded, so even deliberately colliding ones cost little.
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
 use super::bindings::wit;
 use super::limits::SandboxLimits;
@@ -262,7 +264,7 @@ pub fn to_wit_batch(spans: &[Span], filter: &KeyFilter) -> wit::SpanBatch {
     };
     let mut b = BatchBuilder {
         filter,
-        keys: HashMap::new(),
+        keys: HashMap::default(),
         batch,
     };
     b.batch.spans = spans.iter().map(|s| b.span(s)).collect();
