@@ -8,6 +8,7 @@
 //! others never notice.
 mod connection;
 mod marshal;
+mod marshal_frame;
 mod netns;
 mod peers;
 mod queue;
