@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
-base=${BENCH_INTAKE_BASE:-$(git merge-base main HEAD)}
+base=${BENCH_INTAKE_BASE:-$(git merge-base main HEAD 2>/dev/null || echo HEAD)}
 secs=${BENCH_SECONDS:-3}
 tmp=$(mktemp -d /tmp/zs-intake-bench.XXXXXX)
 trap 'rm -rf "$tmp"' EXIT

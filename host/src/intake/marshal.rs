@@ -28,7 +28,7 @@ pub enum MarshalError {
 }
 
 const FLAG_REF: u8 = 0x80;
-pub const MAX_DEPTH: usize = 32;
+const MAX_DEPTH: usize = 32;
 /// What a frame may add by back-references to what it costs read straight through; CPython itself
 /// shares one object, we copy it each time.
 const MAX_EXPANSION: usize = 64 << 20;
