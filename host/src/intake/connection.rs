@@ -149,7 +149,15 @@ async fn read_loop(
     let mut bucket = TokenBucket::new(shared.config.max_bytes_per_sec);
     let mut head = [0u8; wire::LEN_PREFIX];
     let mut tx = Some(tx);
+    let mut sends_spans = false;
     loop {
+        // While the pipeline is behind, a tracer's frames stay unread: its reporter never blocks
+        // (non-blocking sends into a bounded buffer), so it keeps them and then drops and counts
+        // them in-process, instead of us decoding spans the queue would drop. Only a connection
+        // that has sent spans waits: a bootstrap's hello is awaited by the target's main thread.
+        if sends_spans {
+            shared.queue.wait_for_room().await;
+        }
         if let Err(e) = rd.read_exact(&mut head).await {
             return if e.kind() == std::io::ErrorKind::UnexpectedEof {
                 End::Closed
@@ -195,6 +203,7 @@ async fn read_loop(
                 },
             );
         }
+        sends_spans |= matches!(frame, PeerFrame::Spans { .. });
         handle(frame, shared, pid, root_pid, id);
     }
 }

@@ -3,11 +3,13 @@
 //! A peer is accepted only if its pid (`SO_PEERCRED`) is one the agent injected or descends from
 //! one ([`PeerRegistry`]). Each connection speaks length-prefixed JSON frames (schema in README.md):
 //! a bootstrap says hello and gets the tracer's modules; a tracer sends span batches and status.
-//! Decoded batches go to a [`SpanQueue`] (bounded, drop-oldest). The agent can send any connected
+//! Decoded batches go to a [`SpanQueue`] (bounded; while it is congested, connections that send
+//! spans are not read, so traced processes hold or drop their spans themselves). The agent can send any connected
 //! peer a [`Command`]. A peer that sends an oversized, malformed or too-fast stream is cut off; the
 //! others never notice.
 mod connection;
 mod marshal;
+mod marshal_frame;
 mod netns;
 mod peers;
 mod queue;
@@ -107,6 +109,8 @@ pub struct IntakeStats {
     pub modules_served: u64,
     pub queue_dropped_batches: u64,
     pub queue_dropped_spans: u64,
+    /// Times a connection stopped reading until the pipeline caught up (back-pressure).
+    pub paused_reads: u64,
 }
 
 /// A connected tracer, as the agent knows it.
@@ -318,6 +322,7 @@ impl Intake {
             modules_served: c.modules_served.load(Ordering::Relaxed),
             queue_dropped_batches: qb,
             queue_dropped_spans: qs,
+            paused_reads: self.shared.queue.waits(),
         }
     }
 }
@@ -356,5 +361,70 @@ fn bind(address: &IntakeAddress) -> Result<std::os::unix::net::UnixListener, Int
             std::os::unix::net::UnixListener::bind_addr(&addr)
                 .map_err(|e| IntakeError::Bind(shown, e))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{ErrorKind, Write};
+    use std::os::unix::net::{SocketAddr, UnixStream};
+
+    use super::*;
+
+    /// Writes what the socket takes, as the tracer's reporter does; true once it takes no more.
+    fn fill(sock: &mut UnixStream, frame: &[u8], out: &mut Vec<u8>) -> bool {
+        loop {
+            if out.is_empty() {
+                out.extend_from_slice(frame);
+            }
+            match sock.write(out) {
+                Ok(n) => drop(out.drain(..n)),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return true,
+                Err(e) => panic!("peer write: {e}"),
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_congested_queue_leaves_tracers_unread_instead_of_dropping() {
+        let name = format!("zerostep-test-backpressure-{}", std::process::id());
+        let mut config = IntakeConfig::new(IntakeAddress::Abstract(name.clone()));
+        config.queue_capacity = 8;
+        let registry = PeerRegistry::new();
+        registry.allow(std::process::id());
+        let intake = Intake::start(config, registry).expect("intake");
+        let addr = SocketAddr::from_abstract_name(name.as_bytes()).expect("address");
+        let mut sock = UnixStream::connect_addr(&addr).expect("connect");
+        sock.set_nonblocking(true).expect("non-blocking");
+        let body = include_bytes!("testdata/tracer_313.bin");
+        let mut frame = (body.len() as u32).to_be_bytes().to_vec();
+        frame.extend_from_slice(body);
+
+        // Nobody drains the queue: past 3/4 of 8 batches the intake stops reading, the socket
+        // buffers fill, and the writer is told to wait, as the reporter would be.
+        let mut out = Vec::new();
+        let queue = intake.queue();
+        for _ in 0..100 {
+            fill(&mut sock, &frame, &mut out);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(queue.is_congested());
+        assert_eq!(queue.len(), 7, "reading stopped once congested");
+        assert!(fill(&mut sock, &frame, &mut out), "the socket stays full");
+        let stats = intake.stats();
+        assert_eq!(stats.queue_dropped_spans, 0);
+        assert_eq!(stats.paused_reads, 1);
+
+        // Drained below half: reading resumes on its own.
+        while queue.try_pop().is_some() {}
+        let resumed = async {
+            while queue.is_empty() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), resumed)
+            .await
+            .expect("reading resumed");
+        assert_eq!(intake.stats().cut_off_malformed, 0);
     }
 }

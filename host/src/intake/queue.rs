@@ -1,7 +1,10 @@
-//! The bounded hand-off from the intake to the pipeline. When the pipeline falls behind, the oldest
-//! batch goes (fresh spans are worth more than stale ones) and the loss is counted.
+//! The bounded hand-off from the intake to the pipeline. When it fills past three quarters, the
+//! queue is congested: connections stop reading until the pipeline has drained it to half (see
+//! `connection.rs`), so the spans wait or are dropped inside the traced processes instead of being
+//! decoded here for nothing. When it fills all the same (many connections resuming at once), the
+//! oldest batch goes (fresh spans are worth more than stale ones) and the loss is counted.
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -38,6 +41,10 @@ struct Inner {
     notify: Notify,
     dropped_batches: AtomicU64,
     dropped_spans: AtomicU64,
+    congested: AtomicBool,
+    /// Wakes every connection waiting for room once congestion ends.
+    room: Notify,
+    waits: AtomicU64,
 }
 
 /// Cloneable; every clone is the same queue.
@@ -64,6 +71,9 @@ impl SpanQueue {
                 notify: Notify::new(),
                 dropped_batches: AtomicU64::new(0),
                 dropped_spans: AtomicU64::new(0),
+                congested: AtomicBool::new(false),
+                room: Notify::new(),
+                waits: AtomicU64::new(0),
             }),
         }
     }
@@ -85,6 +95,9 @@ impl SpanQueue {
             }
             q.spans += batch.spans.len();
             q.batches.push_back(batch);
+            if self.above(&q, 3) {
+                self.inner.congested.store(true, Ordering::Relaxed);
+            }
         }
         self.inner.notify.notify_one();
     }
@@ -93,7 +106,44 @@ impl SpanQueue {
         let mut q = self.inner.batches.lock();
         let b = q.batches.pop_front()?;
         q.spans -= b.spans.len();
+        // Hysteresis: waiting connections resume together at half, not one frame at a time.
+        if self.inner.congested.load(Ordering::Relaxed) && !self.above(&q, 2) {
+            self.inner.congested.store(false, Ordering::Relaxed);
+            self.inner.room.notify_waiters();
+        }
         Some(b)
+    }
+
+    /// Whether batches or spans fill more than `quarters`/4 of their bound.
+    fn above(&self, q: &Queued, quarters: usize) -> bool {
+        let over = |n: usize, bound: usize| n > bound / 4 * quarters;
+        over(q.batches.len(), self.inner.capacity) || over(q.spans, self.inner.max_spans)
+    }
+
+    pub fn is_congested(&self) -> bool {
+        self.inner.congested.load(Ordering::Relaxed)
+    }
+
+    /// Returns at once unless the queue is congested; then waits until the pipeline drained it.
+    pub async fn wait_for_room(&self) {
+        let mut counted = false;
+        loop {
+            // Registered before the check, so a wake-up between the two is not lost.
+            let room = self.inner.room.notified();
+            if !self.is_congested() {
+                return;
+            }
+            if !counted {
+                counted = true;
+                self.inner.waits.fetch_add(1, Ordering::Relaxed);
+            }
+            room.await;
+        }
+    }
+
+    /// Times a reader waited for room.
+    pub fn waits(&self) -> u64 {
+        self.inner.waits.load(Ordering::Relaxed)
     }
 
     /// Waits for the next batch.
@@ -179,6 +229,29 @@ mod tests {
         q.push(batch(4, 9));
         assert_eq!(q.len(), 1);
         assert_eq!(q.spans(), 9);
+    }
+
+    #[tokio::test]
+    async fn congestion_holds_readers_until_drained_to_half() {
+        let q = SpanQueue::with_span_limit(100, 8);
+        q.push(batch(1, 6));
+        assert!(!q.is_congested());
+        q.push(batch(2, 1));
+        assert!(q.is_congested(), "7 of 8 spans");
+        let q2 = q.clone();
+        let reader = tokio::spawn(async move { q2.wait_for_room().await });
+        tokio::task::yield_now().await;
+        assert!(!reader.is_finished());
+        q.push(batch(3, 1));
+        assert_eq!(q.try_pop().map(|b| b.pid), Some(1));
+        // 2 of 8 spans left: below half.
+        assert!(!q.is_congested());
+        tokio::time::timeout(std::time::Duration::from_secs(5), reader)
+            .await
+            .expect("reader resumed")
+            .expect("join");
+        assert_eq!(q.waits(), 1);
+        assert_eq!(q.dropped(), (0, 0));
     }
 
     #[tokio::test]

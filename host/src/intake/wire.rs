@@ -5,7 +5,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::marshal::{self, MarshalError, Value as MValue};
+use super::marshal::MarshalError;
+use super::marshal_frame;
 use crate::span::{AttrValue, Attribute, Event, Span, SpanKind, Status, StatusCode};
 
 /// The schema version both sides put in `"v"`.
@@ -150,146 +151,80 @@ pub fn decode(body: &[u8]) -> Result<PeerFrame, WireError> {
 }
 
 fn decode_marshal_spans(data: &[u8]) -> Result<PeerFrame, WireError> {
-    let MValue::List(top) = marshal::loads(data)? else {
-        return Err(WireError::Shape("not a tuple"));
-    };
-    let [_pid, dropped, MValue::List(items)] =
-        <[MValue; 3]>::try_from(top).map_err(|_| WireError::Shape("not (pid, dropped, spans)"))?
-    else {
-        return Err(WireError::Shape("spans is not a list"));
-    };
-    let dropped_in_process = u64::try_from(dropped.as_u128().unwrap_or(0)).unwrap_or(u64::MAX);
-    let spans = items
-        .into_iter()
-        .enumerate()
-        .map(|(i, v)| {
-            marshal_span(v)
-                .ok_or(WireError::BadSpan {
-                    index: i,
-                    reason: "wrong field types",
-                })
-                .and_then(|w| to_span(i, w))
-        })
-        .collect::<Result<_, _>>()?;
+    let (dropped_in_process, spans) = marshal_frame::decode(data)?;
     Ok(PeerFrame::Spans {
         dropped_in_process,
         spans,
     })
 }
 
-fn marshal_span(v: MValue) -> Option<WireSpan> {
-    let MValue::List(f) = v else { return None };
-    let [tid, sid, parent, MValue::Str(name), kind, start, end, status, MValue::Str(msg), attrs, MValue::List(events)] =
-        <[MValue; 11]>::try_from(f).ok()?
-    else {
-        return None;
-    };
-    let u64_of = |v: &MValue| u64::try_from(v.as_u128()?).ok();
-    let u8_of = |v: &MValue| u8::try_from(v.as_u128()?).ok();
-    let events = events
-        .into_iter()
-        .map(|e| {
-            let MValue::List(e) = e else { return None };
-            let [MValue::Str(n), t, a] = <[MValue; 3]>::try_from(e).ok()? else {
-                return None;
-            };
-            Some((n, u64_of(&t)?, marshal_attrs(a)?))
-        })
-        .collect::<Option<Vec<_>>>()?;
-    Some(WireSpan(
-        tid.as_u128()?,
-        u64_of(&sid)?,
-        u64_of(&parent)?,
-        name,
-        u8_of(&kind)?,
-        u64_of(&start)?,
-        u64_of(&end)?,
-        u8_of(&status)?,
-        msg,
-        marshal_attrs(attrs)?,
-        events,
-    ))
+/// A span's fields as both encodings carry them, before the checks they share.
+pub(super) struct SpanFields {
+    pub trace_id: u128,
+    pub span_id: u64,
+    pub parent: u64,
+    pub name: String,
+    pub kind: u8,
+    pub start: u64,
+    pub end: u64,
+    pub status: u8,
+    pub message: String,
+    pub attributes: Vec<Attribute>,
+    pub events: Vec<Event>,
 }
 
-/// Into the JSON shape, so both encodings share `to_span`'s checks and typing.
-fn marshal_attrs(v: MValue) -> Option<Map<String, Value>> {
-    let MValue::Dict(pairs) = v else { return None };
-    let mut m = Map::new();
-    for (k, v) in pairs {
-        let MValue::Str(k) = k else { return None };
-        let v = match v {
-            MValue::Str(s) => Value::String(s),
-            MValue::Bool(b) => Value::Bool(b),
-            MValue::Int(i) => match i64::try_from(i) {
-                Ok(i) => Value::from(i),
-                Err(_) => Value::from(i as f64),
-            },
-            MValue::UInt(u) => Value::from(u as f64),
-            MValue::Float(f) => serde_json::Number::from_f64(f)
-                .map(Value::Number)
-                .unwrap_or(Value::Null),
-            MValue::List(items) => Value::Array(
-                items
-                    .into_iter()
-                    .map(|i| match i {
-                        MValue::Str(s) => Value::String(s),
-                        MValue::Int(n) => Value::String(n.to_string()),
-                        MValue::UInt(n) => Value::String(n.to_string()),
-                        MValue::Float(f) => Value::String(f.to_string()),
-                        MValue::Bool(b) => Value::String(b.to_string()),
-                        _ => Value::Null,
-                    })
-                    .collect(),
-            ),
-            MValue::None | MValue::Dict(_) | MValue::Bytes(_) => Value::Null,
+impl SpanFields {
+    /// The span, or why span number `index` of its frame is invalid.
+    pub(super) fn check(self, index: usize) -> Result<Span, WireError> {
+        let bad = |reason| WireError::BadSpan { index, reason };
+        if self.trace_id == 0 || self.span_id == 0 {
+            return Err(bad("zero trace or span id"));
+        }
+        let kind = match self.kind {
+            0 => SpanKind::Internal,
+            1 => SpanKind::Server,
+            2 => SpanKind::Client,
+            3 => SpanKind::Producer,
+            4 => SpanKind::Consumer,
+            _ => return Err(bad("unknown kind")),
         };
-        m.insert(k, v);
+        let code = match self.status {
+            0 => StatusCode::Unset,
+            1 => StatusCode::Ok,
+            2 => StatusCode::Error,
+            _ => return Err(bad("unknown status")),
+        };
+        Ok(Span {
+            trace_id: self.trace_id,
+            span_id: self.span_id,
+            parent_span_id: (self.parent != 0).then_some(self.parent),
+            name: self.name,
+            kind,
+            start_unix_nano: self.start,
+            end_unix_nano: self.end.max(self.start),
+            status: Status {
+                code,
+                message: self.message,
+            },
+            attributes: self.attributes,
+            events: self.events,
+        })
     }
-    Some(m)
 }
 
 fn to_span(index: usize, w: WireSpan) -> Result<Span, WireError> {
     let WireSpan(trace_id, span_id, parent, name, kind, start, end, status, message, attrs, events) =
         w;
-    if trace_id == 0 || span_id == 0 {
-        return Err(WireError::BadSpan {
-            index,
-            reason: "zero trace or span id",
-        });
-    }
-    let kind = match kind {
-        0 => SpanKind::Internal,
-        1 => SpanKind::Server,
-        2 => SpanKind::Client,
-        3 => SpanKind::Producer,
-        4 => SpanKind::Consumer,
-        _ => {
-            return Err(WireError::BadSpan {
-                index,
-                reason: "unknown kind",
-            })
-        }
-    };
-    let code = match status {
-        0 => StatusCode::Unset,
-        1 => StatusCode::Ok,
-        2 => StatusCode::Error,
-        _ => {
-            return Err(WireError::BadSpan {
-                index,
-                reason: "unknown status",
-            })
-        }
-    };
-    Ok(Span {
+    SpanFields {
         trace_id,
         span_id,
-        parent_span_id: (parent != 0).then_some(parent),
+        parent,
         name,
         kind,
-        start_unix_nano: start,
-        end_unix_nano: end.max(start),
-        status: Status { code, message },
+        start,
+        end,
+        status,
+        message,
         attributes: to_attributes(attrs),
         events: events
             .into_iter()
@@ -299,7 +234,8 @@ fn to_span(index: usize, w: WireSpan) -> Result<Span, WireError> {
                 attributes: to_attributes(attrs),
             })
             .collect(),
-    })
+    }
+    .check(index)
 }
 
 fn to_attributes(map: Map<String, Value>) -> Vec<Attribute> {
@@ -380,6 +316,7 @@ pub fn command_message(
 
 #[cfg(test)]
 mod tests {
+    use super::super::marshal::tests::W;
     use super::*;
 
     #[test]
@@ -445,6 +382,206 @@ mod tests {
             Err(WireError::Shape(_))
         ));
         assert!(matches!(decode(b"\x01c"), Err(WireError::Marshal(_))));
+    }
+
+    fn sorted(mut spans: Vec<Span>) -> Vec<Span> {
+        for s in &mut spans {
+            s.attributes.sort_by(|a, b| a.key.cmp(&b.key));
+            for e in &mut s.events {
+                e.attributes.sort_by(|a, b| a.key.cmp(&b.key));
+            }
+        }
+        spans
+    }
+
+    fn spans_of(body: &[u8]) -> (u64, Vec<Span>) {
+        match decode(body) {
+            Ok(PeerFrame::Spans {
+                dropped_in_process,
+                spans,
+            }) => (dropped_in_process, spans),
+            other => panic!("not a spans frame: {other:?}"),
+        }
+    }
+
+    /// From testdata/make_frames.py: the real tracer's spans, in both the forms it sends.
+    const TRACER_FRAMES: [(&str, &[u8], &[u8]); 2] = [
+        (
+            "3.8",
+            include_bytes!("testdata/tracer_38.bin"),
+            include_bytes!("testdata/tracer_38.json"),
+        ),
+        (
+            "3.13",
+            include_bytes!("testdata/tracer_313.bin"),
+            include_bytes!("testdata/tracer_313.json"),
+        ),
+    ];
+
+    #[test]
+    fn marshal_frames_from_the_tracer_decode_as_their_json_form() {
+        for (py, marshal, json) in TRACER_FRAMES {
+            let (dropped, spans) = spans_of(marshal);
+            assert_eq!(dropped, 5, "{py}");
+            // Same typing either way; only the order of attributes differs (JSON's map sorts).
+            assert_eq!(sorted(spans.clone()), sorted(spans_of(json).1), "{py}");
+            assert_eq!(spans.len(), 6, "{py}");
+            for (i, pair) in spans.chunks(2).enumerate() {
+                let (db, server) = (&pair[0], &pair[1]);
+                assert_eq!(server.trace_id >> 16, u128::MAX >> 16, "{py}");
+                assert_eq!(server.trace_id & 0xffff, i as u128 + 1, "{py}");
+                assert_eq!(server.parent_span_id, Some(0x00f0_67aa_0ba9_02b7));
+                assert_eq!(db.trace_id, server.trace_id);
+                assert_eq!(db.parent_span_id, Some(server.span_id));
+                assert_eq!(db.kind, SpanKind::Client);
+                assert_eq!(
+                    db.attr("db.query.text"),
+                    Some(&AttrValue::Str(
+                        "SELECT * FROM items WHERE id = ? AND owner = ?".into()
+                    ))
+                );
+                let a = |k| server.attr(k).cloned();
+                assert_eq!(a("url.path"), Some(AttrValue::Str(format!("/items/{i}"))));
+                assert_eq!(a("server.port"), Some(AttrValue::Int(8000)));
+                assert_eq!(a("big"), Some(AttrValue::Double(2f64.powi(70))));
+                assert_eq!(a("neg"), Some(AttrValue::Int(-5)));
+                assert_eq!(a("ratio"), Some(AttrValue::Double(0.25)));
+                assert_eq!(a("flag"), Some(AttrValue::Bool(true)));
+                // One list object in every span: a back-reference to a container after the first.
+                assert_eq!(
+                    a("tags"),
+                    Some(AttrValue::StrArray(vec!["a".into(), "b".into()]))
+                );
+                let mixed = ["1", "1.5", "true", "null", "x"].map(String::from).to_vec();
+                assert_eq!(a("mixed"), Some(AttrValue::StrArray(mixed)));
+                assert_eq!(a("none"), None);
+                // Attributes come in the order the tracer set them.
+                assert_eq!(server.attributes[0].key, "http.request.method");
+            }
+            assert_eq!(spans[3].status.code, StatusCode::Error);
+            assert_eq!(spans[3].status.message, "no such item");
+            assert_eq!(spans[3].events[0].name, "exception");
+            assert_eq!(
+                spans[3].events[0].attributes[0].value,
+                AttrValue::Str("ValueError".into())
+            );
+        }
+    }
+
+    #[test]
+    fn truncated_or_corrupted_frames_are_errors_not_panics() {
+        let bodies = [
+            TRACER_FRAMES[0].1,
+            TRACER_FRAMES[1].1,
+            include_bytes!("marshal_spans.bin"),
+        ];
+        for body in bodies {
+            for n in 0..body.len() {
+                assert!(decode(&body[..n]).is_err(), "prefix of {n} bytes");
+            }
+            // xorshift: reproducible corruption of one to four bytes at a time.
+            let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+            let mut next = || {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as usize
+            };
+            for _ in 0..3000 {
+                let mut b = body.to_vec();
+                for _ in 0..1 + next() % 4 {
+                    let i = 1 + next() % (b.len() - 1);
+                    b[i] = next() as u8;
+                }
+                let _ = decode(&b);
+            }
+            for _ in 0..3000 {
+                let mut b = vec![MARSHAL_SPANS];
+                b.extend((0..next() % 64).map(|_| next() as u8));
+                let _ = decode(&b);
+            }
+        }
+    }
+
+    /// A frame of one span `[1, 2, 0, "n", kind, 10, 20, 0, "", {attrs}, []]`.
+    fn one_span(kind: i32, attrs: impl Fn(&mut W)) -> Vec<u8> {
+        let mut w = W::new();
+        w.0.push(MARSHAL_SPANS);
+        w.code(b')', false).0.push(3);
+        w.int(1, false).int(0, false).seq(1, false).seq(11, false);
+        w.int(1, false).int(2, false).int(0, false).str("n", false);
+        w.int(kind, false)
+            .int(10, false)
+            .int(20, false)
+            .int(0, false);
+        w.str("", false).code(b'{', false);
+        attrs(&mut w);
+        w.code(b'0', false).seq(0, false);
+        w.0
+    }
+
+    #[test]
+    fn hostile_span_frames_get_clear_errors() {
+        let (_, s) = spans_of(&one_span(1, |_| {}));
+        assert_eq!((s[0].span_id, s[0].name.as_str()), (2, "n"));
+        assert!(matches!(
+            decode(&one_span(9, |_| {})),
+            Err(WireError::BadSpan {
+                reason: "unknown kind",
+                ..
+            })
+        ));
+        assert!(matches!(
+            decode(&one_span(-1, |_| {})),
+            Err(WireError::BadSpan {
+                reason: "wrong field types",
+                ..
+            })
+        ));
+        // A non-string key.
+        assert!(matches!(
+            decode(&one_span(1, |w| {
+                w.int(1, false).int(1, false);
+            })),
+            Err(WireError::BadSpan { .. })
+        ));
+        // A list claiming more items than there are bytes left.
+        assert!(matches!(
+            decode(&one_span(1, |w| {
+                w.str("k", false).seq(u32::MAX, false);
+            })),
+            Err(WireError::Marshal(MarshalError::Truncated))
+        ));
+        // A span that holds itself.
+        let mut w = W::new();
+        w.0.push(MARSHAL_SPANS);
+        w.code(b')', false).0.push(3);
+        w.int(1, false)
+            .int(0, false)
+            .seq(1, false)
+            .seq(11, true)
+            .r(0);
+        w.0.extend([b'N'; 10]);
+        assert!(matches!(
+            decode(&w.0),
+            Err(WireError::Marshal(MarshalError::BadRef(0)))
+        ));
+    }
+
+    #[test]
+    fn repeated_keys_keep_the_last_value_as_json_does() {
+        let (_, s) = spans_of(&one_span(1, |w| {
+            w.str("a", false)
+                .int(1, false)
+                .str("b", false)
+                .int(2, false);
+            w.str("a", false)
+                .int(3, false)
+                .str("b", false)
+                .code(b'N', false);
+        }));
+        assert_eq!(s[0].attributes.len(), 1);
+        assert_eq!(s[0].attr("a"), Some(&AttrValue::Int(3)));
     }
 
     #[test]
