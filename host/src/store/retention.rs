@@ -1,15 +1,17 @@
-//! Retention by age and by size, run by the writer between transactions. Deletes go in chunks,
+//! Retention by age and by size, run by the writer between transactions. Span chunks go oldest
+//! first by rowid (write order); summaries, entries and rollups by their start time. Deletes go in chunks,
 //! each its own short transaction, and one pass does a bounded amount of work so ingest keeps
 //! flowing (the queue absorbs the pause). Freed pages are reused by later inserts; when many pile
 //! up, an incremental vacuum gives them back to the file system, so the file stays bounded.
 use rusqlite::{params, Connection, OptionalExtension};
 
+use super::rollup::TIERS;
 use super::StoreConfig;
 
-/// Spans deleted per statement.
-const CHUNK: i64 = 20_000;
-/// Spans deleted per pass at most.
-const PASS_LIMIT: i64 = 400_000;
+/// Chunk rows deleted per statement (a chunk is one trace's spans of one transaction).
+const CHUNK: i64 = 5_000;
+/// Chunk rows deleted per pass at most.
+const PASS_LIMIT: i64 = 100_000;
 /// Size retention aims this far below the limit so it does not run on every pass.
 const SIZE_HEADROOM: f64 = 0.9;
 
@@ -34,52 +36,84 @@ pub fn sizes(conn: &Connection) -> rusqlite::Result<(u64, u64)> {
     ))
 }
 
-fn span_rowids(conn: &Connection) -> rusqlite::Result<Option<(i64, i64)>> {
-    conn.query_row("SELECT min(id), max(id) FROM spans", [], |r| {
+fn chunk_rowids(conn: &Connection) -> rusqlite::Result<Option<(i64, i64)>> {
+    conn.query_row("SELECT min(id), max(id) FROM chunks", [], |r| {
         Ok(r.get::<_, Option<i64>>(0)?.zip(r.get::<_, Option<i64>>(1)?))
     })
 }
 
-/// Deletes spans with rowid ≤ `upto`, oldest first, within `budget`. Returns how many.
-fn delete_spans_upto(conn: &Connection, upto: i64, budget: &mut i64) -> rusqlite::Result<u64> {
+/// Deletes chunks with rowid ≤ `upto`, oldest first, within `budget`. Returns how many spans.
+fn delete_chunks_upto(conn: &Connection, upto: i64, budget: &mut i64) -> rusqlite::Result<u64> {
     let mut deleted = 0u64;
     while *budget > 0 {
-        let Some((min, _)) = span_rowids(conn)? else {
+        let Some((min, _)) = chunk_rowids(conn)? else {
             break;
         };
         if min > upto {
             break;
         }
         let end = upto.min(min + CHUNK.min(*budget) - 1);
-        let n = conn.execute(
-            "DELETE FROM spans WHERE id BETWEEN ?1 AND ?2",
+        let spans: i64 = conn.query_row(
+            "SELECT coalesce(sum(span_count), 0) FROM chunks WHERE id BETWEEN ?1 AND ?2",
+            params![min, end],
+            |r| r.get(0),
+        )?;
+        conn.execute(
+            "DELETE FROM chunks WHERE id BETWEEN ?1 AND ?2",
             params![min, end],
         )?;
-        deleted += n as u64;
+        deleted += spans as u64;
         *budget -= (end - min + 1).max(1);
     }
     Ok(deleted)
 }
 
-/// Trace summaries and rollups older than `cutoff_ns` go, in chunks.
+/// Entry rows older than `before_ns`, one endpoint (one key range) at a time.
+fn delete_entries_before(conn: &Connection, before_ns: i64) -> rusqlite::Result<()> {
+    let endpoints: Vec<i64> = conn
+        .prepare_cached("SELECT id FROM endpoints")?
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    let mut stmt =
+        conn.prepare_cached("DELETE FROM entries WHERE endpoint_id = ?1 AND start_ns < ?2")?;
+    for e in endpoints {
+        stmt.execute(params![e, before_ns])?;
+    }
+    Ok(())
+}
+
+/// Trace summaries, entries and rollups older than `cutoff_ns` go, in chunks. A rollup bucket
+/// goes once all of it is older.
 fn delete_summaries_before(conn: &Connection, cutoff_ns: i64) -> rusqlite::Result<(u64, u64)> {
     let mut traces = 0u64;
     loop {
         let n = conn.execute(
             "DELETE FROM traces WHERE trace_id IN
                (SELECT trace_id FROM traces WHERE start_ns < ?1 LIMIT ?2)",
-            params![cutoff_ns, CHUNK],
+            params![cutoff_ns, CHUNK * 4],
         )?;
         traces += n as u64;
-        if (n as i64) < CHUNK {
+        if (n as i64) < CHUNK * 4 {
             break;
         }
     }
-    let minute = cutoff_ns / 60_000_000_000;
+    delete_entries_before(conn, cutoff_ns)?;
+    let minute = cutoff_ns.div_euclid(60_000_000_000);
     let mut minutes = 0u64;
-    for table in ["endpoint_minutes", "edge_minutes"] {
-        minutes +=
-            conn.execute(&format!("DELETE FROM {table} WHERE minute < ?1"), [minute])? as u64;
+    for tier in &TIERS {
+        let bucket = minute.div_euclid(tier.minutes);
+        for kind in ["endpoint", "edge"] {
+            let n = conn.execute(
+                &format!(
+                    "DELETE FROM {kind}_{} WHERE {} < ?1",
+                    tier.suffix, tier.column
+                ),
+                [bucket],
+            )?;
+            if tier.minutes == 1 {
+                minutes += n as u64;
+            }
+        }
     }
     Ok((traces, minutes))
 }
@@ -92,21 +126,21 @@ pub fn run(
     let mut report = RetentionReport::default();
     let mut budget = PASS_LIMIT;
 
-    // By age: the commit marks say up to which span rowid everything is older than the cutoff.
+    // By age: the commit marks say up to which chunk rowid everything is older than the cutoff.
     let cutoff = now_ns.saturating_sub(config.retention_age.as_nanos() as u64) as i64;
     let old: Option<i64> = conn.query_row(
-        "SELECT max(last_span_rowid) FROM commits WHERE at_ns < ?1",
+        "SELECT max(last_chunk_rowid) FROM commits WHERE at_ns < ?1",
         [cutoff],
         |r| r.get(0),
     )?;
     if let Some(upto) = old {
-        report.deleted_spans += delete_spans_upto(conn, upto, &mut budget)?;
+        report.deleted_spans += delete_chunks_upto(conn, upto, &mut budget)?;
     }
     let (t, m) = delete_summaries_before(conn, cutoff)?;
     report.deleted_traces += t;
     report.deleted_minutes += m;
 
-    // By size: drop the oldest share of spans that brings the data under the limit.
+    // By size: drop the oldest share of chunks that brings the data under the limit.
     let limit = config.retention_bytes as f64;
     loop {
         let (used, _) = sizes(conn)?;
@@ -114,20 +148,20 @@ pub fn run(
             break;
         }
         let excess = 1.0 - limit * SIZE_HEADROOM / used as f64;
-        match span_rowids(conn)? {
+        match chunk_rowids(conn)? {
             Some((min, max)) => {
                 let count = ((max - min + 1) as f64 * excess).ceil() as i64;
                 let upto = min + count.clamp(1, CHUNK) - 1;
-                report.deleted_spans += delete_spans_upto(conn, upto, &mut budget)?;
-                // Summaries older than the oldest span left have nothing to show.
+                report.deleted_spans += delete_chunks_upto(conn, upto, &mut budget)?;
+                // Summaries and entries older than the oldest chunk left have nothing to show.
                 let oldest: Option<i64> = conn
-                    .query_row("SELECT start_ns FROM spans ORDER BY id LIMIT 1", [], |r| {
+                    .query_row("SELECT start_ns FROM chunks ORDER BY id LIMIT 1", [], |r| {
                         r.get(0)
                     })
                     .optional()?;
                 if let Some(oldest) = oldest {
-                    let (t, _) = delete_summaries_traces_only(conn, oldest)?;
-                    report.deleted_traces += t;
+                    report.deleted_traces += delete_traces_only(conn, oldest)?;
+                    delete_entries_before(conn, oldest)?;
                 }
             }
             None => {
@@ -146,7 +180,7 @@ pub fn run(
         }
     }
     conn.execute(
-        "DELETE FROM commits WHERE last_span_rowid < (SELECT coalesce(min(id), 0) FROM spans)",
+        "DELETE FROM commits WHERE last_chunk_rowid < (SELECT coalesce(min(id), 0) FROM chunks)",
         [],
     )?;
 
@@ -169,11 +203,11 @@ pub fn run(
     Ok(report)
 }
 
-fn delete_summaries_traces_only(conn: &Connection, before_ns: i64) -> rusqlite::Result<(u64, u64)> {
+fn delete_traces_only(conn: &Connection, before_ns: i64) -> rusqlite::Result<u64> {
     let n = conn.execute(
         "DELETE FROM traces WHERE trace_id IN
            (SELECT trace_id FROM traces WHERE start_ns < ?1 AND end_ns < ?1 LIMIT ?2)",
-        params![before_ns, CHUNK * 4],
+        params![before_ns, CHUNK * 20],
     )?;
-    Ok((n as u64, 0))
+    Ok(n as u64)
 }

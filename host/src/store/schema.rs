@@ -1,19 +1,36 @@
 //! The database layout, created on first open and checked on every later one (`user_version`).
 //!
-//! Why each index exists:
-//! - `spans_by_trace` (unique): one trace's spans for the waterfall, and duplicate span ids are
-//!   ignored on insert.
-//! - `entries_by_service` / `entries_by_endpoint`: partial, entry spans only (those with an
-//!   endpoint), carrying status and duration so a filtered trace search reads the index alone.
-//! - `traces_by_start`, and `traces_with_errors` (partial, small): the unfiltered trace list.
-//! - rollups are keyed by minute first, so a time range is one range scan.
-//! - `commits` maps span rowids to the time they were written: age retention deletes spans by
+//! Spans are not rows. The writer groups the spans of one trace that arrive in one transaction
+//! (usually the whole trace, or one process's share of it) into a chunk: one row holding a
+//! compact binary encoding of those spans (`chunk`). A day of a busy host is then ~5x fewer rows,
+//! and no index is kept over individual spans: that per-span index upkeep (random B-tree inserts)
+//! was most of the writer's CPU. Searches go through narrow tables written alongside:
+//!
+//! - `chunks`: rowid order is write order, which retention relies on (oldest first).
+//!   `start_ns` (earliest span) and `span_count` serve retention's cleanup and report.
+//! - `traces`: one summary row per trace, upserted per transaction; `chunks` lists the chunk
+//!   rowids holding its spans and `services` the services it touched (varint lists, appended with
+//!   `||`), so the waterfall and the trace list need no index on `chunks`. A chunk found through
+//!   it is checked against its own header (trace id), since rowids can be reused once a table
+//!   was emptied.
+//!   - `traces_by_start`, and `traces_with_errors` (partial, small): the unfiltered trace list.
+//! - `entries`: one narrow row per entry span (a request a service handled), keyed by endpoint
+//!   then start time: the trace search by service (all its endpoints, merged) or endpoint, with
+//!   status and duration of that request, reads it in key order. The key includes the span id,
+//!   so a span delivered twice is counted once.
+//! - rollups per minute and per hour (`*_minutes`, `*_hours`), keyed by bucket first, so a
+//!   time range is one range scan per tier; whole hours are read from the hourly tables.
+//! - `commits` maps chunk rowids to the time they were written: age retention deletes chunks by
 //!   rowid range without an index on their start time.
+//! - `attribute_keys`: dictionary of attribute names (chunks store ids, not names).
+use std::path::{Path, PathBuf};
+
 use rusqlite::Connection;
 
 use super::StoreError;
 
-pub const SCHEMA_VERSION: i64 = 1;
+/// 2: spans stored in per-trace chunks (1 stored one row per span).
+pub const SCHEMA_VERSION: i64 = 2;
 
 const CREATE: &str = "
 CREATE TABLE services (
@@ -31,25 +48,12 @@ CREATE TABLE endpoints (
     name TEXT NOT NULL,
     UNIQUE (service_id, name)
 );
-CREATE TABLE spans (
+CREATE TABLE chunks (
     id INTEGER PRIMARY KEY,
-    trace_id BLOB NOT NULL,
-    span_id INTEGER NOT NULL,
-    parent_id INTEGER,
-    service_id INTEGER NOT NULL,
-    endpoint_id INTEGER,
-    name TEXT NOT NULL,
-    kind INTEGER NOT NULL,
-    status INTEGER NOT NULL,
     start_ns INTEGER NOT NULL,
-    duration_ns INTEGER NOT NULL,
-    detail BLOB NOT NULL
+    span_count INTEGER NOT NULL,
+    spans BLOB NOT NULL
 );
-CREATE UNIQUE INDEX spans_by_trace ON spans (trace_id, span_id);
-CREATE INDEX entries_by_service ON spans (service_id, start_ns, status, duration_ns)
-    WHERE endpoint_id IS NOT NULL;
-CREATE INDEX entries_by_endpoint ON spans (endpoint_id, start_ns, status, duration_ns)
-    WHERE endpoint_id IS NOT NULL;
 CREATE TABLE traces (
     trace_id BLOB PRIMARY KEY,
     start_ns INTEGER NOT NULL,
@@ -58,10 +62,21 @@ CREATE TABLE traces (
     root_name TEXT NOT NULL,
     root_rank INTEGER NOT NULL,
     span_count INTEGER NOT NULL,
-    error INTEGER NOT NULL
+    error INTEGER NOT NULL,
+    services BLOB NOT NULL,
+    chunks BLOB NOT NULL
 ) WITHOUT ROWID;
 CREATE INDEX traces_by_start ON traces (start_ns, error, end_ns);
 CREATE INDEX traces_with_errors ON traces (start_ns) WHERE error = 1;
+CREATE TABLE entries (
+    endpoint_id INTEGER NOT NULL,
+    start_ns INTEGER NOT NULL,
+    span_id INTEGER NOT NULL,
+    status INTEGER NOT NULL,
+    duration_ns INTEGER NOT NULL,
+    trace_id BLOB NOT NULL,
+    PRIMARY KEY (endpoint_id, start_ns, span_id)
+) WITHOUT ROWID;
 CREATE TABLE endpoint_minutes (
     minute INTEGER NOT NULL,
     service_id INTEGER NOT NULL,
@@ -71,6 +86,16 @@ CREATE TABLE endpoint_minutes (
     duration_sum_ns INTEGER NOT NULL,
     histogram BLOB NOT NULL,
     PRIMARY KEY (minute, service_id, endpoint_id)
+) WITHOUT ROWID;
+CREATE TABLE endpoint_hours (
+    hour INTEGER NOT NULL,
+    service_id INTEGER NOT NULL,
+    endpoint_id INTEGER NOT NULL,
+    count INTEGER NOT NULL,
+    errors INTEGER NOT NULL,
+    duration_sum_ns INTEGER NOT NULL,
+    histogram BLOB NOT NULL,
+    PRIMARY KEY (hour, service_id, endpoint_id)
 ) WITHOUT ROWID;
 CREATE TABLE edge_minutes (
     minute INTEGER NOT NULL,
@@ -82,22 +107,86 @@ CREATE TABLE edge_minutes (
     histogram BLOB NOT NULL,
     PRIMARY KEY (minute, caller_id, callee_id)
 ) WITHOUT ROWID;
+CREATE TABLE edge_hours (
+    hour INTEGER NOT NULL,
+    caller_id INTEGER NOT NULL,
+    callee_id INTEGER NOT NULL,
+    count INTEGER NOT NULL,
+    errors INTEGER NOT NULL,
+    duration_sum_ns INTEGER NOT NULL,
+    histogram BLOB NOT NULL,
+    PRIMARY KEY (hour, caller_id, callee_id)
+) WITHOUT ROWID;
 CREATE TABLE attribute_keys (
     id INTEGER PRIMARY KEY,
     key TEXT NOT NULL UNIQUE
 );
 CREATE TABLE commits (
-    last_span_rowid INTEGER PRIMARY KEY,
+    last_chunk_rowid INTEGER PRIMARY KEY,
     at_ns INTEGER NOT NULL
 );
 ";
 
+/// The layout version a database file was written with (0: a new, empty file).
+pub fn version(conn: &Connection) -> Result<i64, StoreError> {
+    Ok(conn.query_row("PRAGMA user_version", [], |r| r.get(0))?)
+}
+
+/// Moves a database of an older layout aside, with its WAL and shared-memory files, as
+/// `zerostep.v<version>.db` (or `.v<version>.<n>.db` when that exists). The caller has closed
+/// every connection to it. Returns the new path.
+pub fn move_aside(path: &Path, version: i64) -> Result<PathBuf, StoreError> {
+    let dir = path.parent().unwrap_or_else(|| Path::new("."));
+    let stem = path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("zerostep");
+    let target = (0..)
+        .map(|n| match n {
+            0 => dir.join(format!("{stem}.v{version}.db")),
+            n => dir.join(format!("{stem}.v{version}.{n}.db")),
+        })
+        .find(|p| !p.exists() && !side_file(p, "-wal").exists())
+        .unwrap_or_else(|| unreachable!("an unused name exists"));
+    // The WAL first: a main file moved without its WAL would lose the last commits.
+    for suffix in ["-wal", "-shm"] {
+        let from = side_file(path, suffix);
+        if from.exists() {
+            let to = side_file(&target, suffix);
+            std::fs::rename(&from, &to).map_err(|source| StoreError::MoveAside {
+                from,
+                to,
+                source,
+            })?;
+        }
+    }
+    std::fs::rename(path, &target).map_err(|source| StoreError::MoveAside {
+        from: path.to_path_buf(),
+        to: target.clone(),
+        source,
+    })?;
+    Ok(target)
+}
+
+fn side_file(db: &Path, suffix: &str) -> PathBuf {
+    let mut s = db.as_os_str().to_owned();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
 /// Settings for the one writer connection. `auto_vacuum` only takes effect before the first table
 /// exists, so a new file gets it here and keeps it.
 pub fn prepare_writer(conn: &Connection) -> Result<(), StoreError> {
-    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let version = version(conn)?;
     if version > SCHEMA_VERSION {
         return Err(StoreError::NewerSchema {
+            found: version,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    if version != 0 && version != SCHEMA_VERSION {
+        // Older layouts are moved aside by `Store::open` before this is called.
+        return Err(StoreError::OlderSchema {
             found: version,
             supported: SCHEMA_VERSION,
         });
