@@ -2,6 +2,8 @@
 //! hourly and per-minute rollups (histograms merged here); trace lists come from the entries
 //! table or the trace summaries, never from a scan of span chunks.
 use std::collections::{HashMap, HashSet};
+
+use rustc_hash::FxHashMap;
 use std::time::Duration;
 
 use rusqlite::{params_from_iter, types::Value, Connection, OptionalExtension};
@@ -11,7 +13,7 @@ use super::chunk;
 use super::encode::{self, STATUS_ERROR};
 use super::histogram::Histogram;
 use super::rollup::{cover, TIERS};
-use super::writer::trace_key;
+use super::writer::{trace_bytes, trace_key};
 use super::StoreError;
 use crate::span::{Attribute, Event, SpanKind, StatusCode};
 
@@ -251,13 +253,13 @@ fn aggregate<K: std::hash::Hash + Eq>(
     rollup: Rollup,
     range: &TimeRange,
     mut group: impl FnMut(i64, i64) -> Option<K>,
-) -> rusqlite::Result<HashMap<K, Agg>> {
+) -> rusqlite::Result<FxHashMap<K, Agg>> {
     let (prefix, cols) = match rollup {
         Rollup::Edge => ("edge", "caller_id, callee_id"),
         Rollup::Endpoint => ("endpoint", "service_id, endpoint_id"),
     };
     let (from, to) = range.minutes();
-    let mut out: HashMap<K, Agg> = HashMap::new();
+    let mut out: FxHashMap<K, Agg> = FxHashMap::default();
     for (tier, first, last) in cover(from, to) {
         let t = &TIERS[tier];
         let mut stmt = conn.prepare_cached(&format!(
@@ -366,41 +368,6 @@ pub fn endpoints(
 
 fn ms(ns: i64) -> f64 {
     ns as f64 / 1e6
-}
-
-/// Trace ids, newest first, matching the query.
-fn matching_trace_ids(
-    conn: &Connection,
-    q: &TraceQuery,
-    limit: usize,
-) -> rusqlite::Result<Vec<Vec<u8>>> {
-    let from = q.from_ms.unwrap_or(0).saturating_mul(1_000_000);
-    let to = q
-        .to_ms
-        .unwrap_or(i64::MAX / 1_000_000)
-        .saturating_mul(1_000_000);
-    let min_ns = q
-        .min_duration
-        .map(|d| d.as_nanos().min(i64::MAX as u128) as i64);
-    if q.service.is_some() || q.endpoint.is_some() {
-        return matching_entries(conn, q, (from, to), min_ns, limit);
-    }
-    let mut args: Vec<Value> = vec![from.into(), to.into()];
-    let mut sql = "SELECT trace_id FROM traces WHERE start_ns >= ?1 AND start_ns < ?2".to_string();
-    match q.status {
-        Some(StatusFilter::Error) => sql.push_str(" AND error = 1"),
-        Some(StatusFilter::Ok) => sql.push_str(" AND error = 0"),
-        None => {}
-    }
-    if let Some(min) = min_ns {
-        args.push(min.into());
-        sql.push_str(&format!(" AND end_ns - start_ns >= ?{}", args.len()));
-    }
-    args.push((limit as i64).into());
-    sql.push_str(&format!(" ORDER BY start_ns DESC LIMIT ?{}", args.len()));
-    let mut stmt = conn.prepare_cached(&sql)?;
-    let rows = stmt.query_map(params_from_iter(args), |r| r.get::<_, Vec<u8>>(0))?;
-    rows.collect()
 }
 
 /// Requests a service or endpoint handled, newest first: the entries table is keyed by endpoint
@@ -523,37 +490,74 @@ struct Cursor {
     done: bool,
 }
 
+/// A trace's summary merged from its parts.
+struct Merged {
+    start: i64,
+    end: i64,
+    error: bool,
+    root_service: i64,
+    root_rank: i64,
+    root_name: String,
+    count: i64,
+    services: Vec<i64>,
+}
+
+fn merged_summary(conn: &Connection, id: &[u8]) -> rusqlite::Result<Option<Merged>> {
+    let Ok(bytes) = <[u8; 16]>::try_from(id) else {
+        return Ok(None);
+    };
+    let mut stmt = conn.prepare_cached(
+        "SELECT start_ns, end_ns, error, root_service_id, root_rank, root_name, span_count, services
+         FROM parts WHERE trace_key = ?1 AND trace_id = ?2",
+    )?;
+    let mut rows = stmt.query(rusqlite::params![trace_key(u128::from_be_bytes(bytes)), id])?;
+    let mut m: Option<Merged> = None;
+    while let Some(r) = rows.next()? {
+        let (start, end, error, rank): (i64, i64, bool, i64) =
+            (r.get(0)?, r.get(1)?, r.get(2)?, r.get(4)?);
+        let services = chunk::ids(r.get_ref(7)?.as_bytes().unwrap_or_default());
+        let m = m.get_or_insert_with(|| Merged {
+            start,
+            end,
+            error,
+            root_service: 0,
+            root_rank: -1,
+            root_name: String::new(),
+            count: 0,
+            services: Vec::new(),
+        });
+        m.start = m.start.min(start);
+        m.end = m.end.max(end);
+        m.error |= error;
+        m.count += r.get::<_, i64>(6)?;
+        m.services.extend(services);
+        if rank > m.root_rank {
+            m.root_rank = rank;
+            m.root_service = r.get(3)?;
+            m.root_name = r.get(5)?;
+        }
+    }
+    Ok(m)
+}
+
 pub fn traces(conn: &Connection, q: &TraceQuery) -> Result<Vec<TraceSummary>, StoreError> {
     let limit = match q.limit {
         0 => DEFAULT_TRACE_LIMIT,
         n => n.min(MAX_TRACE_LIMIT),
     };
     let services = service_names(conn)?;
-    let ids = matching_trace_ids(conn, q, limit)?;
-    let mut summary = conn.prepare_cached(
-        "SELECT start_ns, end_ns, root_service_id, root_name, span_count, error, services
-         FROM traces WHERE trace_id = ?1",
-    )?;
-    let mut out = Vec::with_capacity(ids.len());
-    for id in ids {
-        let row = summary
-            .query_row([&id], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, i64>(2)?,
-                    r.get::<_, String>(3)?,
-                    r.get::<_, i64>(4)?,
-                    r.get::<_, bool>(5)?,
-                    chunk::ids(r.get_ref(6)?.as_bytes().unwrap_or_default()),
-                ))
-            })
-            .optional()?;
-        // A trace whose summary retention already removed is skipped.
-        let Some((start, end, root_service, root_name, count, error, involved)) = row else {
-            continue;
+    let mut out = Vec::with_capacity(limit);
+    // Adds one trace; false once the list is full.
+    let mut add = |id: Vec<u8>, whole_trace_filters: bool| -> rusqlite::Result<bool> {
+        // A trace whose parts retention already removed is skipped.
+        let Some(m) = merged_summary(conn, &id)? else {
+            return Ok(true);
         };
-        let mut names: Vec<String> = involved
+        if whole_trace_filters && q.status == Some(StatusFilter::Ok) && m.error {
+            return Ok(true);
+        }
+        let mut names: Vec<String> = m
+            .services
             .iter()
             .filter_map(|s| services.get(s).cloned())
             .collect();
@@ -564,14 +568,55 @@ pub fn traces(conn: &Connection, q: &TraceQuery) -> Result<Vec<TraceSummary>, St
             .unwrap_or_default();
         out.push(TraceSummary {
             trace_id,
-            root_service: services.get(&root_service).cloned().unwrap_or_default(),
-            root_name,
-            start_ms: ms(start),
-            duration_ms: ms(end - start),
-            span_count: count as u64,
-            error,
+            root_service: services.get(&m.root_service).cloned().unwrap_or_default(),
+            root_name: m.root_name,
+            start_ms: ms(m.start),
+            duration_ms: ms(m.end - m.start),
+            span_count: m.count as u64,
+            error: m.error,
             services: names,
         });
+        Ok(out.len() < limit)
+    };
+    let from = q.from_ms.unwrap_or(0).saturating_mul(1_000_000);
+    let to = q
+        .to_ms
+        .unwrap_or(i64::MAX / 1_000_000)
+        .saturating_mul(1_000_000);
+    let min_ns = q
+        .min_duration
+        .map(|d| d.as_nanos().min(i64::MAX as u128) as i64);
+    if q.service.is_some() || q.endpoint.is_some() {
+        for id in matching_entries(conn, q, (from, to), min_ns, limit)? {
+            if !add(id, false)? {
+                break;
+            }
+        }
+        return Ok(out);
+    }
+    // Parts newest first; a trace's status and duration are those of its parts (the root's part
+    // spans the trace), an error anywhere makes the trace an error.
+    let mut args: Vec<Value> = vec![from.into(), to.into()];
+    let mut sql = "SELECT trace_id FROM parts WHERE start_ns >= ?1 AND start_ns < ?2".to_string();
+    match q.status {
+        Some(StatusFilter::Error) => sql.push_str(" AND error = 1"),
+        Some(StatusFilter::Ok) => sql.push_str(" AND error = 0"),
+        None => {}
+    }
+    if let Some(min) = min_ns {
+        args.push(min.into());
+        sql.push_str(&format!(" AND end_ns - start_ns >= ?{}", args.len()));
+    }
+    sql.push_str(" ORDER BY start_ns DESC");
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut rows = stmt.query(params_from_iter(args))?;
+    let mut seen = HashSet::new();
+    // Rows come lazily: stop as soon as there are enough distinct traces.
+    while let Some(r) = rows.next()? {
+        let id: Vec<u8> = r.get(0)?;
+        if seen.insert(id.clone()) && !add(id, true)? {
+            break;
+        }
     }
     Ok(out)
 }
@@ -583,42 +628,34 @@ pub fn attribute_keys(conn: &Connection) -> rusqlite::Result<HashMap<u32, String
     rows.collect()
 }
 
-/// All spans of one trace, or `None` when the store has none: the chunks its summary lists,
-/// each checked to belong to it. A damaged chunk is skipped (logged), the rest still shown.
+/// All spans of one trace, or `None` when the store has none: the chunks of its parts, each
+/// checked to belong to it. A damaged chunk is skipped (logged), the rest still shown.
 pub fn trace(conn: &Connection, trace_id: u128) -> Result<Option<TraceDetail>, StoreError> {
-    let key = trace_key(trace_id);
-    let chunk_ids: Option<Vec<i64>> = conn
-        .prepare_cached("SELECT chunks FROM traces WHERE trace_id = ?1")?
-        .query_row([&key[..]], |r| {
-            Ok(chunk::ids(r.get_ref(0)?.as_bytes().unwrap_or_default()))
-        })
-        .optional()?;
-    let Some(chunk_ids) = chunk_ids else {
+    let blobs: Vec<(i64, Vec<u8>)> = conn
+        .prepare_cached(
+            "SELECT id, spans FROM parts WHERE trace_key = ?1 AND trace_id = ?2 ORDER BY id",
+        )?
+        .query_map(
+            rusqlite::params![trace_key(trace_id), &trace_bytes(trace_id)[..]],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?
+        .collect::<Result<_, _>>()?;
+    if blobs.is_empty() {
         return Ok(None);
-    };
+    }
     let services = service_names(conn)?;
     let keys = attribute_keys(conn)?;
     let mut endpoint_names: HashMap<i64, Option<String>> = HashMap::new();
     let mut endpoint_name = conn.prepare_cached("SELECT name FROM endpoints WHERE id = ?1")?;
-    let mut blob = conn.prepare_cached("SELECT spans FROM chunks WHERE id = ?1")?;
     let mut seen = HashSet::new();
     let mut spans = Vec::new();
     let mut raw = Vec::new();
-    for id in chunk_ids {
-        let decoded = blob
-            .query_row([id], |r| {
-                Ok(chunk::decode(
-                    r.get_ref(0)?.as_blob().unwrap_or_default(),
-                    &keys,
-                ))
-            })
-            .optional()?;
-        let chunk = match decoded {
-            // Only this trace's chunks: a rowid can be reused after the table was emptied.
-            Some(Ok(c)) if c.trace_id == trace_id => c,
-            None | Some(Ok(_)) => continue,
-            Some(Err(e)) => {
-                tracing::warn!(chunk = id, trace = %encode::trace_id_hex(trace_id), error = %e,
+    for (id, bytes) in blobs {
+        let chunk = match chunk::decode(&bytes, &keys) {
+            Ok(c) if c.trace_id == trace_id => c,
+            Ok(_) => continue,
+            Err(e) => {
+                tracing::warn!(part = id, trace = %encode::trace_id_hex(trace_id), error = %e,
                     "damaged span chunk in the store: its spans are not shown");
                 continue;
             }

@@ -1,27 +1,29 @@
 //! The database layout, created on first open and checked on every later one (`user_version`).
 //!
 //! Spans are not rows. The writer groups the spans of one trace that arrive in one transaction
-//! (usually the whole trace, or one process's share of it) into a chunk: one row holding a
-//! compact binary encoding of those spans (`chunk`). A day of a busy host is then ~5x fewer rows,
-//! and no index is kept over individual spans: that per-span index upkeep (random B-tree inserts)
-//! was most of the writer's CPU. Searches go through narrow tables written alongside:
+//! (usually the whole trace, or one process's share of it) into a trace part: one row with the
+//! part's summary and a compact binary encoding of its spans (`chunk`). Parts are only ever
+//! appended, never updated: no per-span index, and no read-modify-write of a trace summary at a
+//! random place in a B-tree. Random inserts and their page splits and page writes were most of the
+//! writer's CPU. A trace is the union of its parts, merged when read.
 //!
-//! - `chunks`: rowid order is write order, which retention relies on (oldest first).
-//!   `start_ns` (earliest span) and `span_count` serve retention's cleanup and report.
-//! - `traces`: one summary row per trace, upserted per transaction; `chunks` lists the chunk
-//!   rowids holding its spans and `services` the services it touched (varint lists, appended with
-//!   `||`), so the waterfall and the trace list need no index on `chunks`. A chunk found through
-//!   it is checked against its own header (trace id), since rowids can be reused once a table
-//!   was emptied.
-//!   - `traces_by_start`, and `traces_with_errors` (partial, small): the unfiltered trace list.
+//! - `parts`: rowid order is write order, which retention relies on (oldest first).
+//!   - `parts_by_trace` (`trace_key`, 64 bits of the trace id; the row's `trace_id` decides): all
+//!     parts of one trace, for the waterfall and the merged summary. 8-byte integer keys keep this
+//!     one random-order index small and cheap to insert into.
+//!   - `parts_by_start` (with error, end and the key, so the list reads the index alone), and
+//!     `parts_with_errors` (partial, small): the unfiltered trace list, newest first. Status and
+//!     duration filters apply to a part (the root's part spans the trace) and are checked again
+//!     on the merged trace.
 //! - `entries`: one narrow row per entry span (a request a service handled), keyed by endpoint
-//!   then start time: the trace search by service (all its endpoints, merged) or endpoint, with
+//!   then start time: the trace search by service (its endpoints' rows, merged) or endpoint, with
 //!   status and duration of that request, reads it in key order. The key includes the span id,
-//!   so a span delivered twice is counted once.
-//! - rollups per minute and per hour (`*_minutes`, `*_hours`), keyed by bucket first, so a
-//!   time range is one range scan per tier; whole hours are read from the hourly tables.
-//! - `commits` maps chunk rowids to the time they were written: age retention deletes chunks by
-//!   rowid range without an index on their start time.
+//!   so a request delivered twice is counted once.
+//! - rollups per minute, 10 minutes and hour (`*_minutes`, `*_10min`, `*_hours`), keyed by
+//!   bucket first, so a time range is one range scan per tier; a range reads whole hours from the
+//!   hourly tables and only its ends from the finer ones.
+//! - `commits` maps part rowids to the time they were written: age retention deletes parts by
+//!   rowid range without an index on the time they were written.
 //! - `attribute_keys`: dictionary of attribute names (chunks store ids, not names).
 use std::path::{Path, PathBuf};
 
@@ -48,26 +50,23 @@ CREATE TABLE endpoints (
     name TEXT NOT NULL,
     UNIQUE (service_id, name)
 );
-CREATE TABLE chunks (
+CREATE TABLE parts (
     id INTEGER PRIMARY KEY,
-    start_ns INTEGER NOT NULL,
-    span_count INTEGER NOT NULL,
-    spans BLOB NOT NULL
-);
-CREATE TABLE traces (
-    trace_id BLOB PRIMARY KEY,
+    trace_key INTEGER NOT NULL,
+    trace_id BLOB NOT NULL,
     start_ns INTEGER NOT NULL,
     end_ns INTEGER NOT NULL,
-    root_service_id INTEGER NOT NULL,
-    root_name TEXT NOT NULL,
-    root_rank INTEGER NOT NULL,
-    span_count INTEGER NOT NULL,
     error INTEGER NOT NULL,
+    root_service_id INTEGER NOT NULL,
+    root_rank INTEGER NOT NULL,
+    root_name TEXT NOT NULL,
+    span_count INTEGER NOT NULL,
     services BLOB NOT NULL,
-    chunks BLOB NOT NULL
-) WITHOUT ROWID;
-CREATE INDEX traces_by_start ON traces (start_ns, error, end_ns);
-CREATE INDEX traces_with_errors ON traces (start_ns) WHERE error = 1;
+    spans BLOB NOT NULL
+);
+CREATE INDEX parts_by_trace ON parts (trace_key);
+CREATE INDEX parts_by_start ON parts (start_ns, error, end_ns, trace_key);
+CREATE INDEX parts_with_errors ON parts (start_ns, trace_key) WHERE error = 1;
 CREATE TABLE entries (
     endpoint_id INTEGER NOT NULL,
     start_ns INTEGER NOT NULL,
@@ -86,6 +85,16 @@ CREATE TABLE endpoint_minutes (
     duration_sum_ns INTEGER NOT NULL,
     histogram BLOB NOT NULL,
     PRIMARY KEY (minute, service_id, endpoint_id)
+) WITHOUT ROWID;
+CREATE TABLE endpoint_10min (
+    ten_minute INTEGER NOT NULL,
+    service_id INTEGER NOT NULL,
+    endpoint_id INTEGER NOT NULL,
+    count INTEGER NOT NULL,
+    errors INTEGER NOT NULL,
+    duration_sum_ns INTEGER NOT NULL,
+    histogram BLOB NOT NULL,
+    PRIMARY KEY (ten_minute, service_id, endpoint_id)
 ) WITHOUT ROWID;
 CREATE TABLE endpoint_hours (
     hour INTEGER NOT NULL,
@@ -107,6 +116,16 @@ CREATE TABLE edge_minutes (
     histogram BLOB NOT NULL,
     PRIMARY KEY (minute, caller_id, callee_id)
 ) WITHOUT ROWID;
+CREATE TABLE edge_10min (
+    ten_minute INTEGER NOT NULL,
+    caller_id INTEGER NOT NULL,
+    callee_id INTEGER NOT NULL,
+    count INTEGER NOT NULL,
+    errors INTEGER NOT NULL,
+    duration_sum_ns INTEGER NOT NULL,
+    histogram BLOB NOT NULL,
+    PRIMARY KEY (ten_minute, caller_id, callee_id)
+) WITHOUT ROWID;
 CREATE TABLE edge_hours (
     hour INTEGER NOT NULL,
     caller_id INTEGER NOT NULL,
@@ -122,7 +141,7 @@ CREATE TABLE attribute_keys (
     key TEXT NOT NULL UNIQUE
 );
 CREATE TABLE commits (
-    last_chunk_rowid INTEGER PRIMARY KEY,
+    last_part_rowid INTEGER PRIMARY KEY,
     at_ns INTEGER NOT NULL
 );
 ";

@@ -4,8 +4,8 @@
 //! seconds, and its spans are dropped; the thread goes on with the next batch.
 //!
 //! Per span the writer only appends to in-memory buffers (the trace's chunk, rollups); rows are
-//! written per trace (one chunk, one summary upsert) and per entry span, so the database work per
-//! span is a fraction of one row.
+//! appended per trace (one part) and per entry span, so the database work per span is a fraction
+//! of one row.
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -31,33 +31,14 @@ pub const OVERFLOW_ENDPOINT: &str = "(other endpoints)";
 /// Process ids remembered per service.
 const MAX_PIDS: usize = 32;
 const NS_PER_MINUTE: u64 = 60_000_000_000;
-/// A trace row lists at most this many bytes of chunk ids (~8,000 chunks, i.e. transactions
-/// that added to one trace) and of service ids; a trace going on longer keeps its first ones.
-const MAX_ID_LIST_BYTES: usize = 32_768;
-
-const INSERT_CHUNK: &str = "INSERT INTO chunks (start_ns, span_count, spans) VALUES (?1, ?2, ?3)";
+const INSERT_PART: &str = "INSERT INTO parts
+    (trace_key, trace_id, start_ns, end_ns, error, root_service_id, root_rank, root_name,
+     span_count, services, spans)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)";
 
 const INSERT_ENTRY: &str = "INSERT OR IGNORE INTO entries
     (endpoint_id, start_ns, span_id, status, duration_ns, trace_id)
     VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
-
-const UPSERT_TRACE: &str = "INSERT INTO traces
-    (trace_id, start_ns, end_ns, root_service_id, root_name, root_rank, span_count, error,
-     services, chunks)
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
-    ON CONFLICT (trace_id) DO UPDATE SET
-      start_ns = min(start_ns, excluded.start_ns),
-      end_ns = max(end_ns, excluded.end_ns),
-      root_service_id = CASE WHEN excluded.root_rank > root_rank
-                             THEN excluded.root_service_id ELSE root_service_id END,
-      root_name = CASE WHEN excluded.root_rank > root_rank THEN excluded.root_name ELSE root_name END,
-      root_rank = max(root_rank, excluded.root_rank),
-      span_count = span_count + excluded.span_count,
-      error = max(error, excluded.error),
-      services = CASE WHEN length(services) < ?11
-                      THEN CAST(services || excluded.services AS BLOB) ELSE services END,
-      chunks = CASE WHEN length(chunks) < ?11
-                    THEN CAST(chunks || excluded.chunks AS BLOB) ELSE chunks END";
 
 pub(crate) fn now_ns() -> u64 {
     SystemTime::now()
@@ -66,8 +47,14 @@ pub(crate) fn now_ns() -> u64 {
         .unwrap_or(0)
 }
 
-pub(crate) fn trace_key(id: u128) -> [u8; 16] {
+pub(crate) fn trace_bytes(id: u128) -> [u8; 16] {
     id.to_be_bytes()
+}
+
+/// The 64 bits of a trace id that `parts_by_trace` indexes (both halves, since some tracers put a
+/// timestamp in the first).
+pub(crate) fn trace_key(id: u128) -> i64 {
+    ((id >> 64) as u64 ^ id as u64) as i64
 }
 
 struct ServiceEntry {
@@ -153,7 +140,7 @@ pub(crate) struct Writer {
     edge_rollups: Rollups,
     edges: EdgeResolver,
     calls: Vec<Call>,
-    /// When the newest commit mark was started, and the chunk rowid it is keyed by.
+    /// When the newest commit mark was started, and the part rowid it is keyed by.
     last_mark: Option<(Instant, i64)>,
     last_error_log: Option<Instant>,
 }
@@ -373,18 +360,18 @@ fn write_all(
             stmt.execute(params![id, key])?;
         }
     }
-    let last_chunk_rowid = write_traces(tx, caches)?;
+    let last_part_rowid = write_traces(tx, caches)?;
     endpoint_rollups.write(tx)?;
     edge_rollups.write(tx)?;
     write_services(tx, caches)?;
-    // Age retention finds old chunks through these marks. Every commit is covered (or spans
+    // Age retention finds old parts through these marks. Every commit is covered (or spans
     // written just before an idle spell would outlive their age), but a mark younger than a
     // second is moved forward rather than joined by another, so there is about one a second.
-    if let Some(rowid) = last_chunk_rowid {
+    if let Some(rowid) = last_part_rowid {
         // The mark may be gone (retention, a rolled-back transaction): then a new one is made.
         let moved = match *last_mark {
             Some((started, key)) if started.elapsed() < Duration::from_secs(1) => tx.execute(
-                "UPDATE commits SET last_chunk_rowid = ?1, at_ns = ?2 WHERE last_chunk_rowid = ?3",
+                "UPDATE commits SET last_part_rowid = ?1, at_ns = ?2 WHERE last_part_rowid = ?3",
                 params![rowid, now as i64, key],
             )? == 1,
             _ => false,
@@ -393,7 +380,7 @@ fn write_all(
             *last_mark = last_mark.map(|(started, _)| (started, rowid));
         } else {
             tx.execute(
-                "INSERT OR REPLACE INTO commits (last_chunk_rowid, at_ns) VALUES (?1, ?2)",
+                "INSERT OR REPLACE INTO commits (last_part_rowid, at_ns) VALUES (?1, ?2)",
                 params![rowid, now as i64],
             )?;
             *last_mark = Some((Instant::now(), rowid));
@@ -402,39 +389,30 @@ fn write_all(
     Ok(())
 }
 
-/// One chunk row and one summary upsert per trace. Returns the last chunk rowid written.
+/// One part row per trace. Returns the last rowid written.
 fn write_traces(tx: &Transaction<'_>, caches: &Caches) -> rusqlite::Result<Option<i64>> {
-    let mut insert = tx.prepare_cached(INSERT_CHUNK)?;
-    let mut upsert = tx.prepare_cached(UPSERT_TRACE)?;
-    let (mut services, mut chunks) = (Vec::with_capacity(16), Vec::with_capacity(8));
+    let mut insert = tx.prepare_cached(INSERT_PART)?;
+    let mut services = Vec::with_capacity(16);
     let mut last = None;
     for (id, t) in caches.traces.iter().filter(|(_, t)| !t.chunk.is_empty()) {
-        insert.execute(params![
-            t.start.min(i64::MAX as u64) as i64,
-            t.count,
-            t.chunk.bytes()
-        ])?;
-        let rowid = tx.last_insert_rowid();
-        last = Some(rowid);
         services.clear();
         for s in &t.services {
             chunk::put_id(&mut services, *s);
         }
-        chunks.clear();
-        chunk::put_id(&mut chunks, rowid);
-        upsert.execute(params![
-            &id.to_be_bytes()[..],
+        insert.execute(params![
+            trace_key(*id),
+            &trace_bytes(*id)[..],
             t.start.min(i64::MAX as u64) as i64,
             t.end.min(i64::MAX as u64) as i64,
-            t.root_service,
-            t.root_name,
-            t.root_rank,
-            t.count,
             t.error,
+            t.root_service,
+            t.root_rank,
+            t.root_name,
+            t.count,
             &services[..],
-            &chunks[..],
-            MAX_ID_LIST_BYTES as i64,
+            t.chunk.bytes(),
         ])?;
+        last = Some(tx.last_insert_rowid());
     }
     Ok(last)
 }
