@@ -11,10 +11,10 @@
 //!   - `parts_by_trace` (`trace_key`, 64 bits of the trace id; the row's `trace_id` decides): all
 //!     parts of one trace, for the waterfall and the merged summary. 8-byte integer keys keep this
 //!     one random-order index small and cheap to insert into.
-//!   - `parts_by_start` (with error, end and the key, so the list reads the index alone), and
-//!     `parts_with_errors` (partial, small): the unfiltered trace list, newest first. Status and
-//!     duration filters apply to a part (the root's part spans the trace) and are checked again
-//!     on the merged trace.
+//!   - `parts_by_start` (with error and end, so the filters are checked in the index and a row is
+//!     read only for a match), and `parts_with_errors` (partial, small): the unfiltered trace
+//!     list, newest first. Status and duration filters apply to a part (the root's part spans the
+//!     trace); "ok" is checked again on the merged trace.
 //! - `entries`: one narrow row per entry span (a request a service handled), keyed by endpoint
 //!   then start time: the trace search by service (its endpoints' rows, merged) or endpoint, with
 //!   status and duration of that request, reads it in key order. The key includes the span id,
@@ -65,8 +65,8 @@ CREATE TABLE parts (
     spans BLOB NOT NULL
 );
 CREATE INDEX parts_by_trace ON parts (trace_key);
-CREATE INDEX parts_by_start ON parts (start_ns, error, end_ns, trace_key);
-CREATE INDEX parts_with_errors ON parts (start_ns, trace_key) WHERE error = 1;
+CREATE INDEX parts_by_start ON parts (start_ns, error, end_ns);
+CREATE INDEX parts_with_errors ON parts (start_ns) WHERE error = 1;
 CREATE TABLE entries (
     endpoint_id INTEGER NOT NULL,
     start_ns INTEGER NOT NULL,
