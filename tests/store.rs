@@ -316,6 +316,156 @@ fn bad_input_duplicates_and_restart() {
     assert!(store.flush(Duration::from_secs(5)));
     let eps = store.endpoints(all_time(), None).unwrap();
     assert_eq!(eps.iter().map(|e| e.stats.count).sum::<u64>(), 2);
+    // The same request delivered again in a later transaction is counted and shown once.
+    submit(
+        &store,
+        "",
+        vec![span(10, 1, None, SpanKind::Server, "/h", t0, 1, false)],
+    );
+    assert!(store.flush(Duration::from_secs(5)));
+    let eps = store.endpoints(all_time(), None).unwrap();
+    assert_eq!(eps.iter().map(|e| e.stats.count).sum::<u64>(), 2);
+    let again = store.trace(&format!("{:032x}", 10)).unwrap().unwrap();
+    assert_eq!(again.spans.len(), 1);
+}
+
+/// Whole hours come from the hourly rollups and the partial hours at both ends from the
+/// minutes: the answer must be the one the spans themselves give for those minutes.
+#[test]
+fn hourly_rollups_answer_like_the_minutes() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let minute = 60_000_000_000u64;
+    let hour = 60 * minute;
+    let h0 = (now_ns() / hour - 6) * hour;
+    // A span every 7 s from half an hour before h0 to 3.5 hours after, with a database call.
+    let mut spans = Vec::new();
+    let mut sent = Vec::new();
+    for i in 0..(4 * 3600 / 7) {
+        let start = h0 - 30 * minute + i * 7_000_000_000;
+        let route = if i % 3 == 0 { "/a" } else { "/b" };
+        let dur_ms = 1 + (i * 37) % 400;
+        let error = i % 11 == 0;
+        let trace = u128::from(i) + 1;
+        spans.push(span(
+            trace,
+            1,
+            None,
+            SpanKind::Server,
+            route,
+            start,
+            dur_ms,
+            error,
+        ));
+        let mut db = span(
+            trace,
+            2,
+            Some(1),
+            SpanKind::Client,
+            "SELECT",
+            start,
+            1 + dur_ms / 2,
+            false,
+        );
+        db.attributes
+            .push(Attribute::str("db.system", "postgresql"));
+        spans.push(db);
+        sent.push((start, format!("GET {route}"), dur_ms * 1_000_000, error));
+    }
+    submit(&store, "svc", spans);
+    assert!(store.flush(Duration::from_secs(30)));
+
+    let ms = |ns: u64| (ns / 1_000_000) as i64;
+    // 17.5 minutes into the first hour to 41 minutes into the third: two whole hours between.
+    let range = TimeRange {
+        from_ms: ms(h0 + 17 * minute + 30_000_000_000),
+        to_ms: ms(h0 + 2 * hour + 41 * minute),
+    };
+    let (m0, m1) = (range.from_ms / 60_000, (range.to_ms - 1) / 60_000);
+    let got = store.endpoints(range, Some("svc")).unwrap();
+    assert_eq!(got.len(), 2);
+    for ep in &got {
+        let mut hist = zerostep::store::Histogram::default();
+        let (mut count, mut errors) = (0, 0);
+        for (start, name, dur, error) in &sent {
+            let m = (*start / minute) as i64;
+            if *name == ep.endpoint && (m0..=m1).contains(&m) {
+                hist.record(*dur);
+                count += 1;
+                errors += u64::from(*error);
+            }
+        }
+        assert_eq!(
+            (ep.stats.count, ep.stats.errors),
+            (count, errors),
+            "{}",
+            ep.endpoint
+        );
+        assert_eq!(ep.stats.p50_ms, hist.quantile_ms(0.50));
+        assert_eq!(ep.stats.p95_ms, hist.quantile_ms(0.95));
+        assert_eq!(ep.stats.p99_ms, hist.quantile_ms(0.99));
+    }
+    let in_range = sent
+        .iter()
+        .filter(|s| (m0..=m1).contains(&((s.0 / minute) as i64)))
+        .count() as u64;
+    let svc = &store.services(range).unwrap()[1];
+    assert_eq!((svc.name.as_str(), svc.stats.count), ("svc", in_range));
+    let edges = store.edges(range).unwrap();
+    assert_eq!(edges.len(), 1);
+    assert_eq!(edges[0].stats.count, in_range);
+    // And an aligned range is hours only: the whole day before the data is empty.
+    let before = TimeRange {
+        from_ms: ms(h0 - 24 * hour),
+        to_ms: ms(h0 - hour),
+    };
+    assert!(store.endpoints(before, None).unwrap().is_empty());
+}
+
+/// A store of an older layout is moved aside, whole, and the agent starts with an empty one.
+#[test]
+fn older_schema_is_moved_aside_not_destroyed() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("zerostep.db");
+    let old = |marker: &str| {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.execute_batch(&format!(
+            "PRAGMA journal_mode = WAL; CREATE TABLE spans (x); INSERT INTO spans VALUES ('{marker}');
+             PRAGMA user_version = 1;"
+        ))
+        .unwrap();
+    };
+    old("first");
+    let store = open(dir.path());
+    let moved = dir.path().join("zerostep.v1.db");
+    let conn = rusqlite::Connection::open(&moved).unwrap();
+    let (version, marker): (i64, String) = conn
+        .query_row(
+            "SELECT (SELECT user_version FROM pragma_user_version), x FROM spans",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((version, marker.as_str()), (1, "first"));
+    drop(conn);
+    // The new store works, and survives a restart of the same version.
+    let t0 = now_ns() - 1_000_000_000;
+    submit(
+        &store,
+        "web",
+        vec![span(5, 1, None, SpanKind::Server, "/", t0, 3, false)],
+    );
+    assert!(store.flush(Duration::from_secs(5)));
+    drop(store);
+    let store = open(dir.path());
+    assert_eq!(store.traces(&TraceQuery::default()).unwrap().len(), 1);
+    drop(store);
+    // Another old file later does not overwrite the first one moved aside.
+    std::fs::remove_file(&db).unwrap();
+    old("second");
+    drop(open(dir.path()));
+    assert!(dir.path().join("zerostep.v1.1.db").exists());
+    assert!(moved.exists());
 }
 
 #[test]

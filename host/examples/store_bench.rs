@@ -283,8 +283,9 @@ fn ingest(store: &Store, mut gen: Gen, traces: u64) -> (u64, f64) {
     let secs = t.elapsed().as_secs_f64();
     let cpu = writer_cpu_secs();
     println!(
-        "  writer thread CPU: {cpu:.1} s = {:.0} spans per CPU-second",
-        produced as f64 / cpu
+        "  writer thread CPU: {cpu:.1} s = {:.0} spans per CPU-second ({:.2} µs per span)",
+        produced as f64 / cpu,
+        cpu * 1e6 / produced.max(1) as f64
     );
     (produced, secs)
 }

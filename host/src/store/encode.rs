@@ -1,17 +1,11 @@
-//! How one span is laid out in the store: the indexed columns are plain values, everything else
-//! (attributes, events, status message, pid) is one compact JSON document — attributes as an object
-//! `{"3": "/u/{id}", "7": 200}` whose keys are ids in a dictionary of attribute names (the names
-//! were ~40 % of a span's bytes, repeated in every row), rather than the tagged form the API uses.
-//! Oversized input is truncated here, visibly, so one span can never make a row huge.
-use std::cell::RefCell;
-use std::collections::HashMap;
-
+//! What the store derives from a span (entry or not, endpoint, database callee), the codes it
+//! stores for kinds and statuses, the size limits, and the attribute-name dictionary. The binary
+//! layout of stored spans is in `chunk`.
 use rustc_hash::FxHashMap;
 
-use serde::ser::{SerializeMap, SerializeSeq, Serializer};
-use serde::{Deserialize, Serialize};
-
-use crate::span::{AttrValue, Attribute, Event, Span, SpanKind, StatusCode};
+#[cfg(test)]
+use crate::span::Attribute;
+use crate::span::{AttrValue, Span, SpanKind, StatusCode};
 
 /// Longest string value kept (bytes); longer ones end in `…[+N bytes]`.
 pub const MAX_VALUE_BYTES: usize = 4096;
@@ -128,16 +122,15 @@ pub fn db_system(span: &Span) -> Option<&str> {
 
 /// Distinct attribute names given an id; past this, names are stored literally.
 pub const MAX_KEYS: usize = 4096;
-/// Prefix of a literal (not dictionary) attribute name in the document.
-const LITERAL: char = '=';
 
-/// The writer's side of the attribute-name dictionary. Ids handed out during a transaction are
-/// listed in `new` so the transaction stores them with the spans that use them.
+/// The writer's side of the attribute-name dictionary (the names were ~40 % of a span's bytes,
+/// repeated in every span). Ids handed out during a transaction are listed in `new` so the
+/// transaction stores them with the spans that use them.
 #[derive(Default)]
 pub struct KeyDict {
-    ids: RefCell<FxHashMap<String, u32>>,
-    next: RefCell<u32>,
-    new: RefCell<Vec<(u32, String)>>,
+    ids: FxHashMap<String, u32>,
+    next: u32,
+    new: Vec<(u32, String)>,
 }
 
 impl KeyDict {
@@ -145,300 +138,65 @@ impl KeyDict {
         let ids: FxHashMap<String, u32> = known.into_iter().map(|(id, k)| (k, id)).collect();
         let next = ids.values().max().map_or(1, |m| m + 1);
         Self {
-            ids: RefCell::new(ids),
-            next: RefCell::new(next),
-            new: RefCell::new(Vec::new()),
+            ids,
+            next,
+            new: Vec::new(),
         }
     }
 
-    fn id(&self, key: &str) -> Option<u32> {
-        if let Some(id) = self.ids.borrow().get(key) {
+    pub fn id(&mut self, key: &str) -> Option<u32> {
+        if let Some(id) = self.ids.get(key) {
             return Some(*id);
         }
-        if self.ids.borrow().len() >= MAX_KEYS || key.len() > MAX_NAME_BYTES {
+        if self.ids.len() >= MAX_KEYS || key.len() > MAX_NAME_BYTES {
             return None;
         }
-        let id = {
-            let mut next = self.next.borrow_mut();
-            *next += 1;
-            *next - 1
-        };
-        self.ids.borrow_mut().insert(key.to_string(), id);
-        self.new.borrow_mut().push((id, key.to_string()));
+        let id = self.next;
+        self.next += 1;
+        self.ids.insert(key.to_string(), id);
+        self.new.push((id, key.to_string()));
         Some(id)
     }
 
     /// Ids handed out since the last call, to be written.
-    pub fn take_new(&self) -> Vec<(u32, String)> {
-        std::mem::take(&mut *self.new.borrow_mut())
-    }
-}
-
-struct AttrMap<'a>(&'a [Attribute], &'a KeyDict);
-
-impl Serialize for AttrMap<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let kept = &self.0[..self.0.len().min(MAX_ATTRIBUTES)];
-        let mut map = s.serialize_map(Some(kept.len()))?;
-        for a in kept {
-            match self.1.id(&a.key) {
-                Some(id) => map.serialize_entry(&id, &ValueRef(&a.value))?,
-                None => {
-                    let literal = format!("{LITERAL}{}", truncate(&a.key, MAX_NAME_BYTES));
-                    map.serialize_entry(&literal, &ValueRef(&a.value))?
-                }
-            }
-        }
-        map.end()
-    }
-}
-
-struct ValueRef<'a>(&'a AttrValue);
-
-impl Serialize for ValueRef<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        match self.0 {
-            AttrValue::Str(v) => s.serialize_str(&truncate(v, MAX_VALUE_BYTES)),
-            AttrValue::Int(v) => s.serialize_i64(*v),
-            AttrValue::Double(v) if v.is_finite() => s.serialize_f64(*v),
-            AttrValue::Double(v) => s.serialize_str(&v.to_string()),
-            AttrValue::Bool(v) => s.serialize_bool(*v),
-            AttrValue::StrArray(items) => {
-                let kept = &items[..items.len().min(MAX_ARRAY_ITEMS)];
-                let mut seq = s.serialize_seq(Some(kept.len()))?;
-                for item in kept {
-                    seq.serialize_element(&truncate(item, MAX_VALUE_BYTES))?;
-                }
-                seq.end()
-            }
-        }
-    }
-}
-
-struct EventsRef<'a>(&'a [Event], &'a KeyDict);
-
-impl Serialize for EventsRef<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let kept = &self.0[..self.0.len().min(MAX_EVENTS)];
-        let mut seq = s.serialize_seq(Some(kept.len()))?;
-        for e in kept {
-            seq.serialize_element(&EventRef(e, self.1))?;
-        }
-        seq.end()
-    }
-}
-
-struct EventRef<'a>(&'a Event, &'a KeyDict);
-
-impl Serialize for EventRef<'_> {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let mut map = s.serialize_map(Some(3))?;
-        map.serialize_entry("n", &truncate(&self.0.name, MAX_NAME_BYTES))?;
-        map.serialize_entry("t", &self.0.time_unix_nano)?;
-        map.serialize_entry("a", &AttrMap(&self.0.attributes, self.1))?;
-        map.end()
-    }
-}
-
-/// Writes the span's detail document into `out` (cleared first; reused across spans).
-pub fn encode_detail(span: &Span, pid: u32, keys: &KeyDict, out: &mut Vec<u8>) {
-    out.clear();
-    let mut ser = serde_json::Serializer::new(&mut *out);
-    let result = (|| {
-        let mut map = ser.serialize_map(None)?;
-        map.serialize_entry("p", &pid)?;
-        if !span.attributes.is_empty() {
-            map.serialize_entry("a", &AttrMap(&span.attributes, keys))?;
-        }
-        if !span.events.is_empty() {
-            map.serialize_entry("e", &EventsRef(&span.events, keys))?;
-        }
-        if !span.status.message.is_empty() {
-            map.serialize_entry("m", &truncate(&span.status.message, MAX_VALUE_BYTES))?;
-        }
-        SerializeMap::end(map)
-    })();
-    // Serialising owned strings and numbers into a Vec cannot fail; keep the row valid anyway.
-    if result.is_err() {
-        out.clear();
-        out.extend_from_slice(b"{}");
-    }
-}
-
-#[derive(Deserialize, Default)]
-struct DetailDoc {
-    #[serde(default)]
-    p: u32,
-    #[serde(default)]
-    a: serde_json::Map<String, serde_json::Value>,
-    #[serde(default)]
-    e: Vec<EventDoc>,
-    #[serde(default)]
-    m: String,
-}
-
-#[derive(Deserialize)]
-struct EventDoc {
-    n: String,
-    t: u64,
-    #[serde(default)]
-    a: serde_json::Map<String, serde_json::Value>,
-}
-
-/// What the detail document holds, back in the span's own types.
-#[derive(Debug, Default)]
-pub struct Detail {
-    pub pid: u32,
-    pub attributes: Vec<Attribute>,
-    pub events: Vec<Event>,
-    pub status_message: String,
-}
-
-fn attrs_from(
-    map: serde_json::Map<String, serde_json::Value>,
-    keys: &HashMap<u32, String>,
-) -> Vec<Attribute> {
-    use serde_json::Value;
-    map.into_iter()
-        .map(|(key, v)| {
-            let key = match key.strip_prefix(LITERAL) {
-                Some(literal) => literal.to_string(),
-                None => key
-                    .parse::<u32>()
-                    .ok()
-                    .and_then(|id| keys.get(&id).cloned())
-                    .unwrap_or(key),
-            };
-            let value = match v {
-                Value::String(s) => AttrValue::Str(s),
-                Value::Bool(b) => AttrValue::Bool(b),
-                Value::Number(n) => match n.as_i64() {
-                    Some(i) if !n.is_f64() => AttrValue::Int(i),
-                    _ => AttrValue::Double(n.as_f64().unwrap_or(f64::NAN)),
-                },
-                Value::Array(items) => AttrValue::StrArray(
-                    items
-                        .into_iter()
-                        .map(|i| match i {
-                            Value::String(s) => s,
-                            other => other.to_string(),
-                        })
-                        .collect(),
-                ),
-                other => AttrValue::Str(other.to_string()),
-            };
-            Attribute { key, value }
-        })
-        .collect()
-}
-
-/// A document that does not parse (a damaged row) yields an empty detail, not an error: the span's
-/// indexed columns are still worth showing.
-pub fn decode_detail(blob: &[u8], keys: &HashMap<u32, String>) -> Detail {
-    let doc: DetailDoc = serde_json::from_slice(blob).unwrap_or_default();
-    Detail {
-        pid: doc.p,
-        attributes: attrs_from(doc.a, keys),
-        events: doc
-            .e
-            .into_iter()
-            .map(|e| Event {
-                name: e.n,
-                time_unix_nano: e.t,
-                attributes: attrs_from(e.a, keys),
-            })
-            .collect(),
-        status_message: doc.m,
+    pub fn take_new(&mut self) -> Vec<(u32, String)> {
+        std::mem::take(&mut self.new)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::span::Status;
 
-    fn span() -> Span {
-        Span {
-            trace_id: 1,
-            span_id: 2,
-            parent_span_id: None,
-            name: "GET /u/{id}".into(),
+    #[test]
+    fn endpoint_key_prefers_method_and_route() {
+        let mut s = Span {
+            name: "GET /u/42".into(),
             kind: SpanKind::Server,
-            start_unix_nano: 1,
-            end_unix_nano: 2,
-            status: Status {
-                code: StatusCode::Error,
-                message: "boom".into(),
-            },
             attributes: vec![
                 Attribute::str("http.route", "/u/{id}"),
                 Attribute::str("http.request.method", "GET"),
-                Attribute::int("http.response.status_code", 500),
-                Attribute {
-                    key: "f".into(),
-                    value: AttrValue::Double(1.0),
-                },
-                Attribute {
-                    key: "b".into(),
-                    value: AttrValue::Bool(true),
-                },
-                Attribute {
-                    key: "h".into(),
-                    value: AttrValue::StrArray(vec!["x".into(), "y".into()]),
-                },
             ],
-            events: vec![Event {
-                name: "exception".into(),
-                time_unix_nano: 5,
-                attributes: vec![Attribute::str("exception.type", "ValueError")],
-            }],
-        }
-    }
-
-    #[test]
-    fn detail_roundtrips_every_value_type() {
-        let s = span();
-        let mut buf = Vec::new();
-        let dict = KeyDict::default();
-        encode_detail(&s, 42, &dict, &mut buf);
-        let d = decode_detail(&buf, &dict.take_new().into_iter().collect());
-        assert_eq!(d.pid, 42);
-        assert_eq!(d.status_message, "boom");
-        assert_eq!(d.events, s.events);
-        let mut want = s.attributes.clone();
-        want.sort_by(|a, b| a.key.cmp(&b.key));
-        let mut got = d.attributes;
-        got.sort_by(|a, b| a.key.cmp(&b.key));
-        assert_eq!(got, want);
+            trace_id: 1,
+            span_id: 2,
+            parent_span_id: None,
+            start_unix_nano: 0,
+            end_unix_nano: 0,
+            status: Default::default(),
+            events: Vec::new(),
+        };
         let mut key = String::new();
         endpoint_key(&s, &mut key);
         assert_eq!(key, "GET /u/{id}");
+        s.attributes.clear();
+        endpoint_key(&s, &mut key);
+        assert_eq!(key, "GET /u/42");
     }
 
     #[test]
-    fn huge_values_are_truncated_on_a_char_boundary() {
-        let mut s = span();
-        s.attributes = (0..1000)
-            .map(|i| Attribute::str(format!("k{i}"), "é".repeat(100_000)))
-            .collect();
-        let mut buf = Vec::new();
-        // A full dictionary: names are stored literally and still come back.
-        let dict = KeyDict::load((0..MAX_KEYS as u32).map(|i| (i, format!("x{i}"))));
-        encode_detail(&s, 1, &dict, &mut buf);
-        assert!(
-            buf.len() < MAX_ATTRIBUTES * (MAX_VALUE_BYTES + 64),
-            "{}",
-            buf.len()
-        );
-        let d = decode_detail(&buf, &HashMap::new());
-        assert_eq!(d.attributes.len(), MAX_ATTRIBUTES);
-        assert!(d.attributes.iter().any(|a| a.key == "k0"));
-        let AttrValue::Str(v) = &d.attributes[0].value else {
-            panic!()
-        };
-        assert!(v.ends_with("bytes]"), "{}", &v[v.len() - 20..]);
-        assert!(decode_detail(b"not json", &HashMap::new())
-            .attributes
-            .is_empty());
+    fn truncate_cuts_on_a_char_boundary() {
+        let s = "é".repeat(10);
+        let t = truncate(&s, 5);
+        assert!(t.starts_with("éé") && t.ends_with("[+16 bytes]"), "{t}");
     }
 }

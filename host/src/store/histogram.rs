@@ -77,6 +77,13 @@ impl Histogram {
     /// Sparse encoding: (bucket u8, count as LEB128) for every non-empty bucket.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(32);
+        self.encode_into(&mut out);
+        out
+    }
+
+    /// As `encode`, into a reused buffer (cleared first).
+    pub fn encode_into(&self, out: &mut Vec<u8>) {
+        out.clear();
         for (b, &c) in self.counts.iter().enumerate() {
             if c == 0 {
                 continue;
@@ -93,7 +100,6 @@ impl Histogram {
                 out.push(byte | 0x80);
             }
         }
-        out
     }
 
     /// Adds an encoded histogram to this one. A malformed blob stops at the first bad byte: the

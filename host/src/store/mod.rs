@@ -1,10 +1,17 @@
-//! The agent's embedded store: spans, trace summaries, services, the calls between them and
-//! per-minute endpoint rollups in one SQLite file (`<state dir>/zerostep.db`, WAL mode).
+//! The agent's embedded store: spans (in per-trace chunks), trace summaries, services, the calls
+//! between them and per-minute and per-hour rollups in one SQLite file
+//! (`<state dir>/zerostep.db`, WAL mode).
 //!
 //! One writer thread owns the only write connection and is fed through a bounded queue
 //! ([`StoreSink`], the pipeline's sink); queries run on separate read-only connections, which WAL
 //! lets proceed while the writer commits. Retention by age and size runs on the writer between
 //! transactions.
+//!
+//! A database of an older layout is moved aside (`zerostep.v1.db`, logged at warn) and the store
+//! starts empty, rather than migrated: what it holds ages out within the retention period anyway
+//! (3 days by default), while a migration would re-encode every span of a file of up to gigabytes
+//! before the agent could start, and carry the old decoder forever. Nothing is deleted.
+mod chunk;
 mod edges;
 mod encode;
 mod histogram;
@@ -55,6 +62,14 @@ pub enum StoreError {
          {supported}): upgrade the agent or move the database file away"
     )]
     NewerSchema { found: i64, supported: i64 },
+    #[error("the store has schema version {found}, this zerostep writes {supported}")]
+    OlderSchema { found: i64, supported: i64 },
+    #[error("cannot move the old store {from} aside to {to}: {source}")]
+    MoveAside {
+        from: PathBuf,
+        to: PathBuf,
+        source: std::io::Error,
+    },
     #[error("the database file holds tables that are not zerostep's: refusing to use it")]
     NotOurs,
     #[error("bad trace id {0:?}: expected 32 hex digits")]
@@ -130,8 +145,23 @@ impl Store {
             source,
         })?;
         let path = dir.join(DB_FILE);
-        let conn = Connection::open(&path)?;
+        let mut conn = Connection::open(&path)?;
+        let found = schema::version(&conn)?;
+        if found > 0 && found < SCHEMA_VERSION {
+            // Closing the only connection checkpoints its WAL into the file that is moved.
+            drop(conn);
+            let moved = schema::move_aside(&path, found)?;
+            tracing::warn!(
+                old = %moved.display(),
+                found,
+                current = SCHEMA_VERSION,
+                "the store was written by an older zerostep in another layout: moved it aside and \
+                 started an empty store (the old file is not used again; delete it when not needed)"
+            );
+            conn = Connection::open(&path)?;
+        }
         conn.busy_timeout(Duration::from_secs(5))?;
+        conn.set_prepared_statement_cache_capacity(64);
         schema::prepare_writer(&conn)?;
         let queue = Arc::new(Queue::new(config.queue_spans));
         let writer = writer::Writer::new(conn, queue.clone(), config);
@@ -181,6 +211,7 @@ impl Store {
                     OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
                 )?;
                 c.busy_timeout(Duration::from_secs(5))?;
+                c.set_prepared_statement_cache_capacity(64);
                 schema::prepare_reader(&c)?;
                 c
             }

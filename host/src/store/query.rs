@@ -1,15 +1,19 @@
 //! Read queries for the API and UI, each on a read-only connection. Aggregates come from the
-//! per-minute rollups (histograms merged here); trace lists come from the entry-span indexes or the
-//! trace summaries, never from a scan of all spans.
+//! hourly and per-minute rollups (histograms merged here); trace lists come from the entries
+//! table or the trace summaries, never from a scan of span chunks.
 use std::collections::{HashMap, HashSet};
+
+use rustc_hash::FxHashMap;
 use std::time::Duration;
 
 use rusqlite::{params_from_iter, types::Value, Connection, OptionalExtension};
 use serde::Serialize;
 
+use super::chunk;
 use super::encode::{self, STATUS_ERROR};
 use super::histogram::Histogram;
-use super::writer::trace_key;
+use super::rollup::{cover, TIERS};
+use super::writer::{trace_bytes, trace_key};
 use super::StoreError;
 use crate::span::{Attribute, Event, SpanKind, StatusCode};
 
@@ -235,42 +239,54 @@ fn service_names(conn: &Connection) -> rusqlite::Result<HashMap<i64, String>> {
         .collect())
 }
 
-/// Sums a rollup table over a range, grouped by `group(a, b)`.
+/// Which rollups to sum.
+#[derive(Clone, Copy)]
+enum Rollup {
+    Endpoint,
+    Edge,
+}
+
+/// Sums a rollup over a range, grouped by `group(a, b)`: whole hours from the hourly table, the
+/// partial hours at the ends from the minutes.
 fn aggregate<K: std::hash::Hash + Eq>(
     conn: &Connection,
-    table: &str,
+    rollup: Rollup,
     range: &TimeRange,
     mut group: impl FnMut(i64, i64) -> Option<K>,
-) -> rusqlite::Result<HashMap<K, Agg>> {
-    let cols = match table {
-        "edge_minutes" => "caller_id, callee_id",
-        _ => "service_id, endpoint_id",
+) -> rusqlite::Result<FxHashMap<K, Agg>> {
+    let (prefix, cols) = match rollup {
+        Rollup::Edge => ("edge", "caller_id, callee_id"),
+        Rollup::Endpoint => ("endpoint", "service_id, endpoint_id"),
     };
     let (from, to) = range.minutes();
-    let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {cols}, count, errors, histogram FROM {table} WHERE minute BETWEEN ?1 AND ?2"
-    ))?;
-    let mut rows = stmt.query([from, to])?;
-    let mut out: HashMap<K, Agg> = HashMap::new();
-    while let Some(r) = rows.next()? {
-        let Some(key) = group(r.get(0)?, r.get(1)?) else {
-            continue;
-        };
-        let hist = r.get_ref(4)?.as_blob().unwrap_or_default();
-        out.entry(key).or_default().add(r.get(2)?, r.get(3)?, hist);
+    let mut out: FxHashMap<K, Agg> = FxHashMap::default();
+    for (tier, first, last) in cover(from, to) {
+        let t = &TIERS[tier];
+        let mut stmt = conn.prepare_cached(&format!(
+            "SELECT {cols}, count, errors, histogram FROM {prefix}_{} WHERE {} BETWEEN ?1 AND ?2",
+            t.suffix, t.column
+        ))?;
+        let mut rows = stmt.query([first, last])?;
+        while let Some(r) = rows.next()? {
+            let Some(key) = group(r.get(0)?, r.get(1)?) else {
+                continue;
+            };
+            let hist = r.get_ref(4)?.as_blob().unwrap_or_default();
+            out.entry(key).or_default().add(r.get(2)?, r.get(3)?, hist);
+        }
     }
     Ok(out)
 }
 
 pub fn services(conn: &Connection, range: &TimeRange) -> Result<Vec<ServiceSummary>, StoreError> {
     let rows = service_rows(conn)?;
-    let mut by_service = aggregate(conn, "endpoint_minutes", range, |s, _| Some(s))?;
+    let mut by_service = aggregate(conn, Rollup::Endpoint, range, |s, _| Some(s))?;
     let databases: HashSet<i64> = rows
         .iter()
         .filter(|(_, s)| s.kind != "service")
         .map(|(id, _)| *id)
         .collect();
-    let into_db = aggregate(conn, "edge_minutes", range, |_, callee| {
+    let into_db = aggregate(conn, Rollup::Edge, range, |_, callee| {
         databases.contains(&callee).then_some(callee)
     })?;
     by_service.extend(into_db);
@@ -297,7 +313,7 @@ pub fn services(conn: &Connection, range: &TimeRange) -> Result<Vec<ServiceSumma
 
 pub fn edges(conn: &Connection, range: &TimeRange) -> Result<Vec<EdgeSummary>, StoreError> {
     let rows = service_rows(conn)?;
-    let aggs = aggregate(conn, "edge_minutes", range, |a, b| Some((a, b)))?;
+    let aggs = aggregate(conn, Rollup::Edge, range, |a, b| Some((a, b)))?;
     let name = |id: i64| rows.get(&id).map(|s| s.name.clone()).unwrap_or_default();
     let mut out: Vec<EdgeSummary> = aggs
         .iter()
@@ -325,7 +341,7 @@ pub fn endpoints(
         },
         None => None,
     };
-    let aggs = aggregate(conn, "endpoint_minutes", range, |s, e| {
+    let aggs = aggregate(conn, Rollup::Endpoint, range, |s, e| {
         wanted.is_none_or(|w| w == s).then_some((s, e))
     })?;
     let mut names = conn.prepare_cached("SELECT name FROM endpoints WHERE id = ?1")?;
@@ -354,96 +370,174 @@ fn ms(ns: i64) -> f64 {
     ns as f64 / 1e6
 }
 
-/// Trace ids, newest first, matching the query.
-fn matching_trace_ids(
+/// Requests a service or endpoint handled, newest first: the entries table is keyed by endpoint
+/// then time, so each matching endpoint is read newest first in pages and the pages are merged.
+/// Pages start small (a service's share of the limit) and grow, so a rare filter (errors) reads
+/// about as many rows as one index over the whole service would.
+fn matching_entries(
     conn: &Connection,
     q: &TraceQuery,
+    (from, to): (i64, i64),
+    min_ns: Option<i64>,
     limit: usize,
 ) -> rusqlite::Result<Vec<Vec<u8>>> {
-    let from = q.from_ms.unwrap_or(0).saturating_mul(1_000_000);
-    let to = q
-        .to_ms
-        .unwrap_or(i64::MAX / 1_000_000)
-        .saturating_mul(1_000_000);
-    let min_ns = q
-        .min_duration
-        .map(|d| d.as_nanos().min(i64::MAX as u128) as i64);
-    let mut args: Vec<Value> = vec![from.into(), to.into()];
-    let mut sql;
-    if q.service.is_some() || q.endpoint.is_some() {
-        // Status literals (not parameters) so the planner can match the partial index.
-        let mut ids = String::new();
-        if let Some(service) = &q.service {
-            let id: Option<i64> = conn
-                .query_row("SELECT id FROM services WHERE name = ?1", [service], |r| {
-                    r.get(0)
-                })
+    let service_id: Option<i64> = match &q.service {
+        Some(name) => {
+            let id = conn
+                .prepare_cached("SELECT id FROM services WHERE name = ?1")?
+                .query_row([name], |r| r.get(0))
                 .optional()?;
-            let Some(id) = id else { return Ok(Vec::new()) };
-            args.push(id.into());
-            ids.push_str(" AND service_id = ?3");
-        }
-        if let Some(endpoint) = &q.endpoint {
-            let mut stmt = conn.prepare_cached(
-                "SELECT id FROM endpoints WHERE name = ?1
-                 AND (?2 IS NULL OR service_id = (SELECT id FROM services WHERE name = ?2))",
-            )?;
-            let eps: Vec<i64> = stmt
-                .query_map(rusqlite::params![endpoint, q.service], |r| r.get(0))?
-                .collect::<Result<_, _>>()?;
-            if eps.is_empty() {
-                return Ok(Vec::new());
+            match id {
+                Some(id) => Some(id),
+                None => return Ok(Vec::new()),
             }
-            let list: Vec<String> = eps.iter().map(|e| e.to_string()).collect();
-            ids.push_str(&format!(" AND endpoint_id IN ({})", list.join(",")));
         }
-        let index = if q.endpoint.is_some() {
-            "entries_by_endpoint"
-        } else {
-            "entries_by_service"
-        };
-        sql = format!(
-            "SELECT trace_id FROM spans INDEXED BY {index}
-             WHERE endpoint_id IS NOT NULL AND start_ns >= ?1 AND start_ns < ?2{ids}"
-        );
-        match q.status {
-            Some(StatusFilter::Error) => sql.push_str(&format!(" AND status = {STATUS_ERROR}")),
-            Some(StatusFilter::Ok) => sql.push_str(&format!(" AND status != {STATUS_ERROR}")),
-            None => {}
-        }
-        if let Some(min) = min_ns {
-            args.push(min.into());
-            sql.push_str(&format!(" AND duration_ns >= ?{}", args.len()));
-        }
-        sql.push_str(" ORDER BY start_ns DESC");
-    } else {
-        sql = "SELECT trace_id FROM traces WHERE start_ns >= ?1 AND start_ns < ?2".to_string();
-        match q.status {
-            Some(StatusFilter::Error) => sql.push_str(" AND error = 1"),
-            Some(StatusFilter::Ok) => sql.push_str(" AND error = 0"),
-            None => {}
-        }
-        if let Some(min) = min_ns {
-            args.push(min.into());
-            sql.push_str(&format!(" AND end_ns - start_ns >= ?{}", args.len()));
-        }
-        sql.push_str(" ORDER BY start_ns DESC");
+        None => None,
+    };
+    let endpoints: Vec<i64> = match &q.endpoint {
+        Some(endpoint) => conn
+            .prepare_cached(
+                "SELECT id FROM endpoints WHERE name = ?1 AND (?2 IS NULL OR service_id = ?2)",
+            )?
+            .query_map(rusqlite::params![endpoint, service_id], |r| r.get(0))?
+            .collect::<Result<_, _>>()?,
+        None => conn
+            .prepare_cached("SELECT id FROM endpoints WHERE service_id = ?1")?
+            .query_map([service_id], |r| r.get(0))?
+            .collect::<Result<_, _>>()?,
+    };
+    // Status literals (not parameters) keep one cached statement per filter shape.
+    let mut sql = "SELECT start_ns, span_id, trace_id FROM entries
+         WHERE endpoint_id = ?1 AND start_ns >= ?2 AND (start_ns, span_id) < (?3, ?4)"
+        .to_string();
+    match q.status {
+        Some(StatusFilter::Error) => sql.push_str(&format!(" AND status = {STATUS_ERROR}")),
+        Some(StatusFilter::Ok) => sql.push_str(&format!(" AND status != {STATUS_ERROR}")),
+        None => {}
     }
+    sql.push_str(" AND duration_ns >= ?5 ORDER BY start_ns DESC, span_id DESC LIMIT ?6");
     let mut stmt = conn.prepare_cached(&sql)?;
-    let mut rows = stmt.query(params_from_iter(args))?;
+    let first_page = (limit / endpoints.len().max(1) + 2).min(limit);
+    let mut cursors: Vec<Cursor> = endpoints
+        .iter()
+        .map(|&endpoint| Cursor {
+            endpoint,
+            rows: std::collections::VecDeque::new(),
+            after: (to, i64::MIN),
+            page: first_page,
+            done: false,
+        })
+        .collect();
     let mut seen = HashSet::new();
-    let mut out = Vec::new();
-    // Rows come lazily: stop as soon as there are enough distinct traces.
-    while let Some(r) = rows.next()? {
-        let id: Vec<u8> = r.get(0)?;
-        if seen.insert(id.clone()) {
-            out.push(id);
-            if out.len() >= limit {
-                break;
+    let mut out = Vec::with_capacity(limit);
+    while out.len() < limit {
+        let mut best: Option<usize> = None;
+        for i in 0..cursors.len() {
+            if cursors[i].rows.is_empty() && !cursors[i].done {
+                let c = &mut cursors[i];
+                // `after` is exclusive; the first page starts just below `to`.
+                let (start, span) = c.after;
+                let rows = stmt.query_map(
+                    rusqlite::params![
+                        c.endpoint,
+                        from,
+                        start,
+                        span,
+                        min_ns.unwrap_or(i64::MIN),
+                        c.page as i64
+                    ],
+                    |r| {
+                        Ok((
+                            r.get::<_, i64>(0)?,
+                            r.get::<_, i64>(1)?,
+                            r.get::<_, Vec<u8>>(2)?,
+                        ))
+                    },
+                )?;
+                for row in rows {
+                    c.rows.push_back(row?);
+                }
+                c.done = c.rows.len() < c.page;
+                if let Some(last) = c.rows.back() {
+                    c.after = (last.0, last.1);
+                }
+                c.page = (c.page * 2).min(4096);
+            }
+            let Some(front) = cursors[i].rows.front() else {
+                continue;
+            };
+            if best.is_none_or(|b| cursors[b].rows.front().is_some_and(|f| f.0 < front.0)) {
+                best = Some(i);
+            }
+        }
+        let Some(b) = best else { break };
+        if let Some((_, _, id)) = cursors[b].rows.pop_front() {
+            if seen.insert(id.clone()) {
+                out.push(id);
             }
         }
     }
     Ok(out)
+}
+
+/// One endpoint's rows in a merged entry search.
+struct Cursor {
+    endpoint: i64,
+    rows: std::collections::VecDeque<(i64, i64, Vec<u8>)>,
+    /// (start, span id) of the last row read: the next page starts below it.
+    after: (i64, i64),
+    page: usize,
+    done: bool,
+}
+
+/// A trace's summary merged from its parts.
+struct Merged {
+    start: i64,
+    end: i64,
+    error: bool,
+    root_service: i64,
+    root_rank: i64,
+    root_name: String,
+    count: i64,
+    services: Vec<i64>,
+}
+
+fn merged_summary(conn: &Connection, id: &[u8]) -> rusqlite::Result<Option<Merged>> {
+    let Ok(bytes) = <[u8; 16]>::try_from(id) else {
+        return Ok(None);
+    };
+    let mut stmt = conn.prepare_cached(
+        "SELECT start_ns, end_ns, error, root_service_id, root_rank, root_name, span_count, services
+         FROM parts WHERE trace_key = ?1 AND trace_id = ?2",
+    )?;
+    let mut rows = stmt.query(rusqlite::params![trace_key(u128::from_be_bytes(bytes)), id])?;
+    let mut m: Option<Merged> = None;
+    while let Some(r) = rows.next()? {
+        let (start, end, error, rank): (i64, i64, bool, i64) =
+            (r.get(0)?, r.get(1)?, r.get(2)?, r.get(4)?);
+        let services = chunk::ids(r.get_ref(7)?.as_bytes().unwrap_or_default());
+        let m = m.get_or_insert_with(|| Merged {
+            start,
+            end,
+            error,
+            root_service: 0,
+            root_rank: -1,
+            root_name: String::new(),
+            count: 0,
+            services: Vec::new(),
+        });
+        m.start = m.start.min(start);
+        m.end = m.end.max(end);
+        m.error |= error;
+        m.count += r.get::<_, i64>(6)?;
+        m.services.extend(services);
+        if rank > m.root_rank {
+            m.root_rank = rank;
+            m.root_service = r.get(3)?;
+            m.root_name = r.get(5)?;
+        }
+    }
+    Ok(m)
 }
 
 pub fn traces(conn: &Connection, q: &TraceQuery) -> Result<Vec<TraceSummary>, StoreError> {
@@ -452,54 +546,81 @@ pub fn traces(conn: &Connection, q: &TraceQuery) -> Result<Vec<TraceSummary>, St
         n => n.min(MAX_TRACE_LIMIT),
     };
     let services = service_names(conn)?;
-    let ids = matching_trace_ids(conn, q, limit)?;
-    let mut summary = conn.prepare_cached(
-        "SELECT start_ns, end_ns, root_service_id, root_name, span_count, error
-         FROM traces WHERE trace_id = ?1",
-    )?;
-    let mut involved =
-        conn.prepare_cached("SELECT DISTINCT service_id FROM spans WHERE trace_id = ?1")?;
-    let mut out = Vec::with_capacity(ids.len());
-    for id in ids {
-        let row = summary
-            .query_row([&id], |r| {
-                Ok((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, i64>(2)?,
-                    r.get::<_, String>(3)?,
-                    r.get::<_, i64>(4)?,
-                    r.get::<_, bool>(5)?,
-                ))
-            })
-            .optional()?;
-        // A trace whose summary retention already removed is skipped.
-        let Some((start, end, root_service, root_name, count, error)) = row else {
-            continue;
+    let mut out = Vec::with_capacity(limit);
+    // Adds one trace; false once the list is full.
+    let mut add = |id: Vec<u8>, whole_trace_filters: bool| -> rusqlite::Result<bool> {
+        // A trace whose parts retention already removed is skipped.
+        let Some(m) = merged_summary(conn, &id)? else {
+            return Ok(true);
         };
-        let mut names: Vec<String> = involved
-            .query_map([&id], |r| r.get::<_, i64>(0))?
-            .filter_map(|s| s.ok().and_then(|s| services.get(&s).cloned()))
+        if whole_trace_filters && q.status == Some(StatusFilter::Ok) && m.error {
+            return Ok(true);
+        }
+        let mut names: Vec<String> = m
+            .services
+            .iter()
+            .filter_map(|s| services.get(s).cloned())
             .collect();
         names.sort();
+        names.dedup();
         let trace_id = <[u8; 16]>::try_from(id.as_slice())
             .map(|b| encode::trace_id_hex(u128::from_be_bytes(b)))
             .unwrap_or_default();
         out.push(TraceSummary {
             trace_id,
-            root_service: services.get(&root_service).cloned().unwrap_or_default(),
-            root_name,
-            start_ms: ms(start),
-            duration_ms: ms(end - start),
-            span_count: count as u64,
-            error,
+            root_service: services.get(&m.root_service).cloned().unwrap_or_default(),
+            root_name: m.root_name,
+            start_ms: ms(m.start),
+            duration_ms: ms(m.end - m.start),
+            span_count: m.count as u64,
+            error: m.error,
             services: names,
         });
+        Ok(out.len() < limit)
+    };
+    let from = q.from_ms.unwrap_or(0).saturating_mul(1_000_000);
+    let to = q
+        .to_ms
+        .unwrap_or(i64::MAX / 1_000_000)
+        .saturating_mul(1_000_000);
+    let min_ns = q
+        .min_duration
+        .map(|d| d.as_nanos().min(i64::MAX as u128) as i64);
+    if q.service.is_some() || q.endpoint.is_some() {
+        for id in matching_entries(conn, q, (from, to), min_ns, limit)? {
+            if !add(id, false)? {
+                break;
+            }
+        }
+        return Ok(out);
+    }
+    // Parts newest first; a trace's status and duration are those of its parts (the root's part
+    // spans the trace), an error anywhere makes the trace an error.
+    let mut args: Vec<Value> = vec![from.into(), to.into()];
+    let mut sql = "SELECT trace_id FROM parts WHERE start_ns >= ?1 AND start_ns < ?2".to_string();
+    match q.status {
+        Some(StatusFilter::Error) => sql.push_str(" AND error = 1"),
+        Some(StatusFilter::Ok) => sql.push_str(" AND error = 0"),
+        None => {}
+    }
+    if let Some(min) = min_ns {
+        args.push(min.into());
+        sql.push_str(&format!(" AND end_ns - start_ns >= ?{}", args.len()));
+    }
+    sql.push_str(" ORDER BY start_ns DESC");
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut rows = stmt.query(params_from_iter(args))?;
+    let mut seen = HashSet::new();
+    // Rows come lazily: stop as soon as there are enough distinct traces.
+    while let Some(r) = rows.next()? {
+        let id: Vec<u8> = r.get(0)?;
+        if seen.insert(id.clone()) && !add(id, true)? {
+            break;
+        }
     }
     Ok(out)
 }
 
-/// All spans of one trace, or `None` when the store has none.
 /// The attribute-name dictionary (small: at most `encode::MAX_KEYS` rows).
 pub fn attribute_keys(conn: &Connection) -> rusqlite::Result<HashMap<u32, String>> {
     let mut stmt = conn.prepare_cached("SELECT id, key FROM attribute_keys")?;
@@ -507,42 +628,81 @@ pub fn attribute_keys(conn: &Connection) -> rusqlite::Result<HashMap<u32, String
     rows.collect()
 }
 
+/// All spans of one trace, or `None` when the store has none: the chunks of its parts, each
+/// checked to belong to it. A damaged chunk is skipped (logged), the rest still shown.
 pub fn trace(conn: &Connection, trace_id: u128) -> Result<Option<TraceDetail>, StoreError> {
+    let blobs: Vec<(i64, Vec<u8>)> = conn
+        .prepare_cached(
+            "SELECT id, spans FROM parts WHERE trace_key = ?1 AND trace_id = ?2 ORDER BY id",
+        )?
+        .query_map(
+            rusqlite::params![trace_key(trace_id), &trace_bytes(trace_id)[..]],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?
+        .collect::<Result<_, _>>()?;
+    if blobs.is_empty() {
+        return Ok(None);
+    }
     let services = service_names(conn)?;
     let keys = attribute_keys(conn)?;
-    let mut stmt = conn.prepare_cached(
-        "SELECT s.span_id, s.parent_id, s.service_id, s.name, s.kind, s.status, s.start_ns,
-                s.duration_ns, s.detail, e.name
-         FROM spans s LEFT JOIN endpoints e ON e.id = s.endpoint_id
-         WHERE s.trace_id = ?1",
-    )?;
+    let mut endpoint_names: HashMap<i64, Option<String>> = HashMap::new();
+    let mut endpoint_name = conn.prepare_cached("SELECT name FROM endpoints WHERE id = ?1")?;
+    let mut seen = HashSet::new();
     let mut spans = Vec::new();
     let mut raw = Vec::new();
-    let mut rows = stmt.query([&trace_key(trace_id)[..]])?;
-    while let Some(r) = rows.next()? {
-        let span_id = r.get::<_, i64>(0)? as u64;
-        let parent = r.get::<_, Option<i64>>(1)?.map(|p| p as u64);
-        let start: i64 = r.get(6)?;
-        let duration: i64 = r.get(7)?;
-        let detail = encode::decode_detail(r.get_ref(8)?.as_blob().unwrap_or_default(), &keys);
-        raw.push((span_id, parent, start, start + duration));
-        spans.push(StoredSpan {
-            span_id: encode::span_id_hex(span_id),
-            parent_span_id: parent.map(encode::span_id_hex),
-            service: services.get(&r.get(2)?).cloned().unwrap_or_default(),
-            pid: detail.pid,
-            name: r.get(3)?,
-            kind: encode::kind_from_code(r.get(4)?),
-            status: encode::status_from_code(r.get(5)?),
-            status_message: detail.status_message,
-            endpoint: r.get(9)?,
-            start_ms: ms(start),
-            duration_ms: ms(duration),
-            self_ms: 0.0,
-            depth: 0,
-            attributes: detail.attributes,
-            events: detail.events,
-        });
+    for (id, bytes) in blobs {
+        let chunk = match chunk::decode(&bytes, &keys) {
+            Ok(c) if c.trace_id == trace_id => c,
+            Ok(_) => continue,
+            Err(e) => {
+                tracing::warn!(part = id, trace = %encode::trace_id_hex(trace_id), error = %e,
+                    "damaged span chunk in the store: its spans are not shown");
+                continue;
+            }
+        };
+        for s in chunk.spans {
+            // A span delivered again in a later transaction is shown once.
+            if !seen.insert(s.span_id) {
+                continue;
+            }
+            let start = s.start_ns.min(i64::MAX as u64) as i64;
+            let duration = s.duration_ns.min(i64::MAX as u64) as i64;
+            raw.push((
+                s.span_id,
+                s.parent_span_id,
+                start,
+                start.saturating_add(duration),
+            ));
+            let endpoint = match s.endpoint_id {
+                Some(e) => match endpoint_names.get(&e) {
+                    Some(name) => name.clone(),
+                    None => {
+                        let name: Option<String> =
+                            endpoint_name.query_row([e], |r| r.get(0)).optional()?;
+                        endpoint_names.insert(e, name.clone());
+                        name
+                    }
+                },
+                None => None,
+            };
+            spans.push(StoredSpan {
+                span_id: encode::span_id_hex(s.span_id),
+                parent_span_id: s.parent_span_id.map(encode::span_id_hex),
+                service: services.get(&s.service_id).cloned().unwrap_or_default(),
+                pid: s.pid,
+                name: s.name,
+                kind: s.kind,
+                status: s.status,
+                status_message: s.status_message,
+                endpoint,
+                start_ms: ms(start),
+                duration_ms: ms(duration),
+                self_ms: 0.0,
+                depth: 0,
+                attributes: s.attributes,
+                events: s.events,
+            });
+        }
     }
     if spans.is_empty() {
         return Ok(None);

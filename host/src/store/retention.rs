@@ -1,21 +1,24 @@
-//! Retention by age and by size, run by the writer between transactions. Deletes go in chunks,
-//! each its own short transaction, and one pass does a bounded amount of work so ingest keeps
+//! Retention by age and by size, run by the writer between transactions. Trace parts (spans and
+//! their summary) go oldest first by rowid (write order); entries and rollups by their start
+//! time. Deletes go in chunks, each its own short transaction, and one pass does a bounded amount of work so ingest keeps
 //! flowing (the queue absorbs the pause). Freed pages are reused by later inserts; when many pile
 //! up, an incremental vacuum gives them back to the file system, so the file stays bounded.
 use rusqlite::{params, Connection, OptionalExtension};
 
+use super::rollup::TIERS;
 use super::StoreConfig;
 
-/// Spans deleted per statement.
-const CHUNK: i64 = 20_000;
-/// Spans deleted per pass at most.
-const PASS_LIMIT: i64 = 400_000;
+/// Part rows deleted per statement (a part is one trace's spans of one transaction).
+const CHUNK: i64 = 5_000;
+/// Part rows deleted per pass at most.
+const PASS_LIMIT: i64 = 100_000;
 /// Size retention aims this far below the limit so it does not run on every pass.
 const SIZE_HEADROOM: f64 = 0.9;
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct RetentionReport {
     pub deleted_spans: u64,
+    /// Trace parts (one trace's spans of one transaction).
     pub deleted_traces: u64,
     pub deleted_minutes: u64,
     /// Bytes in use by data (file size minus free pages) after the pass.
@@ -34,54 +37,78 @@ pub fn sizes(conn: &Connection) -> rusqlite::Result<(u64, u64)> {
     ))
 }
 
-fn span_rowids(conn: &Connection) -> rusqlite::Result<Option<(i64, i64)>> {
-    conn.query_row("SELECT min(id), max(id) FROM spans", [], |r| {
+fn part_rowids(conn: &Connection) -> rusqlite::Result<Option<(i64, i64)>> {
+    conn.query_row("SELECT min(id), max(id) FROM parts", [], |r| {
         Ok(r.get::<_, Option<i64>>(0)?.zip(r.get::<_, Option<i64>>(1)?))
     })
 }
 
-/// Deletes spans with rowid ≤ `upto`, oldest first, within `budget`. Returns how many.
-fn delete_spans_upto(conn: &Connection, upto: i64, budget: &mut i64) -> rusqlite::Result<u64> {
-    let mut deleted = 0u64;
+/// Deletes parts with rowid ≤ `upto`, oldest first, within `budget`. Returns (spans, parts).
+fn delete_parts_upto(
+    conn: &Connection,
+    upto: i64,
+    budget: &mut i64,
+) -> rusqlite::Result<(u64, u64)> {
+    let (mut spans, mut parts) = (0u64, 0u64);
     while *budget > 0 {
-        let Some((min, _)) = span_rowids(conn)? else {
+        let Some((min, _)) = part_rowids(conn)? else {
             break;
         };
         if min > upto {
             break;
         }
         let end = upto.min(min + CHUNK.min(*budget) - 1);
-        let n = conn.execute(
-            "DELETE FROM spans WHERE id BETWEEN ?1 AND ?2",
+        let n: i64 = conn.query_row(
+            "SELECT coalesce(sum(span_count), 0) FROM parts WHERE id BETWEEN ?1 AND ?2",
             params![min, end],
+            |r| r.get(0),
         )?;
-        deleted += n as u64;
+        parts += conn.execute(
+            "DELETE FROM parts WHERE id BETWEEN ?1 AND ?2",
+            params![min, end],
+        )? as u64;
+        spans += n as u64;
         *budget -= (end - min + 1).max(1);
     }
-    Ok(deleted)
+    Ok((spans, parts))
 }
 
-/// Trace summaries and rollups older than `cutoff_ns` go, in chunks.
-fn delete_summaries_before(conn: &Connection, cutoff_ns: i64) -> rusqlite::Result<(u64, u64)> {
-    let mut traces = 0u64;
-    loop {
-        let n = conn.execute(
-            "DELETE FROM traces WHERE trace_id IN
-               (SELECT trace_id FROM traces WHERE start_ns < ?1 LIMIT ?2)",
-            params![cutoff_ns, CHUNK],
-        )?;
-        traces += n as u64;
-        if (n as i64) < CHUNK {
-            break;
+/// Entry rows older than `before_ns`, one endpoint (one key range) at a time.
+fn delete_entries_before(conn: &Connection, before_ns: i64) -> rusqlite::Result<()> {
+    let endpoints: Vec<i64> = conn
+        .prepare_cached("SELECT id FROM endpoints")?
+        .query_map([], |r| r.get(0))?
+        .collect::<Result<_, _>>()?;
+    let mut stmt =
+        conn.prepare_cached("DELETE FROM entries WHERE endpoint_id = ?1 AND start_ns < ?2")?;
+    for e in endpoints {
+        stmt.execute(params![e, before_ns])?;
+    }
+    Ok(())
+}
+
+/// Entries and rollups older than `cutoff_ns` go. A rollup bucket goes once all of it is older.
+/// Returns the minutes deleted.
+fn delete_summaries_before(conn: &Connection, cutoff_ns: i64) -> rusqlite::Result<u64> {
+    delete_entries_before(conn, cutoff_ns)?;
+    let minute = cutoff_ns.div_euclid(60_000_000_000);
+    let mut minutes = 0u64;
+    for tier in &TIERS {
+        let bucket = minute.div_euclid(tier.minutes);
+        for kind in ["endpoint", "edge"] {
+            let n = conn.execute(
+                &format!(
+                    "DELETE FROM {kind}_{} WHERE {} < ?1",
+                    tier.suffix, tier.column
+                ),
+                [bucket],
+            )?;
+            if tier.minutes == 1 {
+                minutes += n as u64;
+            }
         }
     }
-    let minute = cutoff_ns / 60_000_000_000;
-    let mut minutes = 0u64;
-    for table in ["endpoint_minutes", "edge_minutes"] {
-        minutes +=
-            conn.execute(&format!("DELETE FROM {table} WHERE minute < ?1"), [minute])? as u64;
-    }
-    Ok((traces, minutes))
+    Ok(minutes)
 }
 
 pub fn run(
@@ -92,21 +119,21 @@ pub fn run(
     let mut report = RetentionReport::default();
     let mut budget = PASS_LIMIT;
 
-    // By age: the commit marks say up to which span rowid everything is older than the cutoff.
+    // By age: the commit marks say up to which part rowid everything is older than the cutoff.
     let cutoff = now_ns.saturating_sub(config.retention_age.as_nanos() as u64) as i64;
     let old: Option<i64> = conn.query_row(
-        "SELECT max(last_span_rowid) FROM commits WHERE at_ns < ?1",
+        "SELECT max(last_part_rowid) FROM commits WHERE at_ns < ?1",
         [cutoff],
         |r| r.get(0),
     )?;
     if let Some(upto) = old {
-        report.deleted_spans += delete_spans_upto(conn, upto, &mut budget)?;
+        let (spans, parts) = delete_parts_upto(conn, upto, &mut budget)?;
+        report.deleted_spans += spans;
+        report.deleted_traces += parts;
     }
-    let (t, m) = delete_summaries_before(conn, cutoff)?;
-    report.deleted_traces += t;
-    report.deleted_minutes += m;
+    report.deleted_minutes += delete_summaries_before(conn, cutoff)?;
 
-    // By size: drop the oldest share of spans that brings the data under the limit.
+    // By size: drop the oldest share of parts that brings the data under the limit.
     let limit = config.retention_bytes as f64;
     loop {
         let (used, _) = sizes(conn)?;
@@ -114,20 +141,21 @@ pub fn run(
             break;
         }
         let excess = 1.0 - limit * SIZE_HEADROOM / used as f64;
-        match span_rowids(conn)? {
+        match part_rowids(conn)? {
             Some((min, max)) => {
                 let count = ((max - min + 1) as f64 * excess).ceil() as i64;
                 let upto = min + count.clamp(1, CHUNK) - 1;
-                report.deleted_spans += delete_spans_upto(conn, upto, &mut budget)?;
-                // Summaries older than the oldest span left have nothing to show.
+                let (spans, parts) = delete_parts_upto(conn, upto, &mut budget)?;
+                report.deleted_spans += spans;
+                report.deleted_traces += parts;
+                // Entries older than the oldest part left lead to nothing.
                 let oldest: Option<i64> = conn
-                    .query_row("SELECT start_ns FROM spans ORDER BY id LIMIT 1", [], |r| {
+                    .query_row("SELECT start_ns FROM parts ORDER BY id LIMIT 1", [], |r| {
                         r.get(0)
                     })
                     .optional()?;
                 if let Some(oldest) = oldest {
-                    let (t, _) = delete_summaries_traces_only(conn, oldest)?;
-                    report.deleted_traces += t;
+                    delete_entries_before(conn, oldest)?;
                 }
             }
             None => {
@@ -135,8 +163,7 @@ pub fn run(
                 let first: Option<i64> =
                     conn.query_row("SELECT min(minute) FROM endpoint_minutes", [], |r| r.get(0))?;
                 let Some(first) = first else { break };
-                let (t, m) = delete_summaries_before(conn, (first + 1) * 60_000_000_000)?;
-                report.deleted_traces += t;
+                let m = delete_summaries_before(conn, (first + 1) * 60_000_000_000)?;
                 report.deleted_minutes += m;
                 if m == 0 {
                     break;
@@ -146,7 +173,7 @@ pub fn run(
         }
     }
     conn.execute(
-        "DELETE FROM commits WHERE last_span_rowid < (SELECT coalesce(min(id), 0) FROM spans)",
+        "DELETE FROM commits WHERE last_part_rowid < (SELECT coalesce(min(id), 0) FROM parts)",
         [],
     )?;
 
@@ -167,13 +194,4 @@ pub fn run(
     report.used_bytes = used;
     report.file_bytes = file;
     Ok(report)
-}
-
-fn delete_summaries_traces_only(conn: &Connection, before_ns: i64) -> rusqlite::Result<(u64, u64)> {
-    let n = conn.execute(
-        "DELETE FROM traces WHERE trace_id IN
-           (SELECT trace_id FROM traces WHERE start_ns < ?1 AND end_ns < ?1 LIMIT ?2)",
-        params![before_ns, CHUNK * 4],
-    )?;
-    Ok((n as u64, 0))
 }

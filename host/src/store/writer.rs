@@ -1,14 +1,19 @@
-//! The store's one writer thread: takes what the queue holds, writes it in one transaction (spans,
-//! trace summaries, rollups, services), commits, and between transactions runs retention. A failed
-//! transaction (full disk, I/O error) is counted, logged at most every few seconds, and its spans
-//! are dropped; the thread goes on with the next batch.
-use rustc_hash::FxHashMap as HashMap;
+//! The store's one writer thread: takes what the queue holds, writes it in one transaction (span
+//! chunks, trace summaries, entries, rollups, services), commits, and between transactions runs
+//! retention. A failed transaction (full disk, I/O error) is counted, logged at most every few
+//! seconds, and its spans are dropped; the thread goes on with the next batch.
+//!
+//! Per span the writer only appends to in-memory buffers (the trace's chunk, rollups); rows are
+//! appended per trace (one part) and per entry span, so the database work per span is a fraction
+//! of one row.
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
+use super::chunk::{self, ChunkBuf, Origin};
 use super::edges::{Call, ClientSide, EdgeResolver, ServerSide};
 use super::encode::{self, MAX_NAME_BYTES};
 use super::queue::Queue;
@@ -25,26 +30,15 @@ pub const MAX_ENDPOINTS_PER_SERVICE: usize = 2_000;
 pub const OVERFLOW_ENDPOINT: &str = "(other endpoints)";
 /// Process ids remembered per service.
 const MAX_PIDS: usize = 32;
-/// Minutes of rollups kept in memory behind the current one.
-const ROLLUP_MINUTES_IN_MEMORY: i64 = 3;
 const NS_PER_MINUTE: u64 = 60_000_000_000;
-
-const INSERT_SPAN: &str = "INSERT OR IGNORE INTO spans
-    (trace_id, span_id, parent_id, service_id, endpoint_id, name, kind, status, start_ns, duration_ns, detail)
+const INSERT_PART: &str = "INSERT INTO parts
+    (trace_key, trace_id, start_ns, end_ns, error, root_service_id, root_rank, root_name,
+     span_count, services, spans)
     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)";
 
-const UPSERT_TRACE: &str = "INSERT INTO traces
-    (trace_id, start_ns, end_ns, root_service_id, root_name, root_rank, span_count, error)
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-    ON CONFLICT (trace_id) DO UPDATE SET
-      start_ns = min(start_ns, excluded.start_ns),
-      end_ns = max(end_ns, excluded.end_ns),
-      root_service_id = CASE WHEN excluded.root_rank > root_rank
-                             THEN excluded.root_service_id ELSE root_service_id END,
-      root_name = CASE WHEN excluded.root_rank > root_rank THEN excluded.root_name ELSE root_name END,
-      root_rank = max(root_rank, excluded.root_rank),
-      span_count = span_count + excluded.span_count,
-      error = max(error, excluded.error)";
+const INSERT_ENTRY: &str = "INSERT OR IGNORE INTO entries
+    (endpoint_id, start_ns, span_id, status, duration_ns, trace_id)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
 
 pub(crate) fn now_ns() -> u64 {
     SystemTime::now()
@@ -53,8 +47,14 @@ pub(crate) fn now_ns() -> u64 {
         .unwrap_or(0)
 }
 
-pub(crate) fn trace_key(id: u128) -> [u8; 16] {
+pub(crate) fn trace_bytes(id: u128) -> [u8; 16] {
     id.to_be_bytes()
+}
+
+/// The 64 bits of a trace id that `parts_by_trace` indexes (both halves, since some tracers put a
+/// timestamp in the first).
+pub(crate) fn trace_key(id: u128) -> i64 {
+    ((id >> 64) as u64 ^ id as u64) as i64
 }
 
 struct ServiceEntry {
@@ -65,7 +65,8 @@ struct ServiceEntry {
     dirty: bool,
 }
 
-/// One trace's share of a transaction.
+/// One trace's share of a transaction. Recycled (buffers and all) across transactions.
+#[derive(Default)]
 struct TraceAcc {
     start: u64,
     end: u64,
@@ -75,6 +76,36 @@ struct TraceAcc {
     root_rank: i64,
     root_service: i64,
     root_name: String,
+    services: Vec<i64>,
+    chunk: ChunkBuf,
+}
+
+impl TraceAcc {
+    fn add(&mut self, span: &Span, service: i64, error: bool) {
+        let rank = root_rank(span);
+        if self.count == 0 {
+            self.start = span.start_unix_nano;
+            self.end = span.end_unix_nano.max(span.start_unix_nano);
+            self.error = false;
+            self.root_rank = -1;
+            self.services.clear();
+            self.chunk.reset();
+        }
+        self.start = self.start.min(span.start_unix_nano);
+        self.end = self.end.max(span.end_unix_nano.max(span.start_unix_nano));
+        self.count += 1;
+        self.error |= error;
+        if !self.services.contains(&service) {
+            self.services.push(service);
+        }
+        if rank > self.root_rank {
+            self.root_rank = rank;
+            self.root_service = service;
+            self.root_name.clear();
+            self.root_name
+                .push_str(&encode::truncate(&span.name, MAX_NAME_BYTES));
+        }
+    }
 }
 
 fn root_rank(span: &Span) -> i64 {
@@ -92,6 +123,10 @@ struct Caches {
     services: HashMap<String, ServiceEntry>,
     endpoints: HashMap<i64, HashMap<String, i64>>,
     traces: HashMap<u128, TraceAcc>,
+    /// Accumulators of past transactions, ready for reuse.
+    spare: Vec<TraceAcc>,
+    /// Spans of this transaction, so one delivered twice is stored once.
+    seen: HashSet<(u128, u64)>,
     /// Loaded from the database on first use after a start or a failed transaction.
     keys: Option<encode::KeyDict>,
 }
@@ -105,8 +140,7 @@ pub(crate) struct Writer {
     edge_rollups: Rollups,
     edges: EdgeResolver,
     calls: Vec<Call>,
-    detail: Vec<u8>,
-    /// When the newest commit mark was started, and the rowid it is keyed by.
+    /// When the newest commit mark was started, and the part rowid it is keyed by.
     last_mark: Option<(Instant, i64)>,
     last_error_log: Option<Instant>,
 }
@@ -118,11 +152,10 @@ impl Writer {
             queue,
             config,
             caches: Caches::default(),
-            endpoint_rollups: Rollups::new("endpoint_minutes", "service_id", "endpoint_id"),
-            edge_rollups: Rollups::new("edge_minutes", "caller_id", "callee_id"),
+            endpoint_rollups: Rollups::new("endpoint", "service_id", "endpoint_id"),
+            edge_rollups: Rollups::new("edge", "caller_id", "callee_id"),
             edges: EdgeResolver::default(),
             calls: Vec::new(),
-            detail: Vec::with_capacity(1024),
             last_mark: None,
             last_error_log: None,
         }
@@ -179,7 +212,6 @@ impl Writer {
                 &mut self.edge_rollups,
                 &mut self.edges,
                 &mut self.calls,
-                &mut self.detail,
                 &mut self.last_mark,
             )?;
             tx.commit()
@@ -191,10 +223,8 @@ impl Writer {
                     .delivered
                     .fetch_add(spans as u64, Ordering::Relaxed);
                 let now_minute = (now / NS_PER_MINUTE) as i64;
-                self.endpoint_rollups
-                    .committed(ROLLUP_MINUTES_IN_MEMORY, now_minute);
-                self.edge_rollups
-                    .committed(ROLLUP_MINUTES_IN_MEMORY, now_minute);
+                self.endpoint_rollups.committed(now_minute);
+                self.edge_rollups.committed(now_minute);
                 for s in self.caches.services.values_mut() {
                     s.dirty = false;
                 }
@@ -211,7 +241,12 @@ impl Writer {
                 self.edge_rollups.forget();
             }
         }
-        self.caches.traces.clear();
+        let caches = &mut self.caches;
+        caches.spare.extend(caches.traces.drain().map(|(_, mut t)| {
+            t.count = 0;
+            t
+        }));
+        caches.seen.clear();
         self.edges.tick(Instant::now());
     }
 }
@@ -226,52 +261,59 @@ fn write_all(
     edge_rollups: &mut Rollups,
     edges: &mut EdgeResolver,
     calls: &mut Vec<Call>,
-    detail: &mut Vec<u8>,
     last_mark: &mut Option<(Instant, i64)>,
 ) -> rusqlite::Result<()> {
     let key_buf = &mut String::new();
     if caches.keys.is_none() {
         caches.keys = Some(encode::KeyDict::load(super::query::attribute_keys(tx)?));
     }
-    let mut insert = tx.prepare_cached(INSERT_SPAN)?;
-    let mut last_span_rowid = None;
+    let mut insert_entry = tx.prepare_cached(INSERT_ENTRY)?;
     for batch in batches {
         let service = service_id(tx, caches, &batch.resource, now)?;
         for span in &batch.spans {
+            if !caches.seen.insert((span.trace_id, span.span_id)) {
+                continue;
+            }
             let duration = span.end_unix_nano.saturating_sub(span.start_unix_nano);
+            let error = span.status.code == StatusCode::Error;
             let endpoint = if encode::is_entry(span) {
                 encode::endpoint_key(span, key_buf);
-                Some(endpoint_id(tx, caches, service, key_buf)?)
+                let endpoint = endpoint_id(tx, caches, service, key_buf)?;
+                let n = insert_entry.execute(params![
+                    endpoint,
+                    span.start_unix_nano.min(i64::MAX as u64) as i64,
+                    span.span_id as i64,
+                    encode::status_code(span.status.code),
+                    duration.min(i64::MAX as u64) as i64,
+                    &span.trace_id.to_be_bytes()[..],
+                ])?;
+                if n == 0 {
+                    // The same request again (a retried frame in a later transaction): counted.
+                    continue;
+                }
+                Some(endpoint)
             } else {
                 None
             };
-            if let Some(keys) = &caches.keys {
-                encode::encode_detail(span, batch.resource.pid, keys, detail);
+            let acc = match caches.traces.entry(span.trace_id) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(caches.spare.pop().unwrap_or_default())
+                }
+            };
+            acc.add(span, service, error);
+            if let Some(keys) = &mut caches.keys {
+                let origin = Origin {
+                    service_id: service,
+                    pid: batch.resource.pid,
+                    endpoint_id: endpoint,
+                };
+                acc.chunk.push(span, origin, keys);
             }
-            let error = span.status.code == StatusCode::Error;
-            let n = insert.execute(params![
-                &trace_key(span.trace_id)[..],
-                span.span_id as i64,
-                span.parent_span_id.map(|p| p as i64),
-                service,
-                endpoint,
-                encode::truncate(&span.name, MAX_NAME_BYTES),
-                encode::kind_code(span.kind),
-                encode::status_code(span.status.code),
-                span.start_unix_nano.min(i64::MAX as u64) as i64,
-                duration.min(i64::MAX as u64) as i64,
-                &detail[..],
-            ])?;
-            if n == 0 {
-                // The same span again (a retried frame): already counted.
-                continue;
-            }
-            last_span_rowid = Some(tx.last_insert_rowid());
             let minute = (span.start_unix_nano / NS_PER_MINUTE) as i64;
             if let Some(endpoint) = endpoint {
                 endpoint_rollups.record(tx, (minute, service, endpoint), duration, error)?;
             }
-            add_to_trace(caches, span, service, error);
             match span.kind {
                 SpanKind::Client | SpanKind::Producer => {
                     edges.client(
@@ -311,25 +353,25 @@ fn write_all(
             }
         }
     }
-    drop(insert);
-    if let Some(keys) = &caches.keys {
+    drop(insert_entry);
+    if let Some(keys) = &mut caches.keys {
         let mut stmt = tx.prepare_cached("INSERT INTO attribute_keys (id, key) VALUES (?1, ?2)")?;
         for (id, key) in keys.take_new() {
             stmt.execute(params![id, key])?;
         }
     }
-    write_traces(tx, caches)?;
+    let last_part_rowid = write_traces(tx, caches)?;
     endpoint_rollups.write(tx)?;
     edge_rollups.write(tx)?;
     write_services(tx, caches)?;
-    // Age retention finds old spans through these marks. Every commit is covered (or spans
+    // Age retention finds old parts through these marks. Every commit is covered (or spans
     // written just before an idle spell would outlive their age), but a mark younger than a
     // second is moved forward rather than joined by another, so there is about one a second.
-    if let Some(rowid) = last_span_rowid {
+    if let Some(rowid) = last_part_rowid {
         // The mark may be gone (retention, a rolled-back transaction): then a new one is made.
         let moved = match *last_mark {
             Some((started, key)) if started.elapsed() < Duration::from_secs(1) => tx.execute(
-                "UPDATE commits SET last_span_rowid = ?1, at_ns = ?2 WHERE last_span_rowid = ?3",
+                "UPDATE commits SET last_part_rowid = ?1, at_ns = ?2 WHERE last_part_rowid = ?3",
                 params![rowid, now as i64, key],
             )? == 1,
             _ => false,
@@ -338,7 +380,7 @@ fn write_all(
             *last_mark = last_mark.map(|(started, _)| (started, rowid));
         } else {
             tx.execute(
-                "INSERT OR REPLACE INTO commits (last_span_rowid, at_ns) VALUES (?1, ?2)",
+                "INSERT OR REPLACE INTO commits (last_part_rowid, at_ns) VALUES (?1, ?2)",
                 params![rowid, now as i64],
             )?;
             *last_mark = Some((Instant::now(), rowid));
@@ -347,46 +389,32 @@ fn write_all(
     Ok(())
 }
 
-fn add_to_trace(caches: &mut Caches, span: &Span, service: i64, error: bool) {
-    let rank = root_rank(span);
-    let acc = caches
-        .traces
-        .entry(span.trace_id)
-        .or_insert_with(|| TraceAcc {
-            start: span.start_unix_nano,
-            end: span.end_unix_nano,
-            count: 0,
-            error: false,
-            root_rank: -1,
-            root_service: service,
-            root_name: String::new(),
-        });
-    acc.start = acc.start.min(span.start_unix_nano);
-    acc.end = acc.end.max(span.end_unix_nano.max(span.start_unix_nano));
-    acc.count += 1;
-    acc.error |= error;
-    if rank > acc.root_rank {
-        acc.root_rank = rank;
-        acc.root_service = service;
-        acc.root_name = encode::truncate(&span.name, MAX_NAME_BYTES).into_owned();
-    }
-}
-
-fn write_traces(tx: &Transaction<'_>, caches: &Caches) -> rusqlite::Result<()> {
-    let mut stmt = tx.prepare_cached(UPSERT_TRACE)?;
-    for (id, t) in &caches.traces {
-        stmt.execute(params![
-            &trace_key(*id)[..],
+/// One part row per trace. Returns the last rowid written.
+fn write_traces(tx: &Transaction<'_>, caches: &Caches) -> rusqlite::Result<Option<i64>> {
+    let mut insert = tx.prepare_cached(INSERT_PART)?;
+    let mut services = Vec::with_capacity(16);
+    let mut last = None;
+    for (id, t) in caches.traces.iter().filter(|(_, t)| !t.chunk.is_empty()) {
+        services.clear();
+        for s in &t.services {
+            chunk::put_id(&mut services, *s);
+        }
+        insert.execute(params![
+            trace_key(*id),
+            &trace_bytes(*id)[..],
             t.start.min(i64::MAX as u64) as i64,
             t.end.min(i64::MAX as u64) as i64,
-            t.root_service,
-            t.root_name,
-            t.root_rank,
-            t.count,
             t.error,
+            t.root_service,
+            t.root_rank,
+            t.root_name,
+            t.count,
+            &services[..],
+            t.chunk.bytes(),
         ])?;
+        last = Some(tx.last_insert_rowid());
     }
-    Ok(())
+    Ok(last)
 }
 
 fn write_services(tx: &Transaction<'_>, caches: &Caches) -> rusqlite::Result<()> {
