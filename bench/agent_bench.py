@@ -22,7 +22,8 @@ import urllib.request
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CACHE = os.environ.get("ZEROSTEP_TEST_CACHE", "/var/cache/zerostep-test")
 GUNICORN = os.path.join(CACHE, "venvs", "tracer-311", "bin", "gunicorn")
-AGENT = os.path.join(ROOT, "target", "release", "zerostep")
+# ZEROSTEP_BIN: another build of the agent, to compare two side by side.
+AGENT = os.environ.get("ZEROSTEP_BIN") or os.path.join(ROOT, "target", "release", "zerostep")
 TICKS = os.sysconf("SC_CLK_TCK")
 started = []
 
