@@ -199,8 +199,11 @@ fn run_scenarios(python: &Path) -> Vec<(String, String, u64)> {
         );
         let (rc, v) = inject_cli(pid, &code, &[]);
         assert_eq!(rc, 0, "{what}: {v}");
+        // A waiting thread wakes every 200 ms to beat; an interrupt landing in that moment finds
+        // it running Python and rightly goes the pending way, which the report must say.
+        let caught_awake = v["mode"] == "pending" && v["thread_state"] == "running user code";
         assert!(
-            expect_mode(scenario).contains(&v["mode"].as_str().unwrap_or("")),
+            expect_mode(scenario).contains(&v["mode"].as_str().unwrap_or("")) || caught_awake,
             "{what}: {v}"
         );
         assert_eq!(v["confirmed"], true, "{what}: {v}");
