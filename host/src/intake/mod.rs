@@ -90,7 +90,7 @@ impl IntakeConfig {
             max_frame_bytes: 8 << 20,
             max_bytes_per_sec: 32 << 20,
             queue_capacity: 4096,
-            queue_max_spans: 65_536,
+            queue_max_spans: 32_768,
             tracer_config: serde_json::json!({}),
         }
     }
