@@ -76,66 +76,6 @@ CREATE TABLE entries (
     trace_id BLOB NOT NULL,
     PRIMARY KEY (endpoint_id, start_ns, span_id)
 ) WITHOUT ROWID;
-CREATE TABLE endpoint_minutes (
-    minute INTEGER NOT NULL,
-    service_id INTEGER NOT NULL,
-    endpoint_id INTEGER NOT NULL,
-    count INTEGER NOT NULL,
-    errors INTEGER NOT NULL,
-    duration_sum_ns INTEGER NOT NULL,
-    histogram BLOB NOT NULL,
-    PRIMARY KEY (minute, service_id, endpoint_id)
-) WITHOUT ROWID;
-CREATE TABLE endpoint_10min (
-    ten_minute INTEGER NOT NULL,
-    service_id INTEGER NOT NULL,
-    endpoint_id INTEGER NOT NULL,
-    count INTEGER NOT NULL,
-    errors INTEGER NOT NULL,
-    duration_sum_ns INTEGER NOT NULL,
-    histogram BLOB NOT NULL,
-    PRIMARY KEY (ten_minute, service_id, endpoint_id)
-) WITHOUT ROWID;
-CREATE TABLE endpoint_hours (
-    hour INTEGER NOT NULL,
-    service_id INTEGER NOT NULL,
-    endpoint_id INTEGER NOT NULL,
-    count INTEGER NOT NULL,
-    errors INTEGER NOT NULL,
-    duration_sum_ns INTEGER NOT NULL,
-    histogram BLOB NOT NULL,
-    PRIMARY KEY (hour, service_id, endpoint_id)
-) WITHOUT ROWID;
-CREATE TABLE edge_minutes (
-    minute INTEGER NOT NULL,
-    caller_id INTEGER NOT NULL,
-    callee_id INTEGER NOT NULL,
-    count INTEGER NOT NULL,
-    errors INTEGER NOT NULL,
-    duration_sum_ns INTEGER NOT NULL,
-    histogram BLOB NOT NULL,
-    PRIMARY KEY (minute, caller_id, callee_id)
-) WITHOUT ROWID;
-CREATE TABLE edge_10min (
-    ten_minute INTEGER NOT NULL,
-    caller_id INTEGER NOT NULL,
-    callee_id INTEGER NOT NULL,
-    count INTEGER NOT NULL,
-    errors INTEGER NOT NULL,
-    duration_sum_ns INTEGER NOT NULL,
-    histogram BLOB NOT NULL,
-    PRIMARY KEY (ten_minute, caller_id, callee_id)
-) WITHOUT ROWID;
-CREATE TABLE edge_hours (
-    hour INTEGER NOT NULL,
-    caller_id INTEGER NOT NULL,
-    callee_id INTEGER NOT NULL,
-    count INTEGER NOT NULL,
-    errors INTEGER NOT NULL,
-    duration_sum_ns INTEGER NOT NULL,
-    histogram BLOB NOT NULL,
-    PRIMARY KEY (hour, caller_id, callee_id)
-) WITHOUT ROWID;
 CREATE TABLE attribute_keys (
     id INTEGER PRIMARY KEY,
     key TEXT NOT NULL UNIQUE
@@ -145,6 +85,35 @@ CREATE TABLE commits (
     at_ns INTEGER NOT NULL
 );
 ";
+
+/// One rollup table per family and tier (`endpoint_minutes`, `edge_hours`, ...), made from
+/// `rollup::TIERS` so the tables and the code that fills them cannot disagree.
+fn rollup_tables() -> String {
+    let families = [
+        ("endpoint", "service_id", "endpoint_id"),
+        ("edge", "caller_id", "callee_id"),
+    ];
+    let mut ddl = String::new();
+    for (family, a, b) in families {
+        for tier in &super::rollup::TIERS {
+            let (suffix, bucket) = (tier.suffix, tier.column);
+            ddl.push_str(&format!(
+                "CREATE TABLE {family}_{suffix} (
+    {bucket} INTEGER NOT NULL,
+    {a} INTEGER NOT NULL,
+    {b} INTEGER NOT NULL,
+    count INTEGER NOT NULL,
+    errors INTEGER NOT NULL,
+    duration_sum_ns INTEGER NOT NULL,
+    histogram BLOB NOT NULL,
+    PRIMARY KEY ({bucket}, {a}, {b})
+) WITHOUT ROWID;
+"
+            ));
+        }
+    }
+    ddl
+}
 
 /// The layout version a database file was written with (0: a new, empty file).
 pub fn version(conn: &Connection) -> Result<i64, StoreError> {
@@ -228,6 +197,7 @@ pub fn prepare_writer(conn: &Connection) -> Result<(), StoreError> {
     if version == 0 {
         let tx = conn.unchecked_transaction()?;
         tx.execute_batch(CREATE)?;
+        tx.execute_batch(&rollup_tables())?;
         tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
         tx.commit()?;
     }
