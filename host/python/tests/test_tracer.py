@@ -12,6 +12,7 @@ import sys
 import tempfile
 import threading
 import time
+import types
 import unittest
 import urllib.request
 
@@ -332,6 +333,33 @@ class TracerTest(unittest.TestCase):
             sys.path.remove(d)
             for k in ("redis", "redis.client"):
                 sys.modules.pop(k, None)
+
+    def test_worker_module_half_imported_at_injection_is_patched_after_fork(self):
+        # What an injection during the master's own `import gunicorn.workers.sync` leaves.
+        names = ("gunicorn", "gunicorn.workers", "gunicorn.workers.base", "gunicorn.workers.sync")
+        saved = {n: sys.modules.get(n) for n in names}
+        try:
+            for n in names:
+                sys.modules[n] = types.ModuleType(n)
+            self.zs.uninstall()
+            exec(bootstrap_code(self.intake.path), {})
+            self.zs = sys.modules["_zerostep"]
+
+            class SyncWorker(object):
+                def handle_request(self, *args):
+                    return args
+
+            sys.modules["gunicorn.workers.sync"].SyncWorker = SyncWorker
+            self.assertFalse(hasattr(SyncWorker.handle_request, "__zerostep_original__"))
+            self.zs.after_fork()
+            self.assertTrue(hasattr(SyncWorker.handle_request, "__zerostep_original__"))
+        finally:
+            self.zs.uninstall()
+            for n, m in saved.items():
+                if m is None:
+                    sys.modules.pop(n, None)
+                else:
+                    sys.modules[n] = m
 
     def test_breaker_trips_and_restores(self):
         st = self.zs._state

@@ -140,6 +140,12 @@ def after_fork():
         st.reporter.after_fork()
     except Exception:
         pass
+    # Injected into a master still importing gunicorn, the tracer may have found a worker module
+    # half-executed (in sys.modules, class not yet defined), and the import hook never sees an
+    # import already under way. By the time a worker is forked that import is finished.
+    for i in st.insts:
+        if isinstance(i, servers.Gunicorn):
+            st.try_apply(i)
 
 
 def install(address, sock, config):
