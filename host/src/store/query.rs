@@ -32,8 +32,10 @@ impl TimeRange {
         )
     }
 
-    fn length_minutes(&self) -> f64 {
-        ((self.to_ms - self.from_ms) as f64 / 60_000.0).max(1.0 / 60.0)
+    /// Minutes from `first_minute` (or the range's start, whichever is later) to its end.
+    fn minutes_since(&self, first_minute: Option<i64>) -> f64 {
+        let from = first_minute.map_or(self.from_ms, |m| self.from_ms.max(m * 60_000));
+        ((self.to_ms - from) as f64 / 60_000.0).max(1.0 / 60.0)
     }
 
     fn ns(&self) -> (i64, i64) {
@@ -62,20 +64,24 @@ struct Agg {
     count: u64,
     errors: u64,
     histogram: Histogram,
+    /// The earliest minute with data: a service that started an hour into a day-long range has
+    /// its rate over the time it has been running, not diluted over the whole range.
+    first_minute: Option<i64>,
 }
 
 impl Agg {
-    fn add(&mut self, count: i64, errors: i64, histogram: &[u8]) {
+    fn add(&mut self, minute: i64, count: i64, errors: i64, histogram: &[u8]) {
         self.count += count as u64;
         self.errors += errors as u64;
         self.histogram.merge_encoded(histogram);
+        self.first_minute = Some(self.first_minute.map_or(minute, |m| m.min(minute)));
     }
 
     fn stats(&self, range: &TimeRange) -> RequestStats {
         RequestStats {
             count: self.count,
             errors: self.errors,
-            rate_per_min: self.count as f64 / range.length_minutes(),
+            rate_per_min: self.count as f64 / range.minutes_since(self.first_minute),
             error_rate: if self.count == 0 {
                 0.0
             } else {
@@ -263,8 +269,10 @@ fn aggregate<K: std::hash::Hash + Eq>(
     for (tier, first, last) in cover(from, to) {
         let t = &TIERS[tier];
         let mut stmt = conn.prepare_cached(&format!(
-            "SELECT {cols}, count, errors, histogram FROM {prefix}_{} WHERE {} BETWEEN ?1 AND ?2",
-            t.suffix, t.column
+            "SELECT {cols}, count, errors, histogram, {column} FROM {prefix}_{} \
+             WHERE {column} BETWEEN ?1 AND ?2",
+            t.suffix,
+            column = t.column
         ))?;
         let mut rows = stmt.query([first, last])?;
         while let Some(r) = rows.next()? {
@@ -272,7 +280,10 @@ fn aggregate<K: std::hash::Hash + Eq>(
                 continue;
             };
             let hist = r.get_ref(4)?.as_blob().unwrap_or_default();
-            out.entry(key).or_default().add(r.get(2)?, r.get(3)?, hist);
+            let minute = r.get::<_, i64>(5)? * t.minutes;
+            out.entry(key)
+                .or_default()
+                .add(minute, r.get(2)?, r.get(3)?, hist);
         }
     }
     Ok(out)
