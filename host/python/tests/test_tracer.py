@@ -336,11 +336,15 @@ class TracerTest(unittest.TestCase):
 
     def test_worker_module_half_imported_at_injection_is_patched_after_fork(self):
         # What an injection during the master's own `import gunicorn.workers.sync` leaves.
+        import importlib.machinery
         names = ("gunicorn", "gunicorn.workers", "gunicorn.workers.base", "gunicorn.workers.sync")
         saved = {n: sys.modules.get(n) for n in names}
         try:
             for n in names:
                 sys.modules[n] = types.ModuleType(n)
+            sync = sys.modules["gunicorn.workers.sync"]
+            sync.__spec__ = importlib.machinery.ModuleSpec(sync.__name__, None)
+            sync.__spec__._initializing = True
             self.zs.uninstall()
             exec(bootstrap_code(self.intake.path), {})
             self.zs = sys.modules["_zerostep"]
@@ -349,10 +353,13 @@ class TracerTest(unittest.TestCase):
                 def handle_request(self, *args):
                     return args
 
-            sys.modules["gunicorn.workers.sync"].SyncWorker = SyncWorker
+            sync.SyncWorker = SyncWorker
+            self.zs.after_fork()  # still importing: nothing to do yet
             self.assertFalse(hasattr(SyncWorker.handle_request, "__zerostep_original__"))
+            sync.__spec__._initializing = False
             self.zs.after_fork()
             self.assertTrue(hasattr(SyncWorker.handle_request, "__zerostep_original__"))
+            self.assertEqual(self.zs._state.unsettled, set())
         finally:
             self.zs.uninstall()
             for n, m in saved.items():

@@ -78,6 +78,10 @@ class _State(object):
         sys.meta_path.insert(0, self.hook)
         for i in self.insts:
             self.try_apply(i)
+        # Injected while the process was importing a watched module (a master still loading
+        # gunicorn, say), the module is in sys.modules half-executed and the import hook never
+        # sees an import already under way; `settle` finishes the job once it has completed.
+        self.unsettled = set(m for m in self.hook.watched if _initializing(sys.modules.get(m)))
         self.reporter.start_thread()
         self.reporter.flush()  # the status now: a process without our thread may not flush again
         try:
@@ -85,6 +89,17 @@ class _State(object):
                                 after_in_child=_after_fork_hook)
         except Exception:
             pass
+
+    def settle(self):
+        """Instruments the modules that were mid-import at install and have finished since. Run
+        in a forked child (the parent's imports are done by then, and only one thread runs)."""
+        for name in list(self.unsettled):
+            mod = sys.modules.get(name)
+            if mod is None:
+                self.unsettled.discard(name)  # the import failed; a retry goes through the hook
+            elif not _initializing(mod):
+                self.unsettled.discard(name)
+                self.on_import(name)
 
     def stop(self, keep_socket=False):
         try:
@@ -104,6 +119,12 @@ class _State(object):
             return sock
         r.stop(final_flush=True)
         return None
+
+
+def _initializing(mod):
+    """Whether `mod` is a module whose import is still executing (CPython marks its spec)."""
+    spec = getattr(mod, "__spec__", None) if mod is not None else None
+    return bool(getattr(spec, "_initializing", False))
 
 
 def _before_fork_hook():
@@ -140,12 +161,10 @@ def after_fork():
         st.reporter.after_fork()
     except Exception:
         pass
-    # Injected into a master still importing gunicorn, the tracer may have found a worker module
-    # half-executed (in sys.modules, class not yet defined), and the import hook never sees an
-    # import already under way. By the time a worker is forked that import is finished.
-    for i in st.insts:
-        if isinstance(i, servers.Gunicorn):
-            st.try_apply(i)
+    try:
+        st.settle()
+    except Exception:
+        pass
 
 
 def install(address, sock, config):
