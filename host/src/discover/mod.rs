@@ -276,12 +276,21 @@ impl Worker {
     }
 }
 
-/// How long ago a process with this start time (clock ticks since boot, `/proc/PID/stat`
-/// field 22) started; `None` if the clock cannot be read.
+/// Time since boot, on the clock `/proc/PID/stat` start times count (`/proc/uptime`'s clock,
+/// read without opening a file).
+pub fn since_boot() -> Option<Duration> {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
+        .ok()
+        .map(Duration::from)
+}
+
+/// When a process with this start time (clock ticks since boot, `/proc/PID/stat` field 22)
+/// started, as time since boot. Truncated to a tick.
+pub fn started_since_boot(start_ticks: u64) -> Duration {
+    Duration::from_nanos(start_ticks.saturating_mul(1_000_000_000) / procfs::ticks_per_second())
+}
+
+/// How long ago a process with this start time started; `None` if the clock cannot be read.
 pub fn age_since_start(start_ticks: u64) -> Option<Duration> {
-    use procfs::Current;
-    let uptime = procfs::Uptime::current().ok()?.uptime_duration();
-    let started =
-        Duration::from_millis(start_ticks.saturating_mul(1000) / procfs::ticks_per_second());
-    uptime.checked_sub(started)
+    since_boot()?.checked_sub(started_since_boot(start_ticks))
 }

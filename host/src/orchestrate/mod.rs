@@ -15,7 +15,7 @@ use std::time::{Duration, Instant, SystemTime};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, Semaphore};
 
-use crate::discover::{DiscoveryEvent, ProcessInfo};
+use crate::discover::{since_boot, started_since_boot, DiscoveryEvent, ProcessInfo};
 use crate::inject::{self, InjectError, InjectOptions, InjectReport};
 use crate::intake::{Command, Intake, PeerRegistry};
 use crate::pipeline::Resource;
@@ -738,19 +738,10 @@ fn resource(info: &ProcessInfo, m: &Match, host_name: &str) -> Resource {
     }
 }
 
-/// Time since boot on the clock `/proc/PID/stat` start times are measured with.
-fn since_boot() -> Option<Duration> {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_BOOTTIME)
-        .ok()
-        .map(Duration::from)
-}
-
 /// Whether a process with this start time (clock ticks since boot) certainly started before
 /// `since`: start times are truncated to a tick, so one tick of doubt counts as "maybe not".
 fn forked_before(start_ticks: u64, since: Duration) -> bool {
-    let tick = 1_000_000_000 / procfs::ticks_per_second().max(1);
-    let started_ns = start_ticks.saturating_add(1).saturating_mul(tick);
-    u128::from(started_ns) < since.as_nanos()
+    started_since_boot(start_ticks.saturating_add(1)) < since
 }
 
 #[cfg(test)]
@@ -769,7 +760,7 @@ mod tests {
     }
 
     #[test]
-    fn boot_time_is_after_our_own_start() {
+    fn our_own_start_is_known_to_predate_now() {
         let me = procfs::process::Process::myself()
             .and_then(|p| p.stat())
             .map(|s| s.starttime)
@@ -779,5 +770,6 @@ mod tests {
             forked_before(me, now + Duration::from_millis(50)),
             "{me} {now:?}"
         );
+        assert!(!forked_before(me, started_since_boot(me)));
     }
 }
