@@ -228,8 +228,8 @@ fn percentiles_filters_and_endpoints() {
     assert_eq!(eps.len(), 2);
     let b = eps.iter().find(|e| e.endpoint == "GET /b").unwrap();
     assert_eq!((b.stats.count, b.stats.errors), (500, 100));
-    // The rate counts from the first minute with data (about 2 minutes here), not over the whole
-    // hour-long range, which would read about 8 a minute.
+    // The rate counts from when the service was first seen (30 s before the range's end, which is
+    // a minute from now), not over the whole hour-long range, which would read about 8 a minute.
     assert!(
         (150.0..=500.0).contains(&b.stats.rate_per_min),
         "{}",

@@ -32,9 +32,9 @@ impl TimeRange {
         )
     }
 
-    /// Minutes from `first_minute` (or the range's start, whichever is later) to its end.
-    fn minutes_since(&self, first_minute: Option<i64>) -> f64 {
-        let from = first_minute.map_or(self.from_ms, |m| self.from_ms.max(m * 60_000));
+    /// Minutes from `since_ns` (or the range's start, whichever is later) to its end.
+    fn minutes_since(&self, since_ns: i64) -> f64 {
+        let from = self.from_ms.max(since_ns / 1_000_000);
         ((self.to_ms - from) as f64 / 60_000.0).max(1.0 / 60.0)
     }
 
@@ -64,24 +64,22 @@ struct Agg {
     count: u64,
     errors: u64,
     histogram: Histogram,
-    /// The earliest minute with data: a service that started an hour into a day-long range has
-    /// its rate over the time it has been running, not diluted over the whole range.
-    first_minute: Option<i64>,
 }
 
 impl Agg {
-    fn add(&mut self, minute: i64, count: i64, errors: i64, histogram: &[u8]) {
+    fn add(&mut self, count: i64, errors: i64, histogram: &[u8]) {
         self.count += count as u64;
         self.errors += errors as u64;
         self.histogram.merge_encoded(histogram);
-        self.first_minute = Some(self.first_minute.map_or(minute, |m| m.min(minute)));
     }
 
-    fn stats(&self, range: &TimeRange) -> RequestStats {
+    /// `since_ns`: when the service was first seen. One that started an hour into a day-long
+    /// range has its rate over the time it has been running, not diluted over the whole range.
+    fn stats(&self, range: &TimeRange, since_ns: i64) -> RequestStats {
         RequestStats {
             count: self.count,
             errors: self.errors,
-            rate_per_min: self.count as f64 / range.minutes_since(self.first_minute),
+            rate_per_min: self.count as f64 / range.minutes_since(since_ns),
             error_rate: if self.count == 0 {
                 0.0
             } else {
@@ -269,10 +267,8 @@ fn aggregate<K: std::hash::Hash + Eq>(
     for (tier, first, last) in cover(from, to) {
         let t = &TIERS[tier];
         let mut stmt = conn.prepare_cached(&format!(
-            "SELECT {cols}, count, errors, histogram, {column} FROM {prefix}_{} \
-             WHERE {column} BETWEEN ?1 AND ?2",
-            t.suffix,
-            column = t.column
+            "SELECT {cols}, count, errors, histogram FROM {prefix}_{} WHERE {} BETWEEN ?1 AND ?2",
+            t.suffix, t.column
         ))?;
         let mut rows = stmt.query([first, last])?;
         while let Some(r) = rows.next()? {
@@ -280,10 +276,7 @@ fn aggregate<K: std::hash::Hash + Eq>(
                 continue;
             };
             let hist = r.get_ref(4)?.as_blob().unwrap_or_default();
-            let minute = r.get::<_, i64>(5)? * t.minutes;
-            out.entry(key)
-                .or_default()
-                .add(minute, r.get(2)?, r.get(3)?, hist);
+            out.entry(key).or_default().add(r.get(2)?, r.get(3)?, hist);
         }
     }
     Ok(out)
@@ -308,7 +301,7 @@ pub fn services(conn: &Connection, range: &TimeRange) -> Result<Vec<ServiceSumma
         .map(|(id, s)| ServiceSummary {
             stats: by_service
                 .get(&id)
-                .map(|a| a.stats(range))
+                .map(|a| a.stats(range, s.first_seen_ns))
                 .unwrap_or_default(),
             name: s.name,
             kind: s.kind,
@@ -326,13 +319,14 @@ pub fn edges(conn: &Connection, range: &TimeRange) -> Result<Vec<EdgeSummary>, S
     let rows = service_rows(conn)?;
     let aggs = aggregate(conn, Rollup::Edge, range, |a, b| Some((a, b)))?;
     let name = |id: i64| rows.get(&id).map(|s| s.name.clone()).unwrap_or_default();
+    let first_seen = |id: &i64| rows.get(id).map_or(0, |s| s.first_seen_ns);
     let mut out: Vec<EdgeSummary> = aggs
         .iter()
         .map(|((caller, callee), agg)| EdgeSummary {
             caller: name(*caller),
             callee: name(*callee),
             callee_kind: rows.get(callee).map(|s| s.kind.clone()).unwrap_or_default(),
-            stats: agg.stats(range),
+            stats: agg.stats(range, first_seen(caller)),
         })
         .collect();
     out.sort_by(|a, b| (&a.caller, &a.callee).cmp(&(&b.caller, &b.callee)));
@@ -344,9 +338,9 @@ pub fn endpoints(
     range: &TimeRange,
     service: Option<&str>,
 ) -> Result<Vec<EndpointSummary>, StoreError> {
-    let services = service_names(conn)?;
+    let services = service_rows(conn)?;
     let wanted = match service {
-        Some(name) => match services.iter().find(|(_, n)| n.as_str() == name) {
+        Some(name) => match services.iter().find(|(_, s)| s.name == name) {
             Some((id, _)) => Some(*id),
             None => return Ok(Vec::new()),
         },
@@ -362,10 +356,11 @@ pub fn endpoints(
             .query_row([e], |r| r.get(0))
             .optional()?
             .unwrap_or_default();
+        let row = services.get(s);
         out.push(EndpointSummary {
-            service: services.get(s).cloned().unwrap_or_default(),
+            service: row.map(|r| r.name.clone()).unwrap_or_default(),
             endpoint,
-            stats: agg.stats(range),
+            stats: agg.stats(range, row.map_or(0, |r| r.first_seen_ns)),
         });
     }
     out.sort_by(|a, b| {

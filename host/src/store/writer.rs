@@ -47,6 +47,7 @@ pub(crate) fn now_ns() -> u64 {
         .unwrap_or(0)
 }
 
+/// How a trace id is stored (`parts.trace_id`, `entries.trace_id`): 16 bytes, big-endian.
 pub(crate) fn trace_bytes(id: u128) -> [u8; 16] {
     id.to_be_bytes()
 }
@@ -285,7 +286,7 @@ fn write_all(
                     span.span_id as i64,
                     encode::status_code(span.status.code),
                     duration.min(i64::MAX as u64) as i64,
-                    &span.trace_id.to_be_bytes()[..],
+                    &trace_bytes(span.trace_id)[..],
                 ])?;
                 if n == 0 {
                     // The same request again (a retried frame in a later transaction): counted.
