@@ -526,11 +526,8 @@ fn services_started_before_the_agent_are_traced_end_to_end() {
 #[test]
 fn a_service_in_a_container_is_traced() {
     let _turn = one_agent_at_a_time();
-    // Not under /tmp: the container gets its own, empty /tmp.
-    let root = tempfile::Builder::new()
-        .prefix("zs-e2e-ctr-")
-        .tempdir_in(repo_root().join("target"))
-        .expect("tempdir");
+    // Not under /tmp (nor in the checkout, which may be): the container gets its own, empty /tmp.
+    let root = outside_tmp_dir("zs-e2e-ctr-");
     let app = app_dir(root.path(), "billing");
     let port = free_port();
     let mut cmd = container_command();
@@ -589,4 +586,296 @@ fn a_service_in_a_container_is_traced() {
         .collect();
     assert!(tmp.is_empty(), "written into the container: {tmp:?}");
     drop((agent, container));
+}
+
+/// One service of the sid-root tests: its directory inside the root (host path, inside path).
+fn sid_app(dir: &SidDir, name: &str) -> (PathBuf, PathBuf) {
+    let host = dir.path().join(name);
+    std::fs::create_dir_all(&host).expect("app dir");
+    std::fs::copy(
+        repo_root().join("tests/e2e_apps").join(name).join("app.py"),
+        host.join("app.py"),
+    )
+    .expect("copy app");
+    chown_nobody(&host);
+    (host, dir.inside.join(name))
+}
+
+/// A server chroot'ed into the sid root as `nobody`, its output in `log` (a host path).
+fn sid_server(program: &str, args: &[String], env: &[(&str, String)], log: &Path) -> Command {
+    let mut c = sid_command(program);
+    c.args(args);
+    // gunicorn 26 keeps a control socket under $HOME: give the services one of their own.
+    c.env("HOME", "/nonexistent");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let out = std::fs::File::create(log).expect("server log");
+    c.stdout(out.try_clone().expect("dup")).stderr(out);
+    c
+}
+
+fn strings(v: &[&str]) -> Vec<String> {
+    v.iter().map(|s| s.to_string()).collect()
+}
+
+/// Checks one request's trace: A's server span → A's client span → B's server span → B's SQLite span.
+fn assert_two_service_trace(agent: &Agent, spans: &[Value]) {
+    let find = |pred: &dyn Fn(&Value) -> bool| spans.iter().find(|s| pred(s)).cloned();
+    let svc = |s: &Value| id_of(&s["service"]);
+    let kind = |s: &Value| id_of(&s["kind"]).to_ascii_lowercase();
+    let a_server = find(&|s| svc(s) == "frontend" && kind(s) == "server")
+        .unwrap_or_else(|| panic!("no frontend server span: {spans:#?}\n{}", agent.log()));
+    let a_client = find(&|s| svc(s) == "frontend" && kind(s) == "client")
+        .unwrap_or_else(|| panic!("no frontend client span: {spans:#?}"));
+    let b_server = find(&|s| svc(s) == "inventory" && kind(s) == "server")
+        .unwrap_or_else(|| panic!("no inventory server span: {spans:#?}"));
+    let b_db =
+        find(&|s| svc(s) == "inventory" && kind(s) == "client" && s.to_string().contains("sqlite"))
+            .unwrap_or_else(|| panic!("no inventory sqlite span: {spans:#?}"));
+    assert_eq!(
+        id_of(&a_client["parent_span_id"]),
+        id_of(&a_server["span_id"])
+    );
+    assert_eq!(
+        id_of(&b_server["parent_span_id"]),
+        id_of(&a_client["span_id"])
+    );
+    assert_eq!(id_of(&b_db["parent_span_id"]), id_of(&b_server["span_id"]));
+    assert!(
+        a_server.to_string().contains("/orders/<int:order_id>"),
+        "route: {a_server}"
+    );
+}
+
+/// CPython 3.14 or 3.15 as Debian sid ships it, in a chroot'ed root (its maps print host paths),
+/// services started before the agent as `nobody`: A (Flask on the distribution's gunicorn) calls B
+/// (a WSGI function querying SQLite), and on 3.14 C (Flask on uWSGI's python3 plugin with
+/// `--lazy-apps`) serves alone. All traced, one trace across A and B with its SQLite span, the same
+/// pids, nothing written into the root.
+fn sid_services_traced(minor: u32) {
+    let _turn = one_agent_at_a_time();
+    let py = format!("/usr/bin/python3.{minor}");
+    let dir = SidDir::new();
+    let (frontend, frontend_in) = sid_app(&dir, "frontend");
+    let (inventory, inventory_in) = sid_app(&dir, "inventory");
+    let (billing, billing_in) = sid_app(&dir, "billing");
+    let st = Command::new(DEBIAN_PYTHON)
+        .args([
+            "-c",
+            "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); \
+             c.execute('create table items(id integer primary key, name text, qty integer)'); \
+             c.executemany('insert into items values(?,?,?)', [(i,'item%d'%i,i*3) for i in range(1,100)]); \
+             c.commit()",
+        ])
+        .arg(inventory.join("inventory.db"))
+        .status()
+        .expect("make db");
+    assert!(st.success());
+    chown_nobody(&inventory);
+    let logs = tempfile::tempdir().expect("logs");
+
+    // B: on 3.14 uWSGI's python3 plugin (libpython dlopen'ed), on 3.15 gunicorn sync.
+    let b_port = free_port();
+    let b_log = logs.path().join("inventory.log");
+    let mut cmd = if minor == 14 {
+        sid_server(
+            "/usr/bin/uwsgi-core",
+            &strings(&[
+                "--plugin",
+                "python3",
+                "--http-socket",
+                &format!("127.0.0.1:{b_port}"),
+                "--master",
+                "--processes",
+                "2",
+                "--chdir",
+                &inventory_in.display().to_string(),
+                "--wsgi-file",
+                "app.py",
+                "--die-on-term",
+            ]),
+            &[],
+            &b_log,
+        )
+    } else {
+        sid_server(
+            &py,
+            &strings(&[
+                "-m",
+                "gunicorn",
+                "--chdir",
+                &inventory_in.display().to_string(),
+                "-w",
+                "2",
+                "-b",
+                &format!("127.0.0.1:{b_port}"),
+                "app:application",
+            ]),
+            &[],
+            &b_log,
+        )
+    };
+    let b = Proc::spawn("inventory (sid)", &mut cmd);
+    // A: gunicorn + Flask, sync on 3.14, gthread on 3.15.
+    let a_port = free_port();
+    let a_log = logs.path().join("frontend.log");
+    let class = if minor == 14 { "sync" } else { "gthread" };
+    let mut cmd = sid_server(
+        &py,
+        &strings(&[
+            "-m",
+            "gunicorn",
+            "--chdir",
+            &frontend_in.display().to_string(),
+            "-k",
+            class,
+            "-w",
+            "2",
+            "-b",
+            &format!("127.0.0.1:{a_port}"),
+            "app:app",
+        ]),
+        &[("INVENTORY_URL", format!("http://127.0.0.1:{b_port}"))],
+        &a_log,
+    );
+    let a = Proc::spawn("frontend (sid gunicorn)", &mut cmd);
+    // C (3.14 only): Flask on uWSGI with --lazy-apps.
+    let c_port = free_port();
+    let c_log = logs.path().join("billing.log");
+    let c = (minor == 14).then(|| {
+        let mut cmd = sid_server(
+            "/usr/bin/uwsgi-core",
+            &strings(&[
+                "--plugin",
+                "python3",
+                "--http-socket",
+                &format!("127.0.0.1:{c_port}"),
+                "--master",
+                "--processes",
+                "2",
+                "--lazy-apps",
+                "--chdir",
+                &billing_in.display().to_string(),
+                "--module",
+                "app:app",
+                "--die-on-term",
+            ]),
+            &[],
+            &c_log,
+        );
+        Proc::spawn("billing (sid uWSGI --lazy-apps)", &mut cmd)
+    });
+    let log_of = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+    for (port, log) in [(b_port, &b_log), (a_port, &a_log)] {
+        assert!(
+            wait_for_port(port, Duration::from_secs(30)),
+            "did not start: {}",
+            log_of(log)
+        );
+    }
+    let b_pids = server_pids(b.pid(), 2);
+    let a_pids = server_pids(a.pid(), 2);
+    let mut all: Vec<u32> = a_pids.iter().chain(&b_pids).copied().collect();
+    let c_pids = c.as_ref().map(|c| {
+        assert!(
+            wait_for_port(c_port, Duration::from_secs(30)),
+            "C did not start: {}",
+            log_of(&c_log)
+        );
+        server_pids(c.pid(), 2)
+    });
+    all.extend(c_pids.iter().flatten());
+    assert_eq!(http_get(a_port, "/orders/1").expect("GET A").0, 200);
+    let before = (listing(&frontend), listing(&inventory), listing(&billing));
+
+    let agent_dir = tempfile::tempdir().expect("agent dir");
+    let agent = Agent::start(agent_dir.path());
+    let started = Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(60), || agent.all_traced(&all)),
+        "not all traced: {:?}\n{}",
+        agent.state_of(&all),
+        agent.log()
+    );
+    // Printed, not asserted: the goal is 5 s.
+    eprintln!(
+        "3.{minor}: all {} processes traced {:?} after the agent started",
+        all.len(),
+        started.elapsed()
+    );
+
+    let n = 5;
+    for i in 1..=n {
+        let (status, body) = http_get(a_port, &format!("/orders/{i}")).expect("GET A");
+        assert_eq!(status, 200, "{body}");
+    }
+    let mut traces = Vec::new();
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            traces = agent.traces("service=frontend&limit=100");
+            traces.len() >= n
+                && traces
+                    .iter()
+                    .take(n)
+                    .all(|t| agent.trace_spans(&id_of(&t["trace_id"])).len() >= 4)
+        }),
+        "traces: {traces:#?}\n{}",
+        agent.log()
+    );
+    for t in traces.iter().take(n) {
+        assert_two_service_trace(&agent, &agent.trace_spans(&id_of(&t["trace_id"])));
+    }
+    if c.is_some() {
+        assert_eq!(http_get(c_port, "/invoices/7").expect("GET C").0, 200);
+        assert!(
+            wait_until(Duration::from_secs(10), || agent
+                .traces("service=billing")
+                .iter()
+                .any(|t| t["root_name"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("/invoices/"))),
+            "no trace from C: {:?}\n{}",
+            agent.processes(),
+            agent.log()
+        );
+    }
+
+    assert_eq!(server_pids(a.pid(), 2), a_pids, "A's processes changed");
+    assert_eq!(server_pids(b.pid(), 2), b_pids, "B's processes changed");
+    if let (Some(c), Some(pids)) = (&c, &c_pids) {
+        assert_eq!(&server_pids(c.pid(), 2), pids, "C's processes changed");
+    }
+    assert_eq!(
+        (listing(&frontend), listing(&inventory), listing(&billing)),
+        before,
+        "files appeared in the services' directories"
+    );
+    assert_eq!(
+        sid_tmp_strays(),
+        Vec::<String>::new(),
+        "written into the root"
+    );
+    for log in [&a_log, &b_log, &c_log] {
+        let errors = new_log_errors(log, 0);
+        assert!(
+            errors
+                .iter()
+                .all(|l| !l.to_ascii_lowercase().contains("traceback") && !l.contains("zerostep")),
+            "{}: {errors:?}",
+            log.display()
+        );
+    }
+    drop((agent, a, b, c));
+}
+
+#[test]
+fn services_on_cpython_3_14_in_a_chroot_are_traced() {
+    sid_services_traced(14);
+}
+
+#[test]
+fn services_on_cpython_3_15_in_a_chroot_are_traced() {
+    sid_services_traced(15);
 }

@@ -128,7 +128,14 @@ fn gunicorn_in_a_container_reaches_the_intake() {
     );
 
     let port = free_port();
-    let fixtures = repo_root().join("tests/tracer_fixtures");
+    // The app is copied out of the checkout: a checkout under /tmp is hidden by the container's /tmp.
+    let app = outside_tmp_dir("zs-ctr-");
+    std::fs::copy(
+        repo_root().join("tests/tracer_fixtures/plain_app.py"),
+        app.path().join("plain_app.py"),
+    )
+    .expect("copy app");
+    let fixtures = app.path().to_path_buf();
     let c = container(
         "container-gunicorn",
         &venv_bin("tracer-312", "gunicorn").display().to_string(),

@@ -30,10 +30,32 @@ fn fixture(name: &str) -> PathBuf {
     repo_root().join("tests/fixtures/inject").join(name)
 }
 
+/// Where a target's files are: a temp dir on the host, or one inside the sid root.
+enum Files {
+    Host(tempfile::TempDir),
+    Sid(SidDir),
+}
+
+impl Files {
+    fn path(&self) -> &Path {
+        match self {
+            Files::Host(d) => d.path(),
+            Files::Sid(d) => d.path(),
+        }
+    }
+    /// The directory as the target sees it.
+    fn inside(&self) -> PathBuf {
+        match self {
+            Files::Host(d) => d.path().to_path_buf(),
+            Files::Sid(d) => d.inside.clone(),
+        }
+    }
+}
+
 /// A started target with its output files.
 struct Target {
     proc: Proc,
-    dir: tempfile::TempDir,
+    dir: Files,
     port: Option<u16>,
 }
 
@@ -56,6 +78,10 @@ impl Target {
     fn ran_file(&self) -> PathBuf {
         self.dir.path().join("ran")
     }
+    /// The `ran` file as the target sees it (for the injected code).
+    fn ran_inside(&self) -> PathBuf {
+        self.dir.inside().join("ran")
+    }
     fn ran_lines(&self) -> Vec<String> {
         std::fs::read_to_string(self.ran_file())
             .unwrap_or_default()
@@ -66,16 +92,31 @@ impl Target {
 }
 
 fn start_target(python: &Path, scenario: &str) -> Target {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let port = (scenario == "accept").then(free_port);
+    let dir = Files::Host(tempfile::tempdir().expect("tempdir"));
     let mut cmd = Command::new(python);
-    cmd.arg(fixture("target.py")).arg(scenario);
+    cmd.arg(fixture("target.py"));
+    spawn_target(cmd, dir, &python.display().to_string(), scenario)
+}
+
+/// `python` (a path inside the sid root) chroot'ed into it, as `nobody`, with `extra` arguments
+/// before the script.
+fn start_sid_target(python: &str, extra: &[&str], scenario: &str) -> Target {
+    let dir = SidDir::new();
+    let script = dir.copy_in(&fixture("target.py"));
+    let mut cmd = sid_command(python);
+    cmd.args(extra).arg(script);
+    spawn_target(cmd, Files::Sid(dir), python, scenario)
+}
+
+fn spawn_target(mut cmd: Command, dir: Files, python: &str, scenario: &str) -> Target {
+    let port = (scenario == "accept").then(free_port);
+    cmd.arg(scenario);
     if let Some(p) = port {
         cmd.arg(p.to_string());
     }
     cmd.stdout(std::fs::File::create(dir.path().join("out")).expect("out"));
     cmd.stderr(std::fs::File::create(dir.path().join("err")).expect("err"));
-    let proc = Proc::spawn(&format!("{scenario} {}", python.display()), &mut cmd);
+    let proc = Proc::spawn(&format!("{scenario} {python}"), &mut cmd);
     let t = Target { proc, dir, port };
     assert!(
         wait_until(Duration::from_secs(10), || t.beats() >= 1),
@@ -188,14 +229,32 @@ const SCENARIOS: &[&str] = &[
 ];
 
 fn run_scenarios(python: &Path) -> Vec<(String, String, u64)> {
+    let start = |scenario: &str| start_target(python, scenario);
+    scenarios_with(&python.display().to_string(), &start)
+}
+
+/// Every scenario with a CPython of the sid root (chroot'ed, as `nobody`); nothing may appear in
+/// the root's /tmp but the test's own directories.
+fn run_sid_scenarios(python: &str) -> Vec<(String, String, u64)> {
+    let start = |scenario: &str| start_sid_target(python, &[], scenario);
+    let stops = scenarios_with(&format!("sid {python}"), &start);
+    assert_eq!(
+        sid_tmp_strays(),
+        Vec::<String>::new(),
+        "written into the root"
+    );
+    stops
+}
+
+fn scenarios_with(label: &str, start: &dyn Fn(&str) -> Target) -> Vec<(String, String, u64)> {
     let mut stops = Vec::new();
     for scenario in SCENARIOS {
-        let t = start_target(python, scenario);
+        let t = start(scenario);
         let pid = t.pid();
-        let what = format!("{} {scenario}", python.display());
+        let what = format!("{label} {scenario}");
         let code = format!(
             "import os\nwith open({:?}, 'a') as f:\n    f.write('ran %d\\n' % os.getpid())\n",
-            t.ran_file()
+            t.ran_inside()
         );
         let (rc, v) = inject_cli(pid, &code, &[]);
         assert_eq!(rc, 0, "{what}: {v}");
@@ -279,12 +338,30 @@ fn cpython_3_13() {
 fn debian_python_3_11_stripped_non_pie() {
     run_scenarios(Path::new(DEBIAN_PYTHON));
 }
+// CPython 3.14 and 3.15 as Debian sid ships them: `pythonX.Y` is the non-PIE build (package
+// `-nopie`), `pythonX.Y-pie` the PIE one; libpython linked into the executable in both.
+#[test]
+fn cpython_3_14_sid_chroot() {
+    run_sid_scenarios("/usr/bin/python3.14");
+}
+#[test]
+fn cpython_3_14_sid_chroot_pie() {
+    run_sid_scenarios("/usr/bin/python3.14-pie");
+}
+#[test]
+fn cpython_3_15_sid_chroot() {
+    run_sid_scenarios("/usr/bin/python3.15");
+}
+#[test]
+fn cpython_3_15_sid_chroot_pie() {
+    run_sid_scenarios("/usr/bin/python3.15-pie");
+}
 
 // ---- servers ----
 
 struct Server {
     proc: Proc,
-    dir: tempfile::TempDir,
+    dir: Files,
     port: u16,
 }
 
@@ -318,19 +395,85 @@ fn start_gunicorn(worker_class: &str, workers: usize) -> Server {
         .stdout(log.try_clone().expect("log"))
         .stderr(log);
     let proc = Proc::spawn(&format!("gunicorn {worker_class}"), &mut cmd);
-    let s = Server { proc, dir, port };
-    assert!(
-        wait_for_port(port, Duration::from_secs(20)),
-        "gunicorn did not listen: {}",
-        s.log()
-    );
-    assert!(
-        wait_until(Duration::from_secs(10), || s.workers().len() == workers),
-        "workers: {}",
-        s.log()
-    );
-    std::thread::sleep(Duration::from_millis(300));
-    s
+    let s = Server {
+        proc,
+        dir: Files::Host(dir),
+        port,
+    };
+    s.ready(workers)
+}
+
+/// gunicorn from Debian sid's package, run by `python` of the sid root, chroot'ed, as `nobody`.
+fn start_sid_gunicorn(python: &str, worker_class: &str, workers: usize) -> Server {
+    let dir = SidDir::new();
+    dir.copy_in(&fixture("app.py"));
+    let port = free_port();
+    let log = std::fs::File::create(dir.path().join("log")).expect("log");
+    let mut cmd = sid_command(python);
+    // gunicorn 26 keeps a control socket under $HOME: the service's own file, in its own dir.
+    cmd.env("HOME", &dir.inside)
+        .args(["-m", "gunicorn", "--chdir"])
+        .arg(&dir.inside)
+        .args(["--bind", &format!("127.0.0.1:{port}")])
+        .args(["-w", &workers.to_string(), "-k", worker_class])
+        .args(["--threads", "4", "--log-level", "info", "app:application"])
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log);
+    let proc = Proc::spawn(&format!("sid gunicorn {python} {worker_class}"), &mut cmd);
+    let s = Server {
+        proc,
+        dir: Files::Sid(dir),
+        port,
+    };
+    s.ready(workers)
+}
+
+/// uWSGI from Debian sid (`uwsgi-core` with the `python3` plugin, which `dlopen`s libpython3.14),
+/// chroot'ed, as `nobody`.
+fn start_sid_uwsgi(processes: usize, lazy_apps: bool) -> Server {
+    let dir = SidDir::new();
+    let app = dir.copy_in(&fixture("app.py"));
+    let port = free_port();
+    let log = std::fs::File::create(dir.path().join("log")).expect("log");
+    let mut cmd = sid_command("/usr/bin/uwsgi-core");
+    cmd.args(["--plugin", "python3", "--http-socket"])
+        .arg(format!("127.0.0.1:{port}"))
+        .args(["--master", "--processes", &processes.to_string()])
+        .arg("--wsgi-file")
+        .arg(app)
+        .args(["--die-on-term", "--disable-logging"])
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log);
+    if lazy_apps {
+        cmd.arg("--lazy-apps");
+    }
+    let proc = Proc::spawn("sid uwsgi", &mut cmd);
+    let s = Server {
+        proc,
+        dir: Files::Sid(dir),
+        port,
+    };
+    s.ready(processes)
+}
+
+impl Server {
+    /// Waits until it listens and has its `workers`.
+    fn ready(self, workers: usize) -> Server {
+        let s = self;
+        assert!(
+            wait_for_port(s.port, Duration::from_secs(20)),
+            "{} did not listen: {}",
+            s.proc.name,
+            s.log()
+        );
+        assert!(
+            wait_until(Duration::from_secs(10), || s.workers().len() == workers),
+            "workers: {}",
+            s.log()
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        s
+    }
 }
 
 fn start_uwsgi(processes: usize) -> Server {
@@ -355,19 +498,12 @@ fn start_uwsgi(processes: usize) -> Server {
         .stdout(log.try_clone().expect("log"))
         .stderr(log);
     let proc = Proc::spawn("uwsgi", &mut cmd);
-    let s = Server { proc, dir, port };
-    assert!(
-        wait_for_port(port, Duration::from_secs(20)),
-        "uwsgi did not listen: {}",
-        s.log()
-    );
-    assert!(
-        wait_until(Duration::from_secs(10), || s.workers().len() == processes),
-        "workers: {}",
-        s.log()
-    );
-    std::thread::sleep(Duration::from_millis(300));
-    s
+    let s = Server {
+        proc,
+        dir: Files::Host(dir),
+        port,
+    };
+    s.ready(processes)
 }
 
 fn serves(port: u16, n: usize) -> usize {
@@ -429,6 +565,47 @@ fn gunicorn_gthread_master_and_workers() {
 fn uwsgi_master_and_workers() {
     let s = start_uwsgi(2);
     inject_into_server(&s, "uwsgi");
+}
+
+#[test]
+fn sid_gunicorn_3_14_sync_and_gthread() {
+    for class in ["sync", "gthread"] {
+        let s = start_sid_gunicorn("/usr/bin/python3.14", class, 2);
+        inject_into_server(&s, &format!("sid gunicorn 3.14 {class}"));
+    }
+    assert_eq!(
+        sid_tmp_strays(),
+        Vec::<String>::new(),
+        "written into the root"
+    );
+}
+
+#[test]
+fn sid_gunicorn_3_15_sync_and_gthread() {
+    for class in ["sync", "gthread"] {
+        let s = start_sid_gunicorn("/usr/bin/python3.15", class, 2);
+        inject_into_server(&s, &format!("sid gunicorn 3.15 {class}"));
+    }
+    assert_eq!(
+        sid_tmp_strays(),
+        Vec::<String>::new(),
+        "written into the root"
+    );
+}
+
+/// The python3 plugin `dlopen`s libpython3.14.so (not linked into uWSGI), with and without
+/// `--lazy-apps` (the app loaded in each worker after the fork).
+#[test]
+fn sid_uwsgi_plugin_3_14() {
+    for lazy in [false, true] {
+        let s = start_sid_uwsgi(2, lazy);
+        inject_into_server(&s, &format!("sid uwsgi python3 plugin, lazy-apps {lazy}"));
+    }
+    assert_eq!(
+        sid_tmp_strays(),
+        Vec::<String>::new(),
+        "written into the root"
+    );
 }
 
 // ---- refusals: clear message, exit status 4, nothing touched ----
@@ -522,6 +699,99 @@ fn refuses_what_it_must() {
         assert!(stdout.contains("permission"), "{stdout}");
     }
     assert_clean(t.pid(), "after refusals");
+}
+
+/// The binary a process runs is what its maps point at, whatever happened to the path since: a
+/// venv's symlinked interpreter, and an interpreter deleted and replaced on disk under the running
+/// process (a package upgrade) — here by a different CPython, which a path-following injector
+/// would read symbols from.
+#[test]
+fn symlinked_venv_and_replaced_binary_resolve_to_what_runs() {
+    let venv = start_sid_target("/opt/zerostep/venv-314/bin/python", &[], "select");
+    let (rc, v) = inject_cli(venv.pid(), "import sys\nsys._zs_venv = 1\n", &[]);
+    assert_eq!((rc, v["confirmed"].as_bool()), (0, Some(true)), "venv: {v}");
+
+    let dir = SidDir::new();
+    let bin = dir.path().join("python3.14");
+    std::fs::copy(sid_root().join("usr/bin/python3.14"), &bin).expect("copy python");
+    let mut cmd = sid_command(&dir.inside.join("python3.14").display().to_string());
+    let replaced = spawn_target(
+        {
+            cmd.arg(dir.copy_in(&fixture("target.py")));
+            cmd
+        },
+        Files::Sid(dir),
+        "copied python3.14",
+        "select",
+    );
+    std::fs::remove_file(&bin).expect("delete the running binary");
+    std::fs::copy(sid_root().join("usr/bin/python3.15"), &bin).expect("replace it");
+    let maps = std::fs::read_to_string(format!("/proc/{}/maps", replaced.pid())).unwrap();
+    assert!(maps.contains("python3.14 (deleted)"), "{maps}");
+    let (rc, v) = inject_cli(replaced.pid(), "import sys\nsys._zs_replaced = 1\n", &[]);
+    assert_eq!(rc, 0, "replaced binary: {v}");
+    assert_eq!(v["confirmed"], true, "{v}");
+    assert_eq!(v["python"], "3.14", "{v}");
+    assert_clean(replaced.pid(), "replaced binary");
+    assert_eq!(
+        sid_tmp_strays(),
+        Vec::<String>::new(),
+        "written into the root"
+    );
+}
+
+/// Hides a variable from `/proc/PID/environ` by overwriting its name in the target's environment
+/// block (our own test process), so that only the interpreter's own setting can tell.
+fn hide_env_var(pid: u32, name: &str) {
+    use std::io::{Seek, SeekFrom, Write};
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    let after = &stat[stat.rfind(')').expect("comm") + 2..];
+    let f: Vec<u64> = after
+        .split_whitespace()
+        .map(|x| x.parse().unwrap_or(0))
+        .collect();
+    // Fields 50 and 51 of stat (env_start, env_end); `after` starts at field 3.
+    let (start, end) = (f[47], f[48]);
+    let mut mem = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(format!("/proc/{pid}/mem"))
+        .expect("mem");
+    let mut block = vec![0u8; (end - start) as usize];
+    mem.seek(SeekFrom::Start(start)).expect("seek");
+    mem.read_exact(&mut block).expect("read environ");
+    let at = block
+        .windows(name.len())
+        .position(|w| w == name.as_bytes())
+        .expect("variable in environ");
+    mem.seek(SeekFrom::Start(start + at as u64)).expect("seek");
+    mem.write_all(b"X").expect("write environ");
+    let now = std::fs::read(format!("/proc/{pid}/environ")).expect("environ");
+    assert!(!now.windows(name.len()).any(|w| w == name.as_bytes()));
+}
+
+/// CPython 3.14+ lets an operator turn remote code off (`-X disable_remote_debug`,
+/// `PYTHON_DISABLE_REMOTE_DEBUG`): such a process is refused with that reason, seen from its start
+/// options and, when those are not visible, from the interpreter's own setting.
+#[test]
+fn refuses_3_14_and_3_15_with_remote_debug_disabled() {
+    const IDLE: &str = "import time\nwhile True: time.sleep(0.2)";
+    for py in ["/usr/bin/python3.14", "/usr/bin/python3.15"] {
+        let mut cmd = sid_command(py);
+        cmd.args(["-c", IDLE])
+            .env("PYTHON_DISABLE_REMOTE_DEBUG", "1");
+        let by_env = Proc::spawn("remote debug off (env)", &mut cmd);
+        let mut cmd = sid_command(py);
+        cmd.args(["-X", "disable_remote_debug", "-c", IDLE]);
+        let by_flag = Proc::spawn("remote debug off (-X)", &mut cmd);
+        std::thread::sleep(Duration::from_millis(400));
+        assert_refused(by_env.pid(), "PYTHON_DISABLE_REMOTE_DEBUG");
+        assert_refused(by_flag.pid(), "disable_remote_debug");
+        hide_env_var(by_env.pid(), "PYTHON_DISABLE_REMOTE_DEBUG");
+        assert_refused(by_env.pid(), "remote_debug setting is off");
+        assert_clean(by_env.pid(), py);
+        assert_clean(by_flag.pid(), py);
+    }
 }
 
 /// Real-time signals (which `nix::Signal` cannot even name) sent while the injector holds the thread
@@ -993,6 +1263,25 @@ fn bench_stop_times() {
             rows.push(row(&format!("python {label}, {scenario}"), mode, &mut ms));
         }
     }
+    // CPython 3.14 and 3.15 from the sid root (chroot'ed, as nobody), the same two cases.
+    for py in [
+        "/usr/bin/python3.14",
+        "/usr/bin/python3.14-pie",
+        "/usr/bin/python3.15",
+        "/usr/bin/python3.15-pie",
+    ] {
+        for (scenario, mode) in [("select", "direct"), ("busy", "pending")] {
+            let t = start_sid_target(py, &[], scenario);
+            let mut ms = Vec::new();
+            for i in 0..per {
+                let r = lib_inject(t.pid(), &format!("import sys\nsys._zs_bench = {i}\n"));
+                ms.push(r.stop_time.as_secs_f64() * 1e3);
+            }
+            rows.push(row(&format!("sid {py}, {scenario}"), mode, &mut ms));
+        }
+    }
+    rows.push(String::new());
+    rows.push(pep768_reference(per));
     println!("\n{}\n", rows.join("\n"));
     if gdb.is_some() {
         let (own50, own99, _) = pct(&mut own_outside);
@@ -1003,6 +1292,67 @@ fn bench_stop_times() {
             gdb99 / own99.max(1e-3)
         );
     }
+}
+
+/// The alternative for 3.14+, measured with CPython's own client (`sys.remote_exec`, run as root in
+/// the sid root): no stop, but the script is a file the target must open, and it runs only when the
+/// target's thread next evaluates bytecode. Latency from the call to the script running, per case.
+fn pep768_reference(n: usize) -> String {
+    let mut out = vec![
+        "| PEP 768 `sys.remote_exec` (3.14), target | n | run within 1 s | p50 ms | p99 ms |"
+            .to_string(),
+        "|---|---|---|---|---|".to_string(),
+    ];
+    for scenario in ["select", "busy", "accept"] {
+        let t = start_sid_target("/usr/bin/python3.14", &[], scenario);
+        let script = t.dir.path().join("remote.py");
+        let stamp = t.dir.inside().join("stamp");
+        std::fs::write(
+            &script,
+            format!(
+                "import time\nopen({:?}, 'a').write('%f\\n' % time.time())\n",
+                stamp
+            ),
+        )
+        .expect("script");
+        let client = format!(
+            "import sys, time\nt = time.time()\nsys.remote_exec({}, {:?})\nprint('%f' % t)",
+            t.pid(),
+            t.dir.inside().join("remote.py")
+        );
+        let mut lat = Vec::new();
+        let mut ran = 0;
+        for _ in 0..n.min(20) {
+            let _ = std::fs::remove_file(t.dir.path().join("stamp"));
+            let o = Command::new("chroot")
+                .arg(sid_root())
+                .args(["/usr/bin/python3.14", "-c", &client])
+                .output()
+                .expect("remote_exec client");
+            let Ok(t0) = String::from_utf8_lossy(&o.stdout).trim().parse::<f64>() else {
+                continue;
+            };
+            let got = wait_until(Duration::from_secs(1), || {
+                t.dir.path().join("stamp").exists()
+            });
+            if got {
+                ran += 1;
+                let t1: f64 = std::fs::read_to_string(t.dir.path().join("stamp"))
+                    .unwrap_or_default()
+                    .lines()
+                    .next()
+                    .and_then(|l| l.parse().ok())
+                    .unwrap_or(t0);
+                lat.push((t1 - t0) * 1e3);
+            }
+        }
+        let (p50, p99, _) = pct(&mut lat);
+        out.push(format!(
+            "| {scenario} | {} | {ran} | {p50:.3} | {p99:.3} |",
+            n.min(20)
+        ));
+    }
+    out.join("\n")
 }
 
 fn which(bin: &str) -> Option<PathBuf> {
@@ -1017,15 +1367,21 @@ fn which(bin: &str) -> Option<PathBuf> {
 /// injecting then must be refused as not ready (or not yet CPython), never crash the target, and
 /// succeed once the interpreter is up.
 fn inject_from_exec(python: &Path) {
+    let make = || {
+        let mut c = Command::new(python);
+        c.args(["-c", "import time\nwhile True: time.sleep(0.05)"]);
+        c
+    };
+    inject_from_exec_with(&python.display().to_string(), &make);
+}
+
+fn inject_from_exec_with(label: &str, make: &dyn Fn() -> Command) {
     let opts = zerostep::inject::InjectOptions {
         timeout: Duration::from_secs(5),
         ..Default::default()
     };
     for round in 0..5 {
-        let mut p = Proc::spawn(
-            "starting python",
-            Command::new(python).args(["-c", "import time\nwhile True: time.sleep(0.05)"]),
-        );
+        let mut p = Proc::spawn("starting python", &mut make());
         let pid = p.pid();
         let begun = Instant::now();
         let mut early = BTreeMap::<String, u32>::new();
@@ -1037,12 +1393,11 @@ fn inject_from_exec(python: &Path) {
                     let kind = format!("{e}").split(':').next().unwrap_or("").to_string();
                     *early.entry(kind).or_default() += 1;
                 }
-                Err(e) => panic!("{}: round {round}: unexpected {e}", python.display()),
+                Err(e) => panic!("{label}: round {round}: unexpected {e}"),
             }
             assert!(
                 p.is_alive(),
-                "{}: the target died during start-up injection",
-                python.display()
+                "{label}: the target died during start-up injection"
             );
             assert!(
                 begun.elapsed() < Duration::from_secs(10),
@@ -1052,8 +1407,7 @@ fn inject_from_exec(python: &Path) {
         assert!(report.confirmed, "{report:?}");
         assert!(p.is_alive());
         eprintln!(
-            "{} round {round}: ready after {:?}, early refusals {early:?}",
-            python.display(),
+            "{label} round {round}: ready after {:?}, early refusals {early:?}",
             begun.elapsed()
         );
     }
@@ -1065,4 +1419,12 @@ fn injecting_during_interpreter_startup_waits_for_it() {
         inject_from_exec(&pyenv(v));
     }
     inject_from_exec(Path::new(DEBIAN_PYTHON));
+    for py in ["/usr/bin/python3.14", "/usr/bin/python3.15-pie"] {
+        let make = || {
+            let mut c = sid_command(py);
+            c.args(["-c", "import time\nwhile True: time.sleep(0.05)"]);
+            c
+        };
+        inject_from_exec_with(&format!("sid {py}"), &make);
+    }
 }

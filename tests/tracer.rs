@@ -769,6 +769,41 @@ fn python_unit_tests_every_interpreter() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+    // CPython 3.14 and 3.15 as Debian sid ships them, in venvs with SQLAlchemy and the drivers,
+    // chroot'ed into the sid root (their binaries need its libc) with a copy of the tracer.
+    let dir = SidDir::new();
+    copy_tree(&repo_root().join("host/python"), &dir.path().join("python"));
+    let tests = dir.inside.join("python/tests");
+    for venv in ["/opt/zerostep/venv-314", "/opt/zerostep/venv-315"] {
+        let out = sid_command(&format!("{venv}/bin/python"))
+            .args(["-m", "unittest", "discover", "-s"])
+            .arg(&tests)
+            // The tests' own temp files stay in the test's directory, not in the root's /tmp.
+            .env("TMPDIR", &dir.inside)
+            .output()
+            .expect("python");
+        assert!(
+            out.status.success(),
+            "sid {venv}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let summary = String::from_utf8_lossy(&out.stderr);
+        assert!(summary.contains("OK"), "sid {venv}: {summary}");
+    }
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("mkdir");
+    for e in std::fs::read_dir(from).expect("read_dir").flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            if e.file_name() != "__pycache__" {
+                copy_tree(&p, &to.join(e.file_name()));
+            }
+        } else {
+            std::fs::copy(&p, to.join(e.file_name())).expect("copy");
+        }
+    }
 }
 
 /// A throw-away PostgreSQL cluster on a free port, run as the `postgres` user (it refuses root).

@@ -213,3 +213,92 @@ pub fn container_command() -> Command {
     ]);
     cmd
 }
+
+/// The Debian sid root with CPython 3.14 and 3.15, gunicorn and uWSGI (tests/setup/30-sid-root.sh).
+/// No test skips itself without it: a missing root is a failed set-up.
+pub fn sid_root() -> PathBuf {
+    let p = test_cache().join("sid-root");
+    assert!(
+        p.join(".zerostep-stamp").exists(),
+        "{} missing: run `make test-deps` (tests/setup/30-sid-root.sh makes it)",
+        p.display()
+    );
+    p
+}
+
+/// A directory for one test inside the sid root's /tmp, writable by the `nobody` its services run
+/// as; `inside` is the same directory as a chroot'ed process sees it. Removed when dropped.
+pub struct SidDir {
+    tmp: tempfile::TempDir,
+    pub inside: PathBuf,
+}
+
+impl SidDir {
+    pub fn new() -> SidDir {
+        use std::os::unix::fs::PermissionsExt;
+        let root = sid_root();
+        let tmp = tempfile::Builder::new()
+            .prefix("zs-test-")
+            .tempdir_in(root.join("tmp"))
+            .expect("tempdir in the sid root");
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o777))
+            .expect("chmod");
+        let inside = Path::new("/").join(tmp.path().strip_prefix(&root).expect("under the root"));
+        SidDir { tmp, inside }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.tmp.path()
+    }
+
+    /// Copies a file of the checkout into the directory (readable by all); returns its inside path.
+    pub fn copy_in(&self, from: &Path) -> PathBuf {
+        let name = from.file_name().expect("file name");
+        std::fs::copy(from, self.path().join(name)).expect("copy into the sid root");
+        self.inside.join(name)
+    }
+}
+
+/// `program` run chroot'ed into the sid root as `nobody` (as a service chroot'ed by its init system
+/// runs: its maps print host paths, its files are under the root).
+pub fn sid_command(program: &str) -> Command {
+    let mut cmd = Command::new("/usr/sbin/chroot");
+    cmd.arg("--userspec=nobody:nogroup")
+        .arg(sid_root())
+        .arg(program)
+        .env_clear()
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .env("HOME", "/tmp")
+        .env("PYTHONDONTWRITEBYTECODE", "1");
+    cmd
+}
+
+/// Entries of the sid root's /tmp that are not a test's own directory: whatever an injector or a
+/// tracer would have written into the service's filesystem.
+pub fn sid_tmp_strays() -> Vec<String> {
+    std::fs::read_dir(sid_root().join("tmp"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().to_string())
+                .filter(|n| !n.starts_with("zs-test-"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A temp dir outside /tmp and outside the checkout (which may itself live under /tmp), for files a
+/// container must see: containers get a private, empty /tmp.
+pub fn outside_tmp_dir(prefix: &str) -> tempfile::TempDir {
+    let base = test_cache().join("scratch");
+    std::fs::create_dir_all(&base).expect("scratch dir");
+    let d = tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir_in(base)
+        .expect("tempdir");
+    std::fs::set_permissions(
+        d.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
+    d
+}

@@ -110,7 +110,9 @@ pub fn detect_from(exe: &str, maps: &[Mapping]) -> Option<RuntimeDetails> {
                 return Some(RuntimeDetails {
                     version,
                     free_threaded,
-                    libpython: LibPython::Shared(m.path.clone()),
+                    // A library replaced on disk (package upgrade) shows ` (deleted)`; the
+                    // injector opens the mapped object itself, by its address range.
+                    libpython: LibPython::Shared(m.path.trim_end_matches(" (deleted)").to_string()),
                 });
             }
         }
@@ -139,7 +141,8 @@ fn parse_version_prefix(s: &str) -> Option<((u32, u32), bool)> {
     let tail = &rest[digits.len()..];
     let free_threaded = tail.starts_with('t');
     let tail = tail.trim_start_matches(['t', 'd', 'm']);
-    if !(tail.is_empty() || tail.starts_with(".so")) {
+    // Debian ships `python3.14` and `python3.14-pie` (the `-nopie` package diverts one to the other).
+    if !(tail.is_empty() || tail.starts_with(".so") || tail.starts_with('-')) {
         return None;
     }
     Some(((major, minor), free_threaded))
@@ -187,6 +190,8 @@ mod tests {
                 .free_threaded
         );
         assert!(detect_from("/usr/bin/perl", &[]).is_none());
+        let pie = detect_from("/usr/bin/python3.15-pie", &[]).unwrap();
+        assert_eq!(pie.version, (3, 15));
         assert!(detect_from("/usr/bin/python-config", &[]).is_none());
     }
 }

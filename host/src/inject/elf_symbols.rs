@@ -1,10 +1,14 @@
 //! Addresses of named symbols inside a target process, from the ELF file it mapped.
 //!
-//! The file is read through `/proc/PID/root/…` so a process in another mount namespace (a container)
-//! is looked up in its own filesystem. Both `.dynsym` (stripped binaries such as Debian's python3.11)
-//! and `.symtab` are searched. The load bias comes from the mapping of file offset 0, which works for
-//! PIE/shared objects and non-PIE executables alike (bias 0 there).
+//! The file is the object the kernel itself mapped, opened through `/proc/PID/map_files/START-END`:
+//! no path is followed, so neither a chroot (whose maps print host paths), a container's mount
+//! namespace (maps print paths inside it), a symlink planted in a container's root, nor a binary
+//! deleted and replaced under a running service (a package upgrade) can make us read another file.
+//! Both `.dynsym` (stripped binaries such as Debian's python3.11) and `.symtab` are searched. The
+//! load bias comes from the mapping of file offset 0, which works for PIE/shared objects and non-PIE
+//! executables alike (bias 0 there).
 use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
 
 use object::{Object, ObjectSegment, ObjectSymbol};
 
@@ -12,11 +16,54 @@ use crate::discover::python_runtime::Mapping;
 
 use super::InjectError;
 
+/// A target's ELF files are untrusted input: anything bigger than this is refused, not read.
+pub const MAX_ELF_BYTES: u64 = 512 << 20;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Symbol {
     /// Absolute address in the target.
     pub addr: u64,
     pub size: u64,
+}
+
+/// The path a mapping shows, without the kernel's ` (deleted)` mark for a replaced file.
+pub fn mapped_path(m: &Mapping) -> &str {
+    m.path.trim_end_matches(" (deleted)")
+}
+
+/// The mapping of `path`'s file offset 0 in `maps` (the lowest, if mapped more than once).
+pub fn base_mapping<'a>(maps: &'a [Mapping], path: &str) -> Option<&'a Mapping> {
+    maps.iter()
+        .filter(|m| mapped_path(m) == path && m.offset == 0 && m.inode != 0)
+        .min_by_key(|m| m.start)
+}
+
+/// Reads the object mapped by `m` in `pid`, as the kernel holds it.
+pub fn read_mapped(pid: u32, m: &Mapping) -> Result<Vec<u8>, InjectError> {
+    let link = format!("/proc/{pid}/map_files/{:x}-{:x}", m.start, m.end);
+    let file = std::fs::File::open(&link).map_err(|e| InjectError::from_io(pid, &link, e))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| InjectError::from_io(pid, &link, e))?;
+    // The pid may have exec'd between reading its maps and opening the link.
+    if meta.ino() != m.inode {
+        return Err(InjectError::Elf(format!(
+            "{link}: inode {} is not the mapped {} (the process changed under us)",
+            meta.ino(),
+            m.inode
+        )));
+    }
+    if meta.len() > MAX_ELF_BYTES {
+        return Err(InjectError::Elf(format!(
+            "{}: {} bytes, more than the {MAX_ELF_BYTES} an interpreter may have",
+            m.path,
+            meta.len()
+        )));
+    }
+    let mut data = Vec::with_capacity(meta.len() as usize);
+    std::io::Read::read_to_end(&mut std::io::Read::take(file, MAX_ELF_BYTES + 1), &mut data)
+        .map_err(|e| InjectError::from_io(pid, &link, e))?;
+    Ok(data)
 }
 
 /// Resolves `names` in the ELF file that `pid` mapped at `path`. Missing names are absent from the map.
@@ -26,17 +73,11 @@ pub fn resolve(
     path: &str,
     names: &[&str],
 ) -> Result<HashMap<String, Symbol>, InjectError> {
-    let host_path = format!("/proc/{pid}/root{path}");
-    let data = std::fs::read(&host_path).map_err(|e| InjectError::from_io(pid, &host_path, e))?;
-    let base = maps
-        .iter()
-        .filter(|m| m.path == path && m.offset == 0)
-        .map(|m| m.start)
-        .min()
-        .ok_or_else(|| {
-            InjectError::Elf(format!("{path} is not mapped at offset 0 in pid {pid}"))
-        })?;
-    resolve_in_image(&data, base, names).map_err(|e| InjectError::Elf(format!("{path}: {e}")))
+    let m = base_mapping(maps, path).ok_or_else(|| {
+        InjectError::Elf(format!("{path} is not mapped at offset 0 in pid {pid}"))
+    })?;
+    let data = read_mapped(pid, m)?;
+    resolve_in_image(&data, m.start, names).map_err(|e| InjectError::Elf(format!("{path}: {e}")))
 }
 
 /// Resolution against file bytes loaded at `map_base` (the address where file offset 0 is mapped).
@@ -77,6 +118,58 @@ pub fn resolve_in_image(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An ELF file exporting `names` (functions in `.text`), as a byte fixture.
+    fn elf_exporting(names: &[&str]) -> Vec<u8> {
+        use object::write::{Object as WObject, Symbol as WSymbol, SymbolSection};
+        use object::{
+            Architecture, BinaryFormat, Endianness, SymbolFlags, SymbolKind, SymbolScope,
+        };
+        let mut obj = WObject::new(BinaryFormat::Elf, Architecture::X86_64, Endianness::Little);
+        let text = obj.section_id(object::write::StandardSection::Text);
+        obj.append_section_data(text, &[0xc3; 64], 16);
+        for (i, name) in names.iter().enumerate() {
+            obj.add_symbol(WSymbol {
+                name: name.as_bytes().to_vec(),
+                value: 16 + i as u64 * 8,
+                size: 8,
+                kind: SymbolKind::Text,
+                scope: SymbolScope::Dynamic,
+                weak: false,
+                section: SymbolSection::Section(text),
+                flags: SymbolFlags::None,
+            });
+        }
+        obj.write().unwrap()
+    }
+
+    /// A free-threaded build says so by what it exports, whatever its file is called.
+    #[test]
+    fn free_threaded_builds_are_told_by_their_symbols() {
+        let mut wanted: Vec<&str> = vec!["PyRun_SimpleString"];
+        wanted.extend(crate::inject::FREE_THREADED_SYMBOLS);
+        let ft = elf_exporting(&["PyRun_SimpleString", "_Py_DecRefShared"]);
+        let found = resolve_in_image(&ft, 0x1000, &wanted).unwrap();
+        assert_eq!(
+            crate::inject::free_threaded_mark(&found),
+            Some("_Py_DecRefShared")
+        );
+        let gil = elf_exporting(&["PyRun_SimpleString", "Py_AddPendingCall"]);
+        let found = resolve_in_image(&gil, 0x1000, &wanted).unwrap();
+        assert!(found.contains_key("PyRun_SimpleString"));
+        assert_eq!(crate::inject::free_threaded_mark(&found), None);
+    }
+
+    /// Truncated or garbage files are refused with an error, never a panic.
+    #[test]
+    fn malformed_files_are_errors() {
+        let good = elf_exporting(&["PyRun_SimpleString"]);
+        for cut in [0, 4, 16, 63, 64, good.len() / 2] {
+            let _ = resolve_in_image(&good[..cut], 0, &["PyRun_SimpleString"]);
+        }
+        assert!(resolve_in_image(b"\x7fELF\x02\x01\x01", 0, &["x"]).is_err());
+        assert!(resolve_in_image(&[0u8; 100], 0, &["x"]).is_err());
+    }
 
     /// Debian's python3.11 is stripped and non-PIE: the API comes from `.dynsym`, with bias 0.
     #[test]

@@ -29,12 +29,20 @@
 //!    its final 100 ms `nanosleep`, interrupts it and unmaps the page with one remote `munmap` whose
 //!    `ret` lands in `__restore_rt`. A dead injector only means the park runs out.
 //!
-//! Python 3.14+ uses the PEP 768 remote-execution protocol instead ([`pep768`]).
+//! # CPython 3.14 and 3.15
+//!
+//! The same recipe, measured on Debian's 3.14.10 and 3.15.2 (`bench/30-inject.sh`). PEP 768
+//! (`sys.remote_exec`) was the alternative and is not used: the target opens a script *file* by path
+//! (something would have to be written into its filesystem, in its mount namespace), and the script
+//! runs only when the chosen thread next evaluates bytecode, so an idle gunicorn worker or uWSGI
+//! worker runs it seconds or requests later — the direct call reaches it at once. `_Py_DebugOffsets`
+//! ([`debug_offsets`]) is read for what the native path needs to refuse: free-threaded builds and
+//! processes whose operator disabled remote debugging.
 pub mod cli;
+pub mod debug_offsets;
 pub mod elf_symbols;
 pub mod gadgets;
 mod hijack;
-pub mod pep768;
 pub mod ptrace_call;
 pub mod readiness;
 pub mod remote_mem;
@@ -63,6 +71,10 @@ const API_SYMBOLS: &[&str] = &[
     "Py_AddPendingCall",
     "_PyRuntime",
 ];
+
+/// Exported only by free-threaded (`Py_GIL_DISABLED`) builds, 3.13t onwards: the binary says what it
+/// is even when its file name does not carry the `t`.
+pub const FREE_THREADED_SYMBOLS: &[&str] = &["_Py_DecRefShared", "_Py_MergeZeroLocalRefcount"];
 
 /// How an injection is carried out.
 #[derive(Debug, Clone)]
@@ -95,8 +107,6 @@ pub enum InjectMode {
     Direct,
     /// Scheduled with `Py_AddPendingCall`; runs when the main thread next runs bytecode.
     Pending,
-    /// Python 3.14+: `sys.remote_exec` protocol, no ptrace stop.
-    Pep768,
 }
 
 /// What happened.
@@ -146,14 +156,18 @@ fn ser_opt_micros<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S:
 pub enum InjectError {
     #[error("pid {pid} is not a CPython process: {detail}")]
     NotCPython { pid: u32, detail: String },
-    #[error(
-        "pid {pid} runs Python {version}; supported: 3.8 to 3.13 (ptrace) and 3.14+ (PEP 768)"
-    )]
+    #[error("pid {pid} runs Python {version}; supported: 3.8 to 3.15")]
     UnsupportedVersion { pid: u32, version: String },
     #[error(
-        "pid {pid} runs a free-threaded Python ({version}), which the injector does not support"
+        "pid {pid} runs a free-threaded Python ({version}, {evidence}); the injector's recipe relies on the GIL and is not used there"
     )]
-    FreeThreaded { pid: u32, version: String },
+    FreeThreaded {
+        pid: u32,
+        version: String,
+        evidence: String,
+    },
+    #[error("pid {pid}: remote debugging is disabled in this process ({how}); its operator said no to remote code")]
+    RemoteDebugDisabled { pid: u32, how: String },
     #[error(
         "pid {pid} is already traced by pid {tracer_pid} (a debugger, strace or another agent)"
     )]
@@ -184,8 +198,6 @@ pub enum InjectError {
     PendingQueueFull,
     #[error("handshake socket: {0}")]
     Handshake(std::io::Error),
-    #[error("PEP 768: {0}")]
-    Pep768(String),
 }
 
 impl InjectError {
@@ -198,6 +210,7 @@ impl InjectError {
                 | InjectError::FreeThreaded { .. }
                 | InjectError::AlreadyTraced { .. }
                 | InjectError::OptedOut { .. }
+                | InjectError::RemoteDebugDisabled { .. }
                 | InjectError::PermissionDenied { .. }
                 | InjectError::Stopped { .. }
                 | InjectError::SelfInjection
@@ -290,9 +303,19 @@ pub fn preflight(pid: u32) -> Result<RuntimeDetails, InjectError> {
         return Err(InjectError::FreeThreaded {
             pid,
             version: runtime.version_string(),
+            evidence: "its libpython or executable name has the `t` ABI flag".into(),
         });
     }
-    if runtime.version.0 != 3 || runtime.version.1 < 8 {
+    if runtime.version.1 >= 14 {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if let Some(how) = debug_offsets::disabled_by_startup(&environ, &cmdline) {
+            return Err(InjectError::RemoteDebugDisabled {
+                pid,
+                how: how.into(),
+            });
+        }
+    }
+    if runtime.version.0 != 3 || !(8..=15).contains(&runtime.version.1) {
         return Err(InjectError::UnsupportedVersion {
             pid,
             version: runtime.version_string(),
@@ -314,15 +337,24 @@ pub fn inject(pid: u32, code: &str, opts: &InjectOptions) -> Result<InjectReport
     let maps = python_runtime::read_maps(pid)
         .map_err(|e| InjectError::from_io(pid, "reading its maps", e))?;
     let api_path = runtime.api_path(&exe).to_string();
-    if runtime.version.1 >= 14 {
-        return pep768::inject(pid, &runtime, &maps, &api_path, code, opts);
-    }
     // Moments after exec the loader may not have mapped everything yet: that is "not ready".
     let young = |e: InjectError| match process_age(pid) {
         Some(age) if age < Duration::from_secs(2) => InjectError::NotReady { pid },
         _ => e,
     };
-    let syms = elf_symbols::resolve(pid, &maps, &api_path, API_SYMBOLS).map_err(young)?;
+    let names: Vec<&str> = API_SYMBOLS
+        .iter()
+        .chain(FREE_THREADED_SYMBOLS)
+        .copied()
+        .collect();
+    let syms = elf_symbols::resolve(pid, &maps, &api_path, &names).map_err(young)?;
+    if let Some(mark) = free_threaded_mark(&syms) {
+        return Err(InjectError::FreeThreaded {
+            pid,
+            version: runtime.version_string(),
+            evidence: format!("{api_path} exports {mark}"),
+        });
+    }
     let sym = |n: &str| {
         syms.get(n).copied().ok_or_else(|| InjectError::NotCPython {
             pid,
@@ -330,6 +362,9 @@ pub fn inject(pid: u32, code: &str, opts: &InjectOptions) -> Result<InjectReport
         })
     };
     let rt = sym("_PyRuntime")?;
+    if runtime.version.1 >= 13 {
+        check_debug_offsets(pid, &runtime, rt.addr)?;
+    }
     ensure_initialized(pid, runtime.version.1, rt.addr)?;
     let gadgets = gadgets::find(pid, &maps).map_err(young)?;
     let api = scratch::Api {
@@ -414,6 +449,73 @@ pub fn inject(pid: u32, code: &str, opts: &InjectOptions) -> Result<InjectReport
     report.total_time = begun.elapsed();
     info!(pid, mode = ?report.mode, stop_us = report.stop_time.as_micros() as u64, confirmed = report.confirmed, "injected");
     Ok(report)
+}
+
+/// The free-threaded-only symbol among those resolved, if any.
+pub fn free_threaded_mark(
+    syms: &std::collections::HashMap<String, elf_symbols::Symbol>,
+) -> Option<&'static str> {
+    FREE_THREADED_SYMBOLS
+        .iter()
+        .copied()
+        .find(|n| syms.contains_key(*n))
+}
+
+/// 3.13+: what the interpreter's own `_Py_DebugOffsets` says (see [`debug_offsets`]).
+fn check_debug_offsets(
+    pid: u32,
+    runtime: &RuntimeDetails,
+    runtime_addr: u64,
+) -> Result<(), InjectError> {
+    let read_err = |e: nix::Error| match e {
+        nix::Error::ESRCH => InjectError::ProcessExited { pid },
+        e => InjectError::Ptrace(format!("reading _PyRuntime: {e}")),
+    };
+    let table = remote_mem::read(pid, runtime_addr, debug_offsets::READ_LEN).map_err(read_err)?;
+    let Some(header) = debug_offsets::header(&table) else {
+        return Err(InjectError::Unsupported(format!(
+            "no _Py_DebugOffsets at _PyRuntime in a {} process",
+            runtime.version_string()
+        )));
+    };
+    if header.version != runtime.version {
+        return Err(InjectError::Unsupported(format!(
+            "_Py_DebugOffsets says {}.{}, the process was detected as {}",
+            header.version.0,
+            header.version.1,
+            runtime.version_string()
+        )));
+    }
+    if header.free_threaded {
+        return Err(InjectError::FreeThreaded {
+            pid,
+            version: runtime.version_string(),
+            evidence: "_Py_DebugOffsets.free_threaded is set".into(),
+        });
+    }
+    if let debug_offsets::Layout::RemoteDebug {
+        interpreters_head,
+        remote_debugging_enabled,
+    } = debug_offsets::layout(&table, runtime.version.1)
+    {
+        let head = remote_mem::read(pid, runtime_addr + interpreters_head, 8).map_err(read_err)?;
+        let interp = head
+            .get(..8)
+            .and_then(|b| b.try_into().ok())
+            .map(u64::from_le_bytes)
+            .unwrap_or(0);
+        if interp == 0 {
+            return Err(InjectError::NotReady { pid });
+        }
+        let flag = remote_mem::read(pid, interp + remote_debugging_enabled, 4).map_err(read_err)?;
+        if flag.get(..4) == Some(&[0, 0, 0, 0]) {
+            return Err(InjectError::RemoteDebugDisabled {
+                pid,
+                how: "the interpreter's remote_debug setting is off".into(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Refuses (retryably) while `Py_Initialize` has not finished: see [`readiness`].

@@ -7,7 +7,9 @@
 //! 3.8–3.13 builds and Debian's 3.11): `preinitializing, preinitialized, core_initialized,
 //! initialized` (3.8–3.10); the same after an `_initialized` int (3.11, 3.12); and in 3.13 after the
 //! `_Py_DebugOffsets` block, whose size changes between patch releases, so its flags are found by
-//! their shape rather than a fixed offset.
+//! their shape rather than a fixed offset. In 3.14 and 3.15 the flags follow the debug offsets
+//! directly, at a fixed offset read off Debian's 3.14.10 and 3.15.2 (byte 760 and 888: the cookie
+//! plus 94 and 110 `uint64_t`s).
 
 /// Bytes of `_PyRuntime` read: enough to cover 3.13's debug offsets.
 pub const PROBE_LEN: usize = 2048;
@@ -38,6 +40,14 @@ pub fn initialized(minor: u32, runtime_head: &[u8]) -> Option<bool> {
                 _ => None,
             })
         }
+        14 | 15 => {
+            let at = if minor == 14 { 760 } else { 888 } / 4;
+            match ints.get(at..at + 5)? {
+                [1, _, _, _, last] => flag(*last),
+                [0, ..] => Some(false),
+                _ => None,
+            }
+        }
         _ => None,
     }
 }
@@ -59,7 +69,18 @@ mod tests {
         let mut head = vec![0x62657878, 0x79707567, 51183856, 0, 0, 0, 283320, 0];
         head.extend([1, 0, 1, 1, 1, 0, 0]);
         assert_eq!(initialized(13, &bytes(&head)), Some(true));
-        assert_eq!(initialized(14, &bytes(&head)), None);
+        assert_eq!(initialized(16, &bytes(&head)), None);
+        // 3.14/3.15: the five flags right after the debug offsets, as read from live processes.
+        for (minor, at) in [(14u32, 190usize), (15, 222)] {
+            let mut head = vec![0; at + 8];
+            head[at..at + 5].copy_from_slice(&[1, 0, 1, 1, 1]);
+            assert_eq!(initialized(minor, &bytes(&head)), Some(true));
+            head[at + 4] = 0;
+            assert_eq!(initialized(minor, &bytes(&head)), Some(false));
+            head[at] = 0;
+            assert_eq!(initialized(minor, &bytes(&head)), Some(false));
+            assert_eq!(initialized(minor, &bytes(&head[..at])), None);
+        }
         assert_eq!(initialized(9, &bytes(&[7, 7, 7, 7])), None);
     }
 }

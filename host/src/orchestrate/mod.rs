@@ -573,6 +573,7 @@ impl Core {
                 | InjectError::UnsupportedVersion { .. }
                 | InjectError::FreeThreaded { .. }
                 | InjectError::OptedOut { .. }
+                | InjectError::RemoteDebugDisabled { .. }
                 | InjectError::SelfInjection),
             ) => {
                 self.stats.injections_refused += 1;

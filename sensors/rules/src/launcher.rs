@@ -27,9 +27,11 @@ pub(crate) fn is_python(path: &str) -> bool {
     let version_end = rest
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(rest.len());
-    rest[version_end..]
-        .chars()
-        .all(|c| matches!(c, 'd' | 'm' | 'u' | 't'))
+    // Debian ships `python3.14-pie` beside the non-PIE `python3.14`.
+    let flags = rest[version_end..]
+        .strip_suffix("-pie")
+        .unwrap_or(&rest[version_end..]);
+    flags.chars().all(|c| matches!(c, 'd' | 'm' | 'u' | 't'))
 }
 
 /// Finds the program and its arguments; `None` for `python -c …`, `python -` or a bare interpreter.
