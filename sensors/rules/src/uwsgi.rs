@@ -35,7 +35,7 @@ const GEVENT: Opt = Opt::long(&["--gevent"]);
 /// uWSGI's own routers and the emperor, which run no application).
 pub fn match_process(p: &ProcessView<'_>) -> Option<ProcessMatch> {
     match launch(p.cmdline) {
-        Some(l) if l.program == TECHNOLOGY && !l.by_interpreter => {
+        Some(l) if is_uwsgi_executable(l.program) && !l.by_interpreter => {
             from_options(p, l.args, TECHNOLOGY)
         }
         Some(l) if l.program == "pyuwsgi" => from_options(p, l.args, "pyuwsgi"),
@@ -47,6 +47,12 @@ pub fn match_process(p: &ProcessView<'_>) -> Option<ProcessMatch> {
         }
         _ => from_process_title(p),
     }
+}
+
+/// The C executable under the names distributions give it: `uwsgi`, Debian's `uwsgi-core` (what
+/// the `uwsgi` alternative points at) and its plugin-preloading `uwsgi_python3`, `uwsgi_python314`.
+fn is_uwsgi_executable(program: &str) -> bool {
+    program == TECHNOLOGY || program == "uwsgi-core" || program.starts_with("uwsgi_python")
 }
 
 /// The script the interpreter runs sits in a `bin/` directory (an installed console script).
@@ -289,6 +295,16 @@ mod tests {
         ] {
             assert!(run_with(match_process, exe, cmd, &["bash"], "/").is_none(), "{cmd:?}");
         }
+    }
+
+    /// Debian runs the C executable as `uwsgi-core` or `uwsgi_python3` (with its python3 plugin).
+    #[test]
+    fn debian_executable_names() {
+        for exe in ["uwsgi-core", "/usr/bin/uwsgi_python3", "uwsgi_python314"] {
+            let m = run(&[exe, "--plugin", "python3", "--master", "--wsgi-file", "app.py"], &["bash"]);
+            assert_eq!(m.map(|m| m.role), Some(Role::Master), "{exe}");
+        }
+        assert!(run(&["uwsgi-coreutils", "--master"], &["bash"]).is_none());
     }
 
     #[rustfmt::skip]
