@@ -842,6 +842,50 @@ fn sid_services_traced(minor: u32) {
         );
     }
 
+    // D starts after the agent: time from its exec to its first traced request (printed, the goal
+    // is 1 s). Its requests are sent as soon as it listens.
+    let d_port = free_port();
+    let d_log = logs.path().join("billing-late.log");
+    let mut cmd = sid_server(
+        &py,
+        &strings(&[
+            "-m",
+            "gunicorn",
+            "--chdir",
+            &billing_in.display().to_string(),
+            "-w",
+            "2",
+            "-b",
+            &format!("127.0.0.1:{d_port}"),
+            "-n",
+            "billing-late",
+            "app:app",
+        ]),
+        &[],
+        &d_log,
+    );
+    let d_exec = Instant::now();
+    let d = Proc::spawn("billing-late (sid gunicorn, after the agent)", &mut cmd);
+    let mut first_traced = None;
+    while d_exec.elapsed() < Duration::from_secs(20) && first_traced.is_none() {
+        let _ = http_get(d_port, "/invoices/3");
+        if agent
+            .traces("service=billing-late")
+            .iter()
+            .any(|t| t["root_name"].as_str().unwrap_or("").contains("/invoices/"))
+        {
+            first_traced = Some(d_exec.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!("3.{minor}: exec -> first traced request {first_traced:?}");
+    assert!(
+        first_traced.is_some(),
+        "no trace from a service started after the agent: {:?}\n{}",
+        agent.processes(),
+        agent.log()
+    );
+
     assert_eq!(server_pids(a.pid(), 2), a_pids, "A's processes changed");
     assert_eq!(server_pids(b.pid(), 2), b_pids, "B's processes changed");
     if let (Some(c), Some(pids)) = (&c, &c_pids) {
@@ -867,7 +911,7 @@ fn sid_services_traced(minor: u32) {
             log.display()
         );
     }
-    drop((agent, a, b, c));
+    drop((agent, a, b, c, d));
 }
 
 #[test]

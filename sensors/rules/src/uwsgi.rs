@@ -301,7 +301,17 @@ mod tests {
     #[test]
     fn debian_executable_names() {
         for exe in ["uwsgi-core", "/usr/bin/uwsgi_python3", "uwsgi_python314"] {
-            let m = run(&[exe, "--plugin", "python3", "--master", "--wsgi-file", "app.py"], &["bash"]);
+            let m = run(
+                &[
+                    exe,
+                    "--plugin",
+                    "python3",
+                    "--master",
+                    "--wsgi-file",
+                    "app.py",
+                ],
+                &["bash"],
+            );
             assert_eq!(m.map(|m| m.role), Some(Role::Master), "{exe}");
         }
         assert!(run(&["uwsgi-coreutils", "--master"], &["bash"]).is_none());
