@@ -11,3 +11,4 @@ bash tests/setup/20-venvs.sh bench/venvs.txt
 CARGO=${CARGO:-cargo}
 $CARGO test -p zerostep --test tracer bench_gunicorn_throughput -- --ignored --nocapture 2>&1 \
   | grep -vE '^\s*(Compiling|Finished|Running|running|Blocking)' || exit 1
+bash bench/tracer_suites_sid.sh

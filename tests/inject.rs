@@ -1404,6 +1404,17 @@ fn inject_from_exec_with(label: &str, make: &dyn Fn() -> Command) {
                 "never became ready"
             );
         };
+        let report = if report.confirmed {
+            report
+        } else {
+            // Seen on 3.13 under heavy load: a pending call scheduled in the first moments after
+            // `initialized` is set did not run within the timeout. The agent retries such an
+            // injection after its pending grace; so does this test, once (the wrapper's marker
+            // makes a late first run and the retry run the code once between them).
+            eprintln!("{label} round {round}: pending call not confirmed, retrying: {report:?}");
+            zerostep::inject::inject(pid, "pass", &opts)
+                .unwrap_or_else(|e| panic!("{label}: retry after an unconfirmed pending call: {e}"))
+        };
         assert!(report.confirmed, "{report:?}");
         assert!(p.is_alive());
         eprintln!(
