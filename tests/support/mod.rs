@@ -209,7 +209,8 @@ pub fn container_command() -> Command {
         "--net",
         "sh",
         "-c",
-        "ip link set lo up && mount -t tmpfs zs-container-tmp /tmp && exec \"$0\" \"$@\"",
+        // A working directory under /tmp (a checkout there) is hidden by the new /tmp: then /.
+        "ip link set lo up && mount -t tmpfs zs-container-tmp /tmp && { cd \"$PWD\" 2>/dev/null || cd /; } && exec \"$0\" \"$@\"",
     ]);
     cmd
 }
