@@ -30,6 +30,12 @@ fn debugger_block_index(minor: u32) -> Option<usize> {
     }
 }
 
+/// Bytes of the whole table for `minor`: the remote-debugger block is its last group, and
+/// `_PyRuntimeState`'s init flags follow it directly (see `readiness`).
+pub fn table_len(minor: u32) -> Option<usize> {
+    debugger_block_index(minor).map(|d| 8 + 8 * (d + 6))
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Header {
     pub version: (u32, u32),
@@ -124,6 +130,13 @@ mod tests {
             b.extend_from_slice(&x.to_le_bytes());
         }
         b
+    }
+
+    #[test]
+    fn table_lengths_read_off_debian_builds() {
+        assert_eq!(table_len(14), Some(760));
+        assert_eq!(table_len(15), Some(888));
+        assert_eq!(table_len(13), None);
     }
 
     #[test]

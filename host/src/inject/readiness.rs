@@ -8,8 +8,8 @@
 //! initialized` (3.8–3.10); the same after an `_initialized` int (3.11, 3.12); and in 3.13 after the
 //! `_Py_DebugOffsets` block, whose size changes between patch releases, so its flags are found by
 //! their shape rather than a fixed offset. In 3.14 and 3.15 the flags follow the debug offsets
-//! directly, at a fixed offset read off Debian's 3.14.10 and 3.15.2 (byte 760 and 888: the cookie
-//! plus 94 and 110 `uint64_t`s).
+//! directly, at the end of the table whose length `debug_offsets::table_len` knows (read off
+//! Debian's 3.14.10 and 3.15.2: 760 and 888 bytes).
 
 /// Bytes of `_PyRuntime` read: enough to cover 3.13's debug offsets.
 pub const PROBE_LEN: usize = 2048;
@@ -41,7 +41,7 @@ pub fn initialized(minor: u32, runtime_head: &[u8]) -> Option<bool> {
             })
         }
         14 | 15 => {
-            let at = if minor == 14 { 760 } else { 888 } / 4;
+            let at = super::debug_offsets::table_len(minor)? / 4;
             match ints.get(at..at + 5)? {
                 [1, _, _, _, last] => flag(*last),
                 [0, ..] => Some(false),
