@@ -178,6 +178,8 @@ pub async fn render(State(state): State<ApiState>) -> impl IntoResponse {
             ("malformed", i.cut_off_malformed),
             ("oversize", i.cut_off_oversize),
             ("flooding", i.cut_off_flooding),
+            ("over_budget", i.cut_off_budget),
+            ("too_many_connections", i.rejected_connections),
         ] {
             o.sample(
                 "zerostep_intake_cutoffs_total",

@@ -1,0 +1,341 @@
+//! Who may use the API, checked before any route runs (one layer over the whole router):
+//!
+//! 1. The `Host` header must name this agent: an IP literal (the listen address's, or any when
+//!    listening on an unspecified address), `localhost` on a loopback or unspecified address, or a
+//!    name from `api.allowed_hosts`. A DNS-rebinding page has its own name there. → 421.
+//! 2. A state-changing request (any method but GET/HEAD) must have a JSON body type (a cross-site
+//!    form can send only form-encoded, multipart or `text/plain` without a CORS preflight, and no
+//!    route answers preflights or sends CORS headers) → 415, and an `Origin`, when present, must
+//!    be this agent's → 403.
+//! 3. A credential: `Authorization: Bearer <token>` (the root-only token file) or the UI's
+//!    session cookie, made by `POST /api/v1/session` from the same token. State-changing routes
+//!    always need one; read-only ones and the UI unless `api.open_reads_on_loopback`. → 401
+//!    (the UI's pages redirect to `/login` instead).
+//!
+//! `/api/v1/health` and `/login` need no credential (they show nothing).
+use std::net::{IpAddr, SocketAddr};
+use std::str::FromStr;
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+use crate::config::ApiSection;
+
+pub const SESSION_COOKIE: &str = "zerostep_session";
+const LOGIN_PAGE: &str = include_str!("login.html");
+
+pub struct ApiAuth {
+    token: String,
+    /// The cookie value: an HMAC of a fixed label under the token, so it is valid exactly as long
+    /// as the token is and does not reveal it.
+    session: String,
+    open_reads: bool,
+    listen: SocketAddr,
+    allowed_hosts: Vec<String>,
+}
+
+impl ApiAuth {
+    pub fn new(token: String, listen: SocketAddr, cfg: &ApiSection) -> ApiAuth {
+        let session = Hmac::<Sha256>::new_from_slice(token.as_bytes())
+            .map(|mut m| {
+                m.update(b"zerostep ui session v1");
+                hex::encode(m.finalize().into_bytes())
+            })
+            // HMAC takes keys of any length; this branch is unreachable, and a random value
+            // would only make sessions impossible, never open.
+            .unwrap_or_else(|_| hex::encode(getrandom::u64().unwrap_or(1).to_le_bytes()));
+        ApiAuth {
+            token,
+            session,
+            open_reads: cfg.open_reads_on_loopback && listen.ip().is_loopback(),
+            listen,
+            allowed_hosts: cfg
+                .allowed_hosts
+                .iter()
+                .map(|h| h.to_ascii_lowercase())
+                .collect(),
+        }
+    }
+
+    /// Whether a `Host` header value names this agent (see the module comment).
+    pub fn host_allowed(&self, host: &str) -> bool {
+        let Ok(auth) = http::uri::Authority::from_str(host) else {
+            return false;
+        };
+        if auth.as_str().contains('@') {
+            return false;
+        }
+        if let Some(port) = auth.port_u16() {
+            if port != self.listen.port() {
+                return false;
+            }
+        }
+        let name = auth.host().to_ascii_lowercase();
+        let bare = name.trim_start_matches('[').trim_end_matches(']');
+        let ip = self.listen.ip();
+        if let Ok(given) = IpAddr::from_str(bare) {
+            return ip.is_unspecified() || given == ip;
+        }
+        if name == "localhost" {
+            return ip.is_loopback() || ip.is_unspecified();
+        }
+        self.allowed_hosts.contains(&name)
+    }
+
+    fn origin_allowed(&self, origin: &str) -> bool {
+        origin
+            .strip_prefix("http://")
+            .or_else(|| origin.strip_prefix("https://"))
+            .is_some_and(|h| !h.contains('/') && self.host_allowed(h))
+    }
+
+    fn credential_ok(&self, headers: &HeaderMap) -> bool {
+        let bearer = headers
+            .get_all(header::AUTHORIZATION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .filter_map(|v| v.strip_prefix("Bearer "))
+            .any(|t| ct_eq(t.trim().as_bytes(), self.token.as_bytes()));
+        bearer
+            || headers
+                .get_all(header::COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(';'))
+                .filter_map(|kv| kv.trim().split_once('='))
+                .any(|(k, v)| k == SESSION_COOKIE && ct_eq(v.as_bytes(), self.session.as_bytes()))
+    }
+}
+
+/// Equal without an early exit, so timing tells nothing about how much of a guess was right.
+fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn refuse(status: StatusCode, why: &str) -> Response {
+    let mut r = (status, Json(serde_json::json!({ "error": why }))).into_response();
+    if status == StatusCode::UNAUTHORIZED {
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"zerostep\""),
+        );
+    }
+    r
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+}
+
+fn is_ui_page(path: &str) -> bool {
+    path == "/" || path == "/ui" || path.starts_with("/ui/")
+}
+
+/// The layer: see the module comment for the order of checks.
+pub async fn guard(State(auth): State<Arc<ApiAuth>>, req: Request, next: Next) -> Response {
+    let headers = req.headers();
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| req.uri().authority().map(|a| a.to_string()));
+    match &host {
+        Some(h) if auth.host_allowed(h) => {}
+        _ => {
+            tracing::debug!(host = ?host, "API request for another host refused");
+            return with_safety_headers(refuse(
+                StatusCode::MISDIRECTED_REQUEST,
+                "the Host header does not name this agent (see api.allowed_hosts)",
+            ));
+        }
+    }
+    let path = req.uri().path();
+    let changes_state = !matches!(*req.method(), Method::GET | Method::HEAD);
+    if changes_state {
+        if !is_json(headers) {
+            return with_safety_headers(refuse(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "state-changing requests take a JSON body (Content-Type: application/json)",
+            ));
+        }
+        if let Some(o) = headers.get(header::ORIGIN) {
+            if !o.to_str().is_ok_and(|o| auth.origin_allowed(o)) {
+                return with_safety_headers(refuse(
+                    StatusCode::FORBIDDEN,
+                    "cross-origin requests may not change anything",
+                ));
+            }
+        }
+    }
+    let open = matches!(path, "/api/v1/health" | "/login")
+        || (changes_state && path == "/api/v1/session")
+        || (!changes_state && auth.open_reads);
+    if !open && !auth.credential_ok(headers) {
+        if !changes_state && is_ui_page(path) {
+            return with_safety_headers(
+                (StatusCode::SEE_OTHER, [(header::LOCATION, "/login")]).into_response(),
+            );
+        }
+        return with_safety_headers(refuse(
+            StatusCode::UNAUTHORIZED,
+            "this needs the agent's API token: `Authorization: Bearer <token>` from \
+             STATE_DIR/api-token (root only), or log in to the UI at /login",
+        ));
+    }
+    with_safety_headers(next.run(req).await)
+}
+
+/// Nothing here may be framed by another page (clickjacking) or sniffed into another type.
+fn with_safety_headers(mut r: Response) -> Response {
+    let h = r.headers_mut();
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("frame-ancestors 'none'"),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    r
+}
+
+#[derive(serde::Deserialize)]
+struct SessionRequest {
+    token: String,
+}
+
+/// `GET /login` (paste the token, or open `/login#token=…` as `zerostep ui` prints it) and
+/// `POST /api/v1/session {"token": …}`, which sets the session cookie.
+pub fn routes(auth: Arc<ApiAuth>) -> Router {
+    Router::new()
+        .route(
+            "/login",
+            get(|| async {
+                (
+                    [
+                        (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+                        (header::CACHE_CONTROL, "no-store"),
+                    ],
+                    LOGIN_PAGE,
+                )
+            }),
+        )
+        .route("/api/v1/session", post(session))
+        .with_state(auth)
+}
+
+async fn session(State(auth): State<Arc<ApiAuth>>, Json(req): Json<SessionRequest>) -> Response {
+    if !ct_eq(req.token.trim().as_bytes(), auth.token.as_bytes()) {
+        return refuse(StatusCode::UNAUTHORIZED, "wrong token");
+    }
+    // HttpOnly: no script reads it; SameSite=Strict: no other site's page sends it.
+    let cookie = format!(
+        "{SESSION_COOKIE}={}; HttpOnly; SameSite=Strict; Path=/",
+        auth.session
+    );
+    match HeaderValue::from_str(&cookie) {
+        Ok(v) => (StatusCode::NO_CONTENT, [(header::SET_COOKIE, v)]).into_response(),
+        Err(_) => refuse(StatusCode::INTERNAL_SERVER_ERROR, "cookie"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn auth(listen: &str, hosts: &[&str]) -> ApiAuth {
+        ApiAuth::new(
+            "ab".repeat(32),
+            listen.parse().unwrap(),
+            &ApiSection {
+                open_reads_on_loopback: false,
+                allowed_hosts: hosts.iter().map(|h| h.to_string()).collect(),
+            },
+        )
+    }
+
+    #[test]
+    fn host_header_must_name_this_agent() {
+        let a = auth("127.0.0.1:7787", &["zs.internal"]);
+        for ok in [
+            "127.0.0.1:7787",
+            "127.0.0.1",
+            "localhost:7787",
+            "LOCALHOST:7787",
+            "zs.internal:7787",
+        ] {
+            assert!(a.host_allowed(ok), "{ok}");
+        }
+        for bad in [
+            "evil.example:7787",
+            "127.0.0.1:80",
+            "10.0.0.1:7787",
+            "[::1]:7787",
+            "127.0.0.1.nip.io:7787",
+            "user@127.0.0.1:7787",
+            "",
+            "127.0.0.1:7787/x",
+        ] {
+            assert!(!a.host_allowed(bad), "{bad}");
+        }
+        let any = auth("0.0.0.0:7787", &[]);
+        assert!(any.host_allowed("10.1.2.3:7787") && any.host_allowed("localhost:7787"));
+        assert!(!any.host_allowed("rebind.example:7787"));
+        let v6 = auth("[::1]:7787", &[]);
+        assert!(v6.host_allowed("[::1]:7787") && v6.host_allowed("localhost:7787"));
+        let lan = auth("192.168.1.5:7787", &[]);
+        assert!(!lan.host_allowed("localhost:7787"));
+    }
+
+    #[test]
+    fn origins_and_credentials() {
+        let a = auth("127.0.0.1:7787", &[]);
+        assert!(a.origin_allowed("http://127.0.0.1:7787"));
+        assert!(a.origin_allowed("http://localhost:7787"));
+        assert!(!a.origin_allowed("http://evil.example:7787"));
+        assert!(!a.origin_allowed("null"));
+        let mut h = HeaderMap::new();
+        assert!(!a.credential_ok(&h));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer nope"),
+        );
+        assert!(!a.credential_ok(&h));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_str(&format!("Bearer {}", "ab".repeat(32))).unwrap(),
+        );
+        assert!(a.credential_ok(&h));
+        let mut c = HeaderMap::new();
+        c.insert(
+            header::COOKIE,
+            HeaderValue::from_str(&format!("x=1; {SESSION_COOKIE}={}", a.session)).unwrap(),
+        );
+        assert!(a.credential_ok(&c));
+        // The token itself is not a session cookie, and the session differs per token.
+        c.insert(
+            header::COOKIE,
+            HeaderValue::from_str(&format!("{SESSION_COOKIE}={}", "ab".repeat(32))).unwrap(),
+        );
+        assert!(!a.credential_ok(&c));
+        assert_ne!(auth("127.0.0.1:1", &[]).session, {
+            ApiAuth::new("cd".repeat(32), a.listen, &ApiSection::default()).session
+        });
+    }
+}
