@@ -114,6 +114,28 @@ impl ApiAuth {
     }
 }
 
+/// Requests refused, by reason (process-wide: one API per agent), for `/metrics`.
+static REFUSED: [std::sync::atomic::AtomicU64; 4] = [
+    std::sync::atomic::AtomicU64::new(0),
+    std::sync::atomic::AtomicU64::new(0),
+    std::sync::atomic::AtomicU64::new(0),
+    std::sync::atomic::AtomicU64::new(0),
+];
+const REASONS: [&str; 4] = ["host", "content_type", "origin", "credential"];
+
+fn count(reason: usize) {
+    REFUSED[reason].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// (reason, requests refused for it) since start.
+pub fn refused_counts() -> Vec<(&'static str, u64)> {
+    REASONS
+        .iter()
+        .zip(&REFUSED)
+        .map(|(r, c)| (*r, c.load(std::sync::atomic::Ordering::Relaxed)))
+        .collect()
+}
+
 /// Equal without an early exit, so timing tells nothing about how much of a guess was right.
 fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
@@ -154,6 +176,7 @@ pub async fn guard(State(auth): State<Arc<ApiAuth>>, req: Request, next: Next) -
         Some(h) if auth.host_allowed(h) => {}
         _ => {
             tracing::debug!(host = ?host, "API request for another host refused");
+            count(0);
             return with_safety_headers(refuse(
                 StatusCode::MISDIRECTED_REQUEST,
                 "the Host header does not name this agent (see api.allowed_hosts)",
@@ -164,6 +187,7 @@ pub async fn guard(State(auth): State<Arc<ApiAuth>>, req: Request, next: Next) -
     let changes_state = !matches!(*req.method(), Method::GET | Method::HEAD);
     if changes_state {
         if !is_json(headers) {
+            count(1);
             return with_safety_headers(refuse(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "state-changing requests take a JSON body (Content-Type: application/json)",
@@ -171,6 +195,7 @@ pub async fn guard(State(auth): State<Arc<ApiAuth>>, req: Request, next: Next) -
         }
         if let Some(o) = headers.get(header::ORIGIN) {
             if !o.to_str().is_ok_and(|o| auth.origin_allowed(o)) {
+                count(2);
                 return with_safety_headers(refuse(
                     StatusCode::FORBIDDEN,
                     "cross-origin requests may not change anything",
@@ -182,6 +207,7 @@ pub async fn guard(State(auth): State<Arc<ApiAuth>>, req: Request, next: Next) -
         || (changes_state && path == "/api/v1/session")
         || (!changes_state && auth.open_reads);
     if !open && !auth.credential_ok(headers) {
+        count(3);
         if !changes_state && is_ui_page(path) {
             return with_safety_headers(
                 (StatusCode::SEE_OTHER, [(header::LOCATION, "/login")]).into_response(),
@@ -244,9 +270,10 @@ async fn session(State(auth): State<Arc<ApiAuth>>, Json(req): Json<SessionReques
     if !ct_eq(req.token.trim().as_bytes(), auth.token.as_bytes()) {
         return refuse(StatusCode::UNAUTHORIZED, "wrong token");
     }
-    // HttpOnly: no script reads it; SameSite=Strict: no other site's page sends it.
+    // HttpOnly: no script reads it; SameSite=Strict: no other site's page sends it (other ports
+    // of the same host are the same site: the JSON and Origin checks cover those); 12 hours.
     let cookie = format!(
-        "{SESSION_COOKIE}={}; HttpOnly; SameSite=Strict; Path=/",
+        "{SESSION_COOKIE}={}; HttpOnly; SameSite=Strict; Path=/; Max-Age=43200",
         auth.session
     );
     match HeaderValue::from_str(&cookie) {
