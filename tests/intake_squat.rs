@@ -244,3 +244,92 @@ fn a_squatter_on_the_intake_name_gets_no_code_run() {
     );
     assert!(target.is_alive());
 }
+
+/// A stranger on the intake: connects, says hello as a tracer would, sends a span batch.
+const STRANGER: &str = r#"
+import json, socket, struct, sys
+name, mode = sys.argv[1], sys.argv[2]
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.connect("\0" + name)
+hello = {"v": 1, "t": "hello", "role": "tracer", "pid": 1, "python": "3", "version": "0.1.0"}
+if mode == "forged":
+    hello.update(nonce="ab" * 16, tag="0" * 64)
+spans = {"v": 1, "t": "spans", "pid": 1, "dropped": 0,
+         "spans": [[1, 2, 0, "GET /forged", 1, 10, 20, 0, "", {}, []]]}
+try:
+    for m in (hello, spans):
+        b = json.dumps(m).encode()
+        s.sendall(struct.pack(">I", len(b)) + b)
+    print("answer", len(s.recv(100)), flush=True)
+except OSError as e:
+    print("closed", e, flush=True)
+"#;
+
+/// Only the injected may send spans: a process of an injected tree that connects by itself
+/// (without the bootstrap's secret, or with a forged tag) is cut off and counted; a process that
+/// holds the bootstrap is served, and so is its tracer's reconnect.
+#[test]
+fn a_process_without_the_bootstrap_secret_cannot_send_spans() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let name = format!("zerostep-stranger-test-{}", std::process::id());
+    let key = IntakeKey::random().expect("key");
+    let intake = intake(&rt, &name, &key);
+    // This test process is the injected root: its children are "its workers".
+    let me = std::process::id();
+    intake.registry().allow(me);
+    let code = intake.bootstrap_code_for(me).expect("bootstrap");
+
+    for (i, mode) in ["plain", "forged"].iter().enumerate() {
+        let out = Command::new(DEBIAN_PYTHON)
+            .args(["-c", STRANGER, &name, mode])
+            .output()
+            .expect("stranger");
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            said.contains("answer 0") || said.contains("closed"),
+            "{mode}: {said}"
+        );
+        assert!(
+            wait_until(Duration::from_secs(5), || intake
+                .stats()
+                .cut_off_unauthenticated
+                == i as u64 + 1),
+            "{mode}: {:?}",
+            intake.stats()
+        );
+    }
+    assert!(
+        intake.queue().try_pop().is_none(),
+        "a stranger's spans got through"
+    );
+
+    // A child that runs the bootstrap holds the secret: served, its tracer connected.
+    std::fs::write(dir.path().join("bootstrap.0.py"), code).expect("write bootstrap");
+    let log = dir.path().join("target.log");
+    let out = std::fs::File::create(&log).expect("log");
+    let mut child = Proc::spawn(
+        "target",
+        Command::new(DEBIAN_PYTHON)
+            .args(["-c", TARGET])
+            .arg(dir.path())
+            .stdout(out.try_clone().expect("dup"))
+            .stderr(out),
+    );
+    let pid = child.pid();
+    assert!(
+        wait_until(Duration::from_secs(15), || intake
+            .peers()
+            .iter()
+            .any(|p| p.pid == pid && p.status.is_some())),
+        "the bootstrapped child was not served: {:?}\n{}",
+        intake.stats(),
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    assert_eq!(intake.stats().cut_off_unauthenticated, 2);
+    assert!(child.is_alive());
+}

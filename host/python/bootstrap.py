@@ -20,7 +20,10 @@ def _zerostep_bootstrap(params):
             if struct.unpack("3i", cred)[1] != auth["uid"]:
                 return
         if secret:
+            import hashlib, hmac
             nonce = os.urandom(16).hex()
+            mac = lambda who: hmac.new(secret.encode(), ("zerostep %s v1 %s" % (who, nonce)).encode(),
+                                       hashlib.sha256).hexdigest()
 
         def send(obj):
             b = json.dumps(obj, separators=(",", ":")).encode()
@@ -36,7 +39,7 @@ def _zerostep_bootstrap(params):
             return out
 
         send({"v": 1, "t": "hello", "role": "bootstrap", "pid": os.getpid(), "nonce": nonce,
-              "root": auth.get("root"), "python": sys.version.split()[0],
+              "root": auth.get("root"), "tag": secret and mac("tracer"), "python": sys.version.split()[0],
               "installed": getattr(existing, "VERSION", None)})
         (n,) = struct.unpack(">I", recv_exact(4))
         if n > (32 << 20):
@@ -44,12 +47,8 @@ def _zerostep_bootstrap(params):
         msg = json.loads(recv_exact(n).decode())
         if msg.get("t") != "load":
             return
-        if secret:
-            import hashlib, hmac
-            want = hmac.new(secret.encode(), ("zerostep agent v1 " + nonce).encode(),
-                            hashlib.sha256).hexdigest()
-            if not hmac.compare_digest(want, str(msg.get("proof"))):
-                return
+        if secret and not hmac.compare_digest(mac("agent"), str(msg.get("proof"))):
+            return
         modules, config = msg["modules"], dict(msg.get("config") or {})
         if auth:
             config["auth"] = auth

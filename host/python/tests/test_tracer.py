@@ -585,15 +585,16 @@ class AuthIntake(object):
         self.srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.srv.bind(path)
         self.srv.listen(16)
-        self.frames, self.conns, self.closed_by_peer = [], [], 0
+        self.frames, self.conns, self.closed_by_peer, self.tags = [], [], 0, []
         threading.Thread(target=self._accept, daemon=True).start()
 
     def proof(self, nonce):
+        return "0" * 64 if self.forge else self.proof_for("agent", nonce)
+
+    def proof_for(self, who, nonce):
         import hashlib
         import hmac
-        if self.forge:
-            return "0" * 64
-        return hmac.new(self.secret.encode(), ("zerostep agent v1 " + nonce).encode(),
+        return hmac.new(self.secret.encode(), ("zerostep %s v1 %s" % (who, nonce)).encode(),
                         hashlib.sha256).hexdigest()
 
     def _accept(self):
@@ -626,6 +627,7 @@ class AuthIntake(object):
                 if msg.get("t") != "hello":
                     continue
                 proof = self.proof(msg.get("nonce") or "")
+                self.tags.append(msg.get("tag") == self.proof_for("tracer", msg.get("nonce")))
                 try:
                     if msg.get("role") == "bootstrap":
                         FakeIntake.send(c, {"v": 1, "t": "load", "version": "0.1.0",
@@ -727,6 +729,7 @@ class AuthTest(unittest.TestCase):
             time.sleep(0.05)
         self.assertTrue(any(f.get("t") == "status" for f in good.frames), good.frames)
         self.assertTrue(rep.authed)
+        self.assertTrue(good.tags and all(good.tags), "the tracer did not show its secret")
 
 
 if __name__ == "__main__":

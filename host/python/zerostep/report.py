@@ -61,11 +61,12 @@ def connect(address, timeout=None, uid=None):
     return s
 
 
-def agent_proof(secret, nonce):
-    """What the agent answers a nonce with (host/src/intake/auth.rs)."""
+def agent_proof(secret, nonce, who="agent"):
+    """What the agent answers a nonce with, or ("tracer") what the tracer shows it with
+    (host/src/intake/auth.rs)."""
     import hashlib
     import hmac
-    return hmac.new(secret.encode(), ("zerostep agent v1 " + nonce).encode(),
+    return hmac.new(secret.encode(), ("zerostep %s v1 %s" % (who, nonce)).encode(),
                     hashlib.sha256).hexdigest()
 
 
@@ -314,6 +315,7 @@ class Reporter(object):
             self.auth_deadline = time.monotonic() + AUTH_TIMEOUT
             hello["nonce"] = self.nonce
             hello["root"] = self.auth.get("root")
+            hello["tag"] = agent_proof(self.auth["secret"], self.nonce, "tracer")
         self._adopt(s)
         self.out += frame(hello)
         self.pending_status = True

@@ -192,6 +192,7 @@ pub async fn render(State(state): State<ApiState>) -> impl IntoResponse {
             ("oversize", i.cut_off_oversize),
             ("flooding", i.cut_off_flooding),
             ("over_budget", i.cut_off_budget),
+            ("unauthenticated", i.cut_off_unauthenticated),
             ("too_many_connections", i.rejected_connections),
         ] {
             o.sample(

@@ -86,6 +86,23 @@ impl IntakeKey {
     }
 }
 
+/// What a tracer sends with its nonce to show it holds the secret of its root.
+pub fn tracer_tag(secret: &str, nonce: &str) -> String {
+    hmac_hex(
+        secret.as_bytes(),
+        format!("zerostep tracer v1 {nonce}").as_bytes(),
+    )
+}
+
+/// Equal without an early exit.
+pub fn ct_eq(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
+}
+
 /// The agent's answer to a tracer's nonce.
 pub fn proof(secret: &str, nonce: &str) -> String {
     hmac_hex(

@@ -49,6 +49,7 @@ enum End {
     Oversize(usize),
     Flooding,
     OverBudget(usize),
+    Unauthenticated,
     Malformed(wire::WireError),
     Io(std::io::Error),
 }
@@ -99,6 +100,14 @@ async fn serve(stream: UnixStream, shared: Arc<Shared>) {
                 pid,
                 bytes = n,
                 "intake: cut off a peer sending an oversized frame"
+            );
+        }
+        End::Unauthenticated => {
+            c.cut_off_unauthenticated.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                pid,
+                root_pid,
+                "intake: cut off a peer that could not show its tree's secret"
             );
         }
         End::OverBudget(n) => {
@@ -207,6 +216,9 @@ async fn read_loop(
         // The first frame registers the peer; its command sender moves into the registry so that
         // dropping the registry entry (Intake dropped) closes the writer.
         if let Some(tx) = tx.take() {
+            if !peer_authenticated(shared, pid, root_pid, &frame) {
+                return End::Unauthenticated;
+            }
             // A tracer accepts no command before the agent's proof: it goes out first, before
             // the peer is visible to `Intake::send`.
             if let PeerFrame::Hello {
@@ -255,6 +267,7 @@ fn handle(frame: PeerFrame, shared: &Shared, pid: u32, root_pid: u32, id: u64) {
             installed,
             nonce,
             root,
+            ..
         } => {
             let proof = match (&role, nonce) {
                 (PeerRole::Bootstrap, Some(n)) => agent_proof(shared, pid, root_pid, &n, root),
@@ -392,4 +405,32 @@ async fn read_body(
         }
     }
     Ok(body)
+}
+
+/// Whether a peer whose first frame is `frame` may stay: one of a tree injected with a secret
+/// must say hello with a nonce and the tag for its root (itself or an ancestor, as for the
+/// proof); peers of other trees (tracers from before secrets) need not.
+fn peer_authenticated(shared: &Shared, pid: u32, root_pid: u32, frame: &PeerFrame) -> bool {
+    let want = shared.secret_roots.lock().get(&root_pid).copied();
+    let Some(want_start) = want else {
+        return true;
+    };
+    if super::auth::process_root(root_pid).map(|r| r.1) != Some(want_start) {
+        return true; // a recycled pid: not the tree the secret was made for
+    }
+    let PeerFrame::Hello {
+        nonce: Some(nonce),
+        root,
+        tag: Some(tag),
+        ..
+    } = frame
+    else {
+        return false;
+    };
+    let root = root.unwrap_or((root_pid, want_start));
+    super::auth::is_self_or_ancestor(pid, root)
+        && super::auth::ct_eq(
+            tag,
+            &super::auth::tracer_tag(&shared.key.secret(root.0, root.1), nonce),
+        )
 }

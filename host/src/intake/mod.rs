@@ -126,6 +126,9 @@ pub struct IntakeStats {
     pub paused_reads: u64,
     /// Peers cut off because their frame would have gone over `max_inflight_bytes`.
     pub cut_off_budget: u64,
+    /// Peers of a tree injected with a secret that could not show it (a process of that tree
+    /// connecting by itself, or a forged tag).
+    pub cut_off_unauthenticated: u64,
     /// Connections closed on arrival, over `max_connections`.
     pub rejected_connections: u64,
     /// Bytes of partly received frames now, and connections open now.
@@ -159,6 +162,7 @@ struct Counters {
     spans: AtomicU64,
     modules_served: AtomicU64,
     cut_off_budget: AtomicU64,
+    cut_off_unauthenticated: AtomicU64,
     rejected_connections: AtomicU64,
     /// Gauges: bytes held in partly received frames, connections open.
     inflight_bytes: std::sync::atomic::AtomicUsize,
@@ -182,6 +186,9 @@ struct Shared {
     netns: Mutex<netns::NsListeners>,
     runtime: tokio::runtime::Handle,
     key: auth::IntakeKey,
+    /// Roots (pid → start time) whose bootstrap carried a secret: their peers must prove they
+    /// hold it (`tag`), so a process of that tree that connects by itself gets nowhere.
+    secret_roots: Mutex<HashMap<u32, u64>>,
     /// Differs per intake, so the injector's run-once marker (a hash of the code) lets a new
     /// agent run bootstrap a process again (e.g. one detached by the previous run).
     run_id: String,
@@ -231,6 +238,7 @@ impl Intake {
         };
         let shared = Arc::new(Shared {
             key,
+            secret_roots: Mutex::new(HashMap::new()),
             queue: SpanQueue::with_span_limit(config.queue_capacity, config.queue_max_spans),
             config,
             registry,
@@ -281,6 +289,13 @@ impl Intake {
         let (pid, start) =
             auth::process_root(target_pid).ok_or(IntakeError::NoSuchTarget(target_pid))?;
         let agent_uid = auth::uid_seen_by(target_pid, nix::unistd::geteuid().as_raw());
+        {
+            let mut roots = self.shared.secret_roots.lock();
+            if roots.len() >= 4096 {
+                roots.retain(|p, s| auth::process_root(*p).is_some_and(|r| r.1 == *s));
+            }
+            roots.insert(pid, start);
+        }
         Ok(tracer_source::bootstrap_for_injector(
             &address.bootstrap_param(),
             BOOTSTRAP_TIMEOUT_SECS,
@@ -372,6 +387,7 @@ impl Intake {
             queue_dropped_spans: qs,
             paused_reads: self.shared.queue.waits(),
             cut_off_budget: c.cut_off_budget.load(Ordering::Relaxed),
+            cut_off_unauthenticated: c.cut_off_unauthenticated.load(Ordering::Relaxed),
             rejected_connections: c.rejected_connections.load(Ordering::Relaxed),
             inflight_bytes: c.inflight_bytes.load(Ordering::Relaxed) as u64,
             connections: c.connections.load(Ordering::Relaxed) as u64,

@@ -50,6 +50,9 @@ struct RawFrame {
     nonce: Option<String>,
     #[serde(default)]
     root: Option<(u32, u64)>,
+    /// The tracer's proof that it holds the bootstrap's secret.
+    #[serde(default)]
+    tag: Option<String>,
     #[serde(default)]
     dropped: u64,
     #[serde(default)]
@@ -97,6 +100,7 @@ pub enum PeerFrame {
         /// Present from tracers that authenticate the agent: answered with a proof.
         nonce: Option<String>,
         root: Option<(u32, u64)>,
+        tag: Option<String>,
     },
     Spans {
         dropped_in_process: u64,
@@ -133,6 +137,7 @@ pub fn decode(body: &[u8]) -> Result<PeerFrame, WireError> {
             installed: raw.installed,
             nonce: raw.nonce.filter(|n| n.len() <= 128),
             root: raw.root,
+            tag: raw.tag.filter(|t| t.len() <= 128),
         }),
         "spans" => {
             let spans = raw
