@@ -407,30 +407,35 @@ async fn read_body(
     Ok(body)
 }
 
-/// Whether a peer whose first frame is `frame` may stay: one of a tree injected with a secret
-/// must say hello with a nonce and the tag for its root (itself or an ancestor, as for the
-/// proof); peers of other trees (tracers from before secrets) need not.
+/// Whether a peer whose first frame is `frame` may stay. A hello with a nonce and tag must carry
+/// the tag for its root (itself or an ancestor, as for the proof); a tree whose bootstrap carried
+/// a secret, or that has shown one since (tracers injected by an earlier agent run), must say
+/// such a hello; trees without a secret (tracers from before secrets) need not.
 fn peer_authenticated(shared: &Shared, pid: u32, root_pid: u32, frame: &PeerFrame) -> bool {
-    let want = shared.secret_roots.lock().get(&root_pid).copied();
-    let Some(want_start) = want else {
-        return true;
-    };
-    if super::auth::process_root(root_pid).map(|r| r.1) != Some(want_start) {
-        return true; // a recycled pid: not the tree the secret was made for
-    }
-    let PeerFrame::Hello {
+    let registry_root = super::auth::process_root(root_pid);
+    if let PeerFrame::Hello {
         nonce: Some(nonce),
         root,
         tag: Some(tag),
         ..
     } = frame
-    else {
-        return false;
-    };
-    let root = root.unwrap_or((root_pid, want_start));
-    super::auth::is_self_or_ancestor(pid, root)
-        && super::auth::ct_eq(
-            tag,
-            &super::auth::tracer_tag(&shared.key.secret(root.0, root.1), nonce),
-        )
+    {
+        let Some(claimed) = root.or(registry_root) else {
+            return false;
+        };
+        let ok = super::auth::is_self_or_ancestor(pid, claimed)
+            && super::auth::ct_eq(
+                tag,
+                &super::auth::tracer_tag(&shared.key.secret(claimed.0, claimed.1), nonce),
+            );
+        if ok {
+            if let Some((p, start)) = registry_root {
+                shared.remember_secret_root(p, start);
+            }
+        }
+        return ok;
+    }
+    let want = shared.secret_roots.lock().get(&root_pid).copied();
+    // A recycled pid is not the tree the secret was made for.
+    want.is_none() || registry_root.map(|r| r.1) != want
 }

@@ -194,6 +194,18 @@ struct Shared {
     run_id: String,
 }
 
+impl Shared {
+    /// Marks a tree as one whose peers must show its secret. Bounded: past 4096 entries, those
+    /// of processes that are gone are forgotten.
+    fn remember_secret_root(&self, pid: u32, start: u64) {
+        let mut roots = self.secret_roots.lock();
+        if roots.len() >= 4096 && !roots.contains_key(&pid) {
+            roots.retain(|p, s| auth::process_root(*p).is_some_and(|r| r.1 == *s));
+        }
+        roots.insert(pid, start);
+    }
+}
+
 /// The running intake. Dropping it stops accepting; connected peers are closed.
 pub struct Intake {
     shared: Arc<Shared>,
@@ -289,13 +301,7 @@ impl Intake {
         let (pid, start) =
             auth::process_root(target_pid).ok_or(IntakeError::NoSuchTarget(target_pid))?;
         let agent_uid = auth::uid_seen_by(target_pid, nix::unistd::geteuid().as_raw());
-        {
-            let mut roots = self.shared.secret_roots.lock();
-            if roots.len() >= 4096 {
-                roots.retain(|p, s| auth::process_root(*p).is_some_and(|r| r.1 == *s));
-            }
-            roots.insert(pid, start);
-        }
+        self.shared.remember_secret_root(pid, start);
         Ok(tracer_source::bootstrap_for_injector(
             &address.bootstrap_param(),
             BOOTSTRAP_TIMEOUT_SECS,
