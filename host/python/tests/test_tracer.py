@@ -697,6 +697,16 @@ class AuthTest(unittest.TestCase):
         self.assertNotIn("_zerostep", sys.modules)
         self.assertEqual(i.frames, [], "said hello to another user's listener")
 
+    def test_an_upgrade_keeps_the_credentials(self):
+        self.intake()
+        self.bootstrap(self.auth)
+        zs = sys.modules["_zerostep"]
+        # The agent's upgrade carries its config, never the bootstrap's secret.
+        self.assertTrue(zs.upgrade(modules(), {"flush_interval": 0.05}))
+        new = sys.modules["_zerostep"]
+        self.assertIsNot(new, zs)
+        self.assertEqual(new._state.reporter.auth, self.auth)
+
     def test_reconnects_only_to_the_agent(self):
         good = self.intake()
         self.bootstrap(self.auth)
