@@ -497,3 +497,57 @@ fn reads_open_on_loopback_only_when_configured() {
         421
     );
 }
+
+/// While the agent is down anyone may listen on its port: root's CLI must not send that listener
+/// the token, nor `zerostep ui` print a link carrying it.
+#[test]
+fn the_cli_sends_the_token_only_to_the_agents_user() {
+    let a = Agent::start("");
+    let token_file = a.state().join("api-token");
+    let port = free_port();
+    let log = a.dir.path().join("squatter.log");
+    let out = std::fs::File::create(&log).expect("log");
+    let script = format!(
+        "import socket, sys\n\
+         s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+         s.bind(('127.0.0.1', {port})); s.listen(8); print('listening', flush=True)\n\
+         while True:\n    c, _ = s.accept(); print(c.recv(65536), flush=True)\n    \
+         c.sendall(b'HTTP/1.0 200 OK\\r\\n\\r\\n[]'); c.close()\n"
+    );
+    let _squatter = Proc::spawn(
+        "squatter",
+        Command::new("setpriv")
+            .args(["--reuid", NOBODY, "--regid", NOBODY, "--clear-groups", "--"])
+            .args([DEBIAN_PYTHON, "-c", &script])
+            .stdout(out.try_clone().expect("dup"))
+            .stderr(out),
+    );
+    assert!(wait_for_port(port, Duration::from_secs(10)));
+    for args in [&["ps"][..], &["detach", "--service", "x"][..], &["ui"][..]] {
+        let out = Command::new(zerostep_bin())
+            .args(args)
+            .args(["--agent", &format!("127.0.0.1:{port}")])
+            .arg("--token-file")
+            .arg(&token_file)
+            .output()
+            .expect("cli");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("uid 65534") && out.stdout.is_empty(),
+            "{args:?}: {out:?}"
+        );
+    }
+    let seen = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        !seen.contains(&a.token()),
+        "the squatter got the token: {seen}"
+    );
+    // The real agent's listener is root's: the same CLI sends it the token.
+    let out = Command::new(zerostep_bin())
+        .args(["ps", "--agent", &format!("127.0.0.1:{}", a.port)])
+        .arg("--token-file")
+        .arg(&token_file)
+        .output()
+        .expect("cli");
+    assert!(out.status.success(), "{out:?}");
+}

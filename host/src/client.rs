@@ -66,8 +66,32 @@ impl ApiClient {
         format!("http://{}{path_and_query}", self.addr)
     }
 
-    fn auth_header(&self) -> Option<String> {
-        self.token.as_ref().map(|t| format!("Bearer {t}"))
+    /// The token, once it is clear that whoever listens at the address is the agent's user: on
+    /// loopback anyone may listen on the agent's port while it is down.
+    fn token_for_listener(&self) -> Result<Option<&str>> {
+        let Some(token) = &self.token else {
+            return Ok(None);
+        };
+        if self.addr.ip().is_loopback() {
+            use std::os::unix::fs::MetadataExt;
+            let agent_uid = std::fs::metadata(&self.token_file)
+                .map(|m| m.uid())
+                .unwrap_or(0);
+            let owners = crate::api::listener_owner::listener_uids(self.addr);
+            if let Some(other) = owners.iter().find(|u| **u != agent_uid) {
+                anyhow::bail!(
+                    "the listener on {} belongs to uid {other}, not to the agent's user (uid \
+                     {agent_uid}): not sending it the API token (is another program on the \
+                     agent's port?)",
+                    self.addr
+                );
+            }
+        }
+        Ok(Some(token))
+    }
+
+    fn auth_header(&self) -> Result<Option<String>> {
+        Ok(self.token_for_listener()?.map(|t| format!("Bearer {t}")))
     }
 
     /// What a failed call means, in words that say what to do.
@@ -96,7 +120,7 @@ impl ApiClient {
     /// GET from the running agent's API; the error says what to check.
     pub fn get(&self, path_and_query: &str) -> Result<String> {
         let mut req = ureq::get(&self.url(path_and_query));
-        if let Some(a) = self.auth_header() {
+        if let Some(a) = self.auth_header()? {
             req = req.header("Authorization", &a);
         }
         req.call()
@@ -109,7 +133,7 @@ impl ApiClient {
     /// POST a JSON body (state-changing routes take JSON only).
     pub fn post_json<T: serde::de::DeserializeOwned>(&self, path: &str, body: &Value) -> Result<T> {
         let mut req = ureq::post(&self.url(path));
-        if let Some(a) = self.auth_header() {
+        if let Some(a) = self.auth_header()? {
             req = req.header("Authorization", &a);
         }
         req.send_json(body)
@@ -123,7 +147,7 @@ impl ApiClient {
 /// `zerostep ui`: a link that trades the token for a UI session (the token rides in the fragment,
 /// which the browser never sends to a server).
 pub fn ui_link(agent: &ApiClient) -> Result<ExitCode> {
-    let Some(token) = &agent.token else {
+    let Some(token) = agent.token_for_listener()? else {
         anyhow::bail!(
             "{} (the link carries the API token: run as root)",
             agent.no_token.as_deref().unwrap_or("no token")

@@ -2,6 +2,7 @@
 //! `POST /api/v1/detach`. Handlers only read shared state or ask the orchestrator; no sensor code
 //! and no injection runs on an API thread. Who may call what: `auth` (a layer over every route).
 pub mod auth;
+pub mod listener_owner;
 mod metrics;
 pub mod store_routes;
 pub mod token;
