@@ -1,9 +1,9 @@
 //! The API's browser defences, from real pages in headless Chromium (Debian `chromium`): a user
-//! logs in to the UI with the link `zerostep ui` prints and stays logged in; a page from another
-//! origin on the same host (the same *site*, so the SameSite cookie goes along) then tries to
-//! detach through a form post, a no-cors fetch and a CORS fetch, and to read processes; a
-//! DNS-rebinding name that resolves to the agent gets nothing. The page reports what it saw, and
-//! the agent's `/metrics` says what it refused and why.
+//! logs in to the UI with the link `zerostep ui` prints and the UI loads its data; a page from
+//! another port of the same host (another origin, the same site) then tries to detach through a
+//! form post, a no-cors fetch and a CORS fetch, to read processes and to read the UI's session;
+//! a DNS-rebinding name that resolves to the agent gets nothing. The page reports what it saw,
+//! and the agent's `/metrics` says what it refused and why.
 //!
 //! The agent has no sensors and is scoped to this test's descendants. Re-run:
 //! `cargo test -p zerostep --test api_browser`.
@@ -16,7 +16,10 @@ use std::time::Duration;
 use support::*;
 
 fn chromium(profile: &Path, extra: &[&str], url: &str) -> String {
-    let out = Command::new("chromium")
+    let t = std::time::Instant::now();
+    // A hung browser fails the test instead of blocking it (coreutils timeout).
+    let out = Command::new("timeout")
+        .args(["120", "chromium"])
         .args([
             "--headless",
             "--no-sandbox",
@@ -31,6 +34,7 @@ fn chromium(profile: &Path, extra: &[&str], url: &str) -> String {
         .args(["--dump-dom", url])
         .output()
         .expect("chromium (Debian package `chromium`: make test-deps)");
+    eprintln!("chromium {url}: {:?} in {:?}", out.status, t.elapsed());
     String::from_utf8_lossy(&out.stdout).to_string()
 }
 
@@ -66,6 +70,7 @@ async function go() {
     const r = await fetch(A + "/api/v1/processes", {credentials: "include"});
     out.push("read-" + r.status + "-" + (await r.text()).length);
   } catch (e) { out.push("read-blocked"); }
+  out.push("session-" + localStorage.getItem("zerostep_session"));
   document.body.setAttribute("data-result", out.join(","));
 }
 go();
@@ -115,10 +120,17 @@ fn pages_in_a_browser_cannot_command_or_read_the_agent() {
         .expect("zerostep ui");
     let link = String::from_utf8_lossy(&link.stdout).trim().to_string();
     assert!(link.contains("/login#token="), "{link}");
+    // (The map view renders its heading only once its data calls were answered.)
+    let credential_refusals = refused(port, &token, "credential");
     let page = chromium(&profile, &[], &link);
     assert!(
-        page.contains("Service map"),
-        "the login link did not open the UI:\n{page}"
+        page.contains("<h2>Service map</h2>") && !page.contains("Could not load"),
+        "the login link did not open the UI with its data:\n{page}"
+    );
+    assert_eq!(
+        refused(port, &token, "credential"),
+        credential_refusals,
+        "the UI's data calls were refused"
     );
 
     // The attacker's page: another port on the same host is another origin but the same site.
@@ -154,8 +166,11 @@ fn pages_in_a_browser_cannot_command_or_read_the_agent() {
         .to_string();
     // The no-cors post goes out (the browser allows it) but is refused; the JSON one never leaves
     // (its preflight is refused, no CORS headers); the read's answer is not given to the page.
+    // The UI's session lives in the agent origin's storage: another port cannot see it.
     assert!(
-        result.contains("json-blocked") && result.contains("read-blocked"),
+        result.contains("json-blocked")
+            && result.contains("read-blocked")
+            && result.contains("session-null"),
         "{result}"
     );
     let content_type = refused(port, &token, "content_type") - before[0];
@@ -165,10 +180,13 @@ fn pages_in_a_browser_cannot_command_or_read_the_agent() {
         "form post, no-cors post and preflight refused as not JSON: {content_type} ({result})"
     );
 
-    // Still logged in afterwards (the cookie lasted across browser runs): the page above was
+    // Still logged in afterwards (the session lasted across browser runs): the page above was
     // visited by a logged-in user.
     let ui = chromium(&profile, &[], &format!("{agent_origin}/"));
-    assert!(ui.contains("Service map"), "no longer logged in:\n{ui}");
+    assert!(
+        ui.contains("<h2>Service map</h2>") && !ui.contains("Could not load"),
+        "no longer logged in:\n{ui}"
+    );
 
     // DNS rebinding: a name the attacker controls, resolving to the agent.
     let rebind = chromium(

@@ -7,12 +7,15 @@
 //!    form can send only form-encoded, multipart or `text/plain` without a CORS preflight, and no
 //!    route answers preflights or sends CORS headers) → 415, and an `Origin`, when present, must
 //!    be this agent's → 403.
-//! 3. A credential: `Authorization: Bearer <token>` (the root-only token file) or the UI's
-//!    session cookie, made by `POST /api/v1/session` from the same token. State-changing routes
-//!    always need one; read-only ones and the UI unless `api.open_reads_on_loopback`. → 401
-//!    (the UI's pages redirect to `/login` instead).
+//! 3. A credential: `Authorization: Bearer <token>` (the root-only token file) or `Bearer
+//!    <session>`, the UI's session that `POST /api/v1/session` makes from the token. State-changing
+//!    routes always need one; read-only ones unless `api.open_reads_on_loopback`. → 401.
 //!
-//! `/api/v1/health` and `/login` need no credential (they show nothing).
+//! The UI keeps its session in `localStorage`, which belongs to one origin (scheme, host *and
+//! port*); a cookie would be sent to every port of the host, i.e. to any local user's server
+//! the browser visits. No cookie is ever accepted, so no request a browser makes by itself
+//! carries a credential. `/api/v1/health` and the UI's static files (`/`, `/ui/*`, `/login`,
+//! `/login.js`: no data) need none; the pages' scripts come from this origin only (CSP).
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 use std::sync::Arc;
@@ -28,13 +31,13 @@ use sha2::Sha256;
 
 use crate::config::ApiSection;
 
-pub const SESSION_COOKIE: &str = "zerostep_session";
 const LOGIN_PAGE: &str = include_str!("login.html");
+const LOGIN_JS: &str = include_str!("login.js");
 
 pub struct ApiAuth {
     token: String,
-    /// The cookie value: an HMAC of a fixed label under the token, so it is valid exactly as long
-    /// as the token is and does not reveal it.
+    /// The UI's session: an HMAC of a fixed label under the token, so it is valid exactly as
+    /// long as the token is and does not reveal it.
     session: String,
     open_reads: bool,
     listen: SocketAddr,
@@ -97,20 +100,16 @@ impl ApiAuth {
     }
 
     fn credential_ok(&self, headers: &HeaderMap) -> bool {
-        let bearer = headers
+        headers
             .get_all(header::AUTHORIZATION)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .filter_map(|v| v.strip_prefix("Bearer "))
-            .any(|t| ct_eq(t.trim().as_bytes(), self.token.as_bytes()));
-        bearer
-            || headers
-                .get_all(header::COOKIE)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(';'))
-                .filter_map(|kv| kv.trim().split_once('='))
-                .any(|(k, v)| k == SESSION_COOKIE && ct_eq(v.as_bytes(), self.session.as_bytes()))
+            .map(str::trim)
+            .any(|t| {
+                ct_eq(t.as_bytes(), self.token.as_bytes())
+                    | ct_eq(t.as_bytes(), self.session.as_bytes())
+            })
     }
 }
 
@@ -160,8 +159,10 @@ fn is_json(headers: &HeaderMap) -> bool {
         .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
 }
 
-fn is_ui_page(path: &str) -> bool {
-    path == "/" || path == "/ui" || path.starts_with("/ui/")
+/// The UI's static files: no data in them, and a browser's plain navigation carries no header.
+fn is_static_ui(path: &str) -> bool {
+    matches!(path, "/" | "/ui" | "/login" | "/login.js" | "/favicon.ico")
+        || path.starts_with("/ui/")
 }
 
 /// The layer: see the module comment for the order of checks.
@@ -203,16 +204,10 @@ pub async fn guard(State(auth): State<Arc<ApiAuth>>, req: Request, next: Next) -
             }
         }
     }
-    let open = matches!(path, "/api/v1/health" | "/login")
-        || (changes_state && path == "/api/v1/session")
-        || (!changes_state && auth.open_reads);
+    let open = (changes_state && path == "/api/v1/session")
+        || (!changes_state && (path == "/api/v1/health" || is_static_ui(path) || auth.open_reads));
     if !open && !auth.credential_ok(headers) {
         count(3);
-        if !changes_state && is_ui_page(path) {
-            return with_safety_headers(
-                (StatusCode::SEE_OTHER, [(header::LOCATION, "/login")]).into_response(),
-            );
-        }
         return with_safety_headers(refuse(
             StatusCode::UNAUTHORIZED,
             "this needs the agent's API token: `Authorization: Bearer <token>` from \
@@ -222,13 +217,16 @@ pub async fn guard(State(auth): State<Arc<ApiAuth>>, req: Request, next: Next) -
     with_safety_headers(next.run(req).await)
 }
 
-/// Nothing here may be framed by another page (clickjacking) or sniffed into another type.
+/// Nothing here may be framed by another page (clickjacking) or sniffed into another type, and
+/// pages run only scripts from this origin (no inline script: trace data is shown as text).
 fn with_safety_headers(mut r: Response) -> Response {
     let h = r.headers_mut();
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
     h.insert(
         header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static("frame-ancestors 'none'"),
+        HeaderValue::from_static(
+            "frame-ancestors 'none'; script-src 'self'; object-src 'none'; base-uri 'none'",
+        ),
     );
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
@@ -247,7 +245,7 @@ struct SessionRequest {
 }
 
 /// `GET /login` (paste the token, or open `/login#token=…` as `zerostep ui` prints it) and
-/// `POST /api/v1/session {"token": …}`, which sets the session cookie.
+/// `POST /api/v1/session {"token": …}` → `{"session": …}`, which the UI sends as its bearer.
 pub fn routes(auth: Arc<ApiAuth>) -> Router {
     Router::new()
         .route(
@@ -262,6 +260,15 @@ pub fn routes(auth: Arc<ApiAuth>) -> Router {
                 )
             }),
         )
+        .route(
+            "/login.js",
+            get(|| async {
+                (
+                    [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+                    LOGIN_JS,
+                )
+            }),
+        )
         .route("/api/v1/session", post(session))
         .with_state(auth)
 }
@@ -270,16 +277,11 @@ async fn session(State(auth): State<Arc<ApiAuth>>, Json(req): Json<SessionReques
     if !ct_eq(req.token.trim().as_bytes(), auth.token.as_bytes()) {
         return refuse(StatusCode::UNAUTHORIZED, "wrong token");
     }
-    // HttpOnly: no script reads it; SameSite=Strict: no other site's page sends it (other ports
-    // of the same host are the same site: the JSON and Origin checks cover those); 12 hours.
-    let cookie = format!(
-        "{SESSION_COOKIE}={}; HttpOnly; SameSite=Strict; Path=/; Max-Age=43200",
-        auth.session
-    );
-    match HeaderValue::from_str(&cookie) {
-        Ok(v) => (StatusCode::NO_CONTENT, [(header::SET_COOKIE, v)]).into_response(),
-        Err(_) => refuse(StatusCode::INTERNAL_SERVER_ERROR, "cookie"),
-    }
+    (
+        [(header::CACHE_CONTROL, "no-store")],
+        Json(serde_json::json!({ "session": auth.session })),
+    )
+        .into_response()
 }
 
 #[cfg(test)]
@@ -351,14 +353,15 @@ mod tests {
         assert!(a.credential_ok(&h));
         let mut c = HeaderMap::new();
         c.insert(
-            header::COOKIE,
-            HeaderValue::from_str(&format!("x=1; {SESSION_COOKIE}={}", a.session)).unwrap(),
+            header::AUTHORIZATION,
+            HeaderValue::from_str(&format!("Bearer {}", a.session)).unwrap(),
         );
-        assert!(a.credential_ok(&c));
-        // The token itself is not a session cookie, and the session differs per token.
+        assert!(a.credential_ok(&c), "the UI's session");
+        // No cookie is a credential, whatever it holds; the session differs per token.
+        let mut c = HeaderMap::new();
         c.insert(
             header::COOKIE,
-            HeaderValue::from_str(&format!("{SESSION_COOKIE}={}", "ab".repeat(32))).unwrap(),
+            HeaderValue::from_str(&format!("zerostep_session={}", a.session)).unwrap(),
         );
         assert!(!a.credential_ok(&c));
         assert_ne!(auth("127.0.0.1:1", &[]).session, {
