@@ -49,8 +49,14 @@ def stop_all():
     started.clear()
 
 
+TOKENS = {}  # port -> the agent's API token (read from its state directory once it is up)
+
+
 def get(port, path):
-    with urllib.request.urlopen("http://127.0.0.1:%d%s" % (port, path), timeout=5) as r:
+    req = urllib.request.Request("http://127.0.0.1:%d%s" % (port, path))
+    if port in TOKENS:
+        req.add_header("Authorization", "Bearer " + TOKENS[port])
+    with urllib.request.urlopen(req, timeout=5) as r:
         return r.read().decode()
 
 
@@ -101,6 +107,8 @@ def start_agent(work, port, pin=None):
         cmd = ["taskset", "-c", str(pin)] + cmd
     p = spawn(cmd, open(os.path.join(work, "agent.log"), "a"))
     assert wait_for(lambda: get(port, "/api/v1/health"), 30), "agent did not start"
+    with open(os.path.join(work, "state", "api-token")) as f:
+        TOKENS[port] = f.read().strip()
     return p
 
 

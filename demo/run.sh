@@ -72,15 +72,18 @@ PY
 pids+=($!)
 
 echo "demo: frontend http://127.0.0.1:18080/orders/1 → inventory (uWSGI) → SQLite; some orders 502 on purpose"
-echo "demo: agent UI  http://127.0.0.1:7787/   (logs in $work)"
+# The CLI finds the agent's address and API token (state_dir/api-token, root only) through its config.
+zs() { "$here/target/release/zerostep" "$@" --config "$work/zerostep.toml"; }
 for i in $(seq 1 30); do
   sleep 2
-  if "$here/target/release/zerostep" traces --limit 5 2>/dev/null | tail -n +2 | grep -q .; then
-    "$here/target/release/zerostep" ps | grep -v "no sensor matched"
+  if zs traces --limit 5 2>/dev/null | tail -n +2 | grep -q .; then
+    zs ps | grep -v "no sensor matched"
     echo
-    "$here/target/release/zerostep" traces --limit 5
+    zs traces --limit 5
     break
   fi
 done
+echo "demo: agent UI (this link logs you in): $(zs ui 2>/dev/null || echo 'http://127.0.0.1:7787/login')"
+echo "demo: logs in $work"
 echo "demo: running; Ctrl-C to stop"
 wait

@@ -35,6 +35,7 @@ struct Agent {
     _proc: Proc,
     port: u16,
     log: PathBuf,
+    state: PathBuf,
 }
 
 impl Agent {
@@ -73,6 +74,7 @@ impl Agent {
             _proc: proc,
             port,
             log,
+            state: dir.join("state"),
         };
         assert!(
             wait_until(Duration::from_secs(30), || agent
@@ -89,7 +91,7 @@ impl Agent {
     }
 
     fn get(&self, path: &str) -> Option<Value> {
-        let (status, body) = http_get(self.port, path).ok()?;
+        let (status, body) = http_get_auth(self.port, path, &api_token(&self.state)).ok()?;
         if status != 200 {
             return None;
         }
@@ -148,6 +150,8 @@ impl Agent {
         let out = Command::new(zerostep_bin())
             .args(args)
             .args(["--agent", &format!("127.0.0.1:{}", self.port)])
+            .arg("--token-file")
+            .arg(self.state.join("api-token"))
             .output()
             .expect("zerostep cli");
         assert!(out.status.success(), "{args:?}: {out:?}");
@@ -420,13 +424,17 @@ fn services_started_before_the_agent_are_traced_end_to_end() {
         .unwrap_or_default()
         .to_string();
     assert!(endpoints.contains("/orders/<int:order_id>"), "{endpoints}");
-    let metrics = http_get(agent.port, "/metrics").expect("metrics").1;
+    let metrics = http_get_auth(agent.port, "/metrics", &api_token(&agent.state))
+        .expect("metrics")
+        .1;
     assert!(
         metrics.contains("zerostep_injections_total{outcome=\"ok\"}")
             && metrics.contains("zerostep_processes{state=\"traced\"} 6"),
         "{metrics}"
     );
-    let page = http_get(agent.port, "/").expect("ui").1;
+    let page = http_get_auth(agent.port, "/", &api_token(&agent.state))
+        .expect("ui")
+        .1;
     assert!(page.contains("<html"), "{page}");
     let traces_cli = agent.cli(&["traces", "--service", "frontend"]);
     assert!(

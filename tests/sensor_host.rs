@@ -428,8 +428,9 @@ fn compiled_cache_is_used_and_a_tampered_entry_is_ignored() {
     );
 }
 
-fn api_sensors(port: u16) -> Option<serde_json::Value> {
-    let (status, body) = support::http_get(port, "/api/v1/sensors").ok()?;
+fn api_sensors(port: u16, state: &std::path::Path) -> Option<serde_json::Value> {
+    let (status, body) =
+        support::http_get_auth(port, "/api/v1/sensors", &support::api_token(state)).ok()?;
     (status == 200)
         .then(|| serde_json::from_str(&body).ok())
         .flatten()
@@ -453,29 +454,32 @@ fn agent_watches_the_sensors_directory() {
     std::fs::create_dir(&sensors).unwrap();
     install(&sensors, "well-behaved");
     let port = free_port();
+    let state = dir.path().join("state");
     let mut agent = Proc::spawn(
         "agent",
         std::process::Command::new(zerostep_bin())
             .args(["agent", "--sensors-dir"])
             .arg(&sensors)
             .arg("--state-dir")
-            .arg(dir.path().join("state"))
+            .arg(&state)
             .args(["--listen", &format!("127.0.0.1:{port}")]),
     );
     assert!(
         support::wait_for_port(port, Duration::from_secs(20)),
         "agent API up"
     );
-    assert!(wait_until(Duration::from_secs(5), || api_sensors(port)
-        .and_then(|v| serving_version(&v))
-        .as_deref()
+    assert!(wait_until(Duration::from_secs(5), || api_sensors(
+        port, &state
+    )
+    .and_then(|v| serving_version(&v))
+    .as_deref()
         == Some("1.0.0")));
 
     for (variant, version) in [("versioned-2.0.0", "2.0.0"), ("versioned-1.0.0", "1.0.0")] {
         let t = Instant::now();
         install(&sensors, variant);
         assert!(
-            wait_until(Duration::from_secs(3), || api_sensors(port)
+            wait_until(Duration::from_secs(3), || api_sensors(port, &state)
                 .and_then(|v| serving_version(&v))
                 .as_deref()
                 == Some(version)),
@@ -492,7 +496,7 @@ fn agent_watches_the_sensors_directory() {
     // A file the canary refuses: the agent stays up, 1.0.0 keeps serving, the reason is in the API.
     install(&sensors, "wrong-contract");
     assert!(wait_until(Duration::from_secs(3), || {
-        api_sensors(port)
+        api_sensors(port, &state)
             .and_then(|v| {
                 v[0]["last_refused"]["reason"]
                     .as_str()
@@ -501,7 +505,7 @@ fn agent_watches_the_sensors_directory() {
             .unwrap_or(false)
     }));
     assert_eq!(
-        api_sensors(port)
+        api_sensors(port, &state)
             .and_then(|v| serving_version(&v))
             .as_deref(),
         Some("1.0.0")
@@ -510,6 +514,8 @@ fn agent_watches_the_sensors_directory() {
     // `zerostep sensors list` talks to it.
     let out = std::process::Command::new(zerostep_bin())
         .args(["sensors", "list", "--agent", &format!("127.0.0.1:{port}")])
+        .arg("--token-file")
+        .arg(state.join("api-token"))
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
@@ -522,8 +528,10 @@ fn agent_watches_the_sensors_directory() {
     );
 
     std::fs::remove_file(sensors.join("hostile.wasm")).unwrap();
-    assert!(wait_until(Duration::from_secs(3), || api_sensors(port)
-        .and_then(|v| v.as_array().map(Vec::is_empty))
+    assert!(wait_until(Duration::from_secs(3), || api_sensors(
+        port, &state
+    )
+    .and_then(|v| v.as_array().map(Vec::is_empty))
         == Some(true)));
     assert!(agent.is_alive(), "agent survived everything");
 }
@@ -601,4 +609,48 @@ fn real_sensors_match_collected_processes() {
     }
     assert!(checked >= 100, "only {checked} fixture processes");
     assert!(reg.status().iter().all(|s| s.calls.errors == 0));
+}
+
+/// A sensor decides what gets injected as root: a file another user could have written, or one in
+/// a directory another user can add to, is refused with the reason (as `zerostep sensors list`
+/// shows it), and loads once fixed.
+#[test]
+fn sensor_files_others_can_write_are_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let chmod = |p: &Path, m: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).expect("chmod")
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let reg = registry();
+    let file = install(dir.path(), "well-behaved");
+    for (mode, dir_mode, why) in [
+        (0o666, 0o755, "writable by every user"),
+        (0o664, 0o755, "writable by its group"),
+        (0o644, 0o777, "the sensors directory"),
+    ] {
+        chmod(&file, mode);
+        chmod(dir.path(), dir_mode);
+        let out = reg.load_path(&file);
+        assert!(
+            matches!(&out, LoadOutcome::Refused(r) if r.contains(why)),
+            "{mode:o}/{dir_mode:o}: {out:?}"
+        );
+        let st = status_of(&reg);
+        assert!(st.serving.is_none(), "{mode:o}: it serves");
+        assert!(
+            st.last_refused
+                .as_ref()
+                .is_some_and(|r| r.reason.contains(why)),
+            "{:?}",
+            st.last_refused
+        );
+    }
+    std::os::unix::fs::chown(&file, Some(65534), None).expect("chown");
+    chmod(dir.path(), 0o755);
+    assert!(matches!(reg.load_path(&file), LoadOutcome::Refused(r) if r.contains("uid 65534")));
+    std::os::unix::fs::chown(&file, Some(0), None).expect("chown");
+    assert!(
+        matches!(reg.load_path(&file), LoadOutcome::Activated { .. }),
+        "loads once only root can write it"
+    );
 }

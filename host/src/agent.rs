@@ -17,14 +17,17 @@ use crate::sensors::{watch_dir, QuarantinePolicy, SandboxEngine, SandboxLimits, 
 use crate::store::{Store, StoreConfig};
 
 pub fn run(cfg: AgentConfig) -> Result<()> {
-    std::fs::create_dir_all(&cfg.state_dir)
-        .with_context(|| format!("creating the state directory {}", cfg.state_dir.display()))?;
+    // Before any thread: nothing the agent writes is readable by another user.
+    crate::state_dir::private_umask();
+    crate::state_dir::prepare(&cfg.state_dir)
+        .with_context(|| format!("preparing the state directory {}", cfg.state_dir.display()))?;
     std::fs::create_dir_all(&cfg.sensors_dir).with_context(|| {
         format!(
             "creating the sensors directory {}",
             cfg.sensors_dir.display()
         )
     })?;
+    let token = api::token::load_or_create(&cfg.state_dir)?;
     if let Some(src) = &cfg.source {
         tracing::info!(config = %src.display(), "configuration read");
     }
@@ -56,7 +59,7 @@ pub fn run(cfg: AgentConfig) -> Result<()> {
         .enable_all()
         .thread_name("zerostep")
         .build()?;
-    runtime.block_on(serve(cfg, registry))?;
+    runtime.block_on(serve(cfg, registry, token))?;
     tracing::info!("zerostep agent stopped");
     Ok(())
 }
@@ -69,9 +72,14 @@ pub fn intake_name(cfg: &AgentConfig) -> String {
     format!("zerostep-{}", &hex::encode(digest)[..12])
 }
 
-async fn serve(cfg: AgentConfig, registry: Arc<SensorRegistry>) -> Result<()> {
+async fn serve(cfg: AgentConfig, registry: Arc<SensorRegistry>, token: String) -> Result<()> {
     let mut intake_cfg = IntakeConfig::new(IntakeAddress::Abstract(intake_name(&cfg)));
     intake_cfg.tracer_config = serde_json::json!({ "sample_rate": cfg.sample_rate });
+    // Kept across restarts, so tracers injected before reconnect and are answered (intake/auth.rs).
+    intake_cfg.auth_key = Some(
+        crate::intake::auth::IntakeKey::load_or_create(&cfg.state_dir)
+            .context("the intake key in the state directory")?,
+    );
     let intake =
         Arc::new(Intake::start(intake_cfg, PeerRegistry::new()).context("starting the intake")?);
     let directory = ProcessDirectory::default();
@@ -136,7 +144,9 @@ async fn serve(cfg: AgentConfig, registry: Arc<SensorRegistry>) -> Result<()> {
         .await
         .with_context(|| format!("listening on {}", cfg.listen))?;
     tracing::info!(listen = %cfg.listen, sensors_dir = %cfg.sensors_dir.display(),
-        intake = %intake.address().bootstrap_param(), "zerostep agent up");
+        intake = %intake.address().bootstrap_param(),
+        token = %api::token::token_path(&cfg.state_dir).display(),
+        open_reads = cfg.api.open_reads_on_loopback, "zerostep agent up");
     let state = ApiState {
         sensors: registry,
         agent: Some(AgentParts {
@@ -147,9 +157,15 @@ async fn serve(cfg: AgentConfig, registry: Arc<SensorRegistry>) -> Result<()> {
             sinks,
         }),
     };
-    let app = api::router(state)
-        .merge(api::store_routes::router(store.clone()))
-        .merge(api::ui::ui_router());
+    // The bound address (port 0 in the configuration becomes a real one), for the Host check.
+    let bound = listener.local_addr().unwrap_or(cfg.listen);
+    let auth = Arc::new(api::auth::ApiAuth::new(token, bound, &cfg.api));
+    let app = api::secured(
+        api::router(state)
+            .merge(api::store_routes::router(store.clone()))
+            .merge(api::ui::ui_router()),
+        auth,
+    );
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await

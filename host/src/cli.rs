@@ -52,14 +52,26 @@ pub enum Command {
         #[arg(long)]
         service: Option<String>,
     },
+    /// Print a link that opens the web UI logged in (reads the API token: run as root).
+    Ui {
+        #[command(flatten)]
+        agent: AgentAddr,
+    },
 }
 
-/// Where the running agent's API is.
-#[derive(Debug, Args, Clone)]
+/// Where the running agent's API is, and its token (`crate::client::ApiClient`).
+#[derive(Debug, Args, Clone, Default)]
 pub struct AgentAddr {
-    /// The agent's API address.
-    #[arg(long = "agent", default_value = DEFAULT_LISTEN)]
-    pub addr: SocketAddr,
+    /// The agent's API address [default: the configuration's `listen`, else 127.0.0.1:7787].
+    #[arg(long = "agent")]
+    pub addr: Option<SocketAddr>,
+    /// The agent's configuration, for its address and state directory [default:
+    /// /etc/zerostep/zerostep.toml when it exists].
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// The agent's API token file, readable by root only [default: STATE_DIR/api-token].
+    #[arg(long, env = "ZEROSTEP_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
 }
 
 /// Every flag overrides the configuration file, which overrides the built-in defaults.
@@ -105,9 +117,8 @@ pub enum SensorsCommand {
     },
     /// List the sensors of the running agent (asks its API).
     List {
-        /// The agent's API address.
-        #[arg(long, default_value = DEFAULT_LISTEN)]
-        agent: SocketAddr,
+        #[command(flatten)]
+        agent: AgentAddr,
         /// Print the agent's JSON as it is.
         #[arg(long)]
         json: bool,
@@ -140,16 +151,17 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             let cfg = crate::config::AgentConfig::load(&args.overrides())?;
             crate::agent::run(cfg).map(|()| ExitCode::SUCCESS)
         }
-        Command::Ps { agent, json } => crate::client::ps(agent.addr, json),
+        Command::Ps { agent, json } => crate::client::ps(&agent.client()?, json),
         Command::Traces(args) => crate::client::traces(&args),
         Command::Detach {
             agent,
             pid,
             service,
-        } => crate::client::detach(agent.addr, pid, service),
+        } => crate::client::detach(&agent.client()?, pid, service),
+        Command::Ui { agent } => crate::client::ui_link(&agent.client()?),
         Command::Sensors(SensorsCommand::Check { file }) => crate::sensors::cli::check(&file),
         Command::Sensors(SensorsCommand::List { agent, json }) => {
-            crate::sensors::cli::list(agent, json)
+            crate::sensors::cli::list(&agent.client()?, json)
         }
         Command::Inject(args) => crate::inject::cli::run(args),
     }

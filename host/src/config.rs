@@ -43,6 +43,23 @@ pub struct FileConfig {
     pub discovery: DiscoverySection,
     #[serde(default)]
     pub injection: InjectionSection,
+    #[serde(default)]
+    pub api: ApiSection,
+}
+
+/// Who may use the HTTP API and UI. State-changing routes always need the token (or a UI session
+/// made from it); these keys only open the read-only ones.
+#[derive(Debug, Default, Deserialize, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct ApiSection {
+    /// Read-only routes and the UI answer without the token. Only allowed with a loopback listen
+    /// address (any local user can then read traces: URLs, SQL, headers).
+    #[serde(default)]
+    pub open_reads_on_loopback: bool,
+    /// Host names (besides IP literals and `localhost`) the `Host` header may carry, e.g. the
+    /// name a reverse proxy forwards. Anything else is refused (DNS rebinding).
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -127,6 +144,7 @@ pub struct AgentConfig {
     pub max_store_bytes: u64,
     pub rescan: Duration,
     pub max_concurrent_injections: usize,
+    pub api: ApiSection,
 }
 
 impl AgentConfig {
@@ -163,9 +181,15 @@ impl AgentConfig {
                 )));
             }
         }
+        let listen = o.listen.or(file.listen).unwrap_or(default_listen);
+        if file.api.open_reads_on_loopback && !listen.ip().is_loopback() {
+            return Err(invalid(format!(
+                "api.open_reads_on_loopback needs a loopback listen address, got {listen}"
+            )));
+        }
         Ok(AgentConfig {
             source,
-            listen: o.listen.or(file.listen).unwrap_or(default_listen),
+            listen,
             sensors_dir: o
                 .sensors_dir
                 .clone()
@@ -181,6 +205,7 @@ impl AgentConfig {
             max_store_bytes: file.store.max_size_mb.unwrap_or(1024) << 20,
             rescan: Duration::from_secs(file.discovery.rescan_secs.unwrap_or(5).max(1)),
             max_concurrent_injections: file.injection.max_concurrent.unwrap_or(4).max(1),
+            api: file.api,
         })
     }
 
@@ -258,5 +283,18 @@ mod tests {
         })
         .unwrap_err();
         assert!(e.to_string().contains("/nonexistent/z.toml"), "{e}");
+        let e = load_text(
+            "listen = \"0.0.0.0:7787\"\n[api]\nopen_reads_on_loopback = true\n",
+            Overrides::default(),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("loopback"), "{e}");
+        let c = load_text(
+            "[api]\nopen_reads_on_loopback = true\nallowed_hosts = [\"zs.internal\"]\n",
+            Overrides::default(),
+        )
+        .unwrap();
+        assert!(c.api.open_reads_on_loopback);
+        assert_eq!(c.api.allowed_hosts, vec!["zs.internal".to_string()]);
     }
 }

@@ -13,4 +13,5 @@ pub mod orchestrate;
 pub mod pipeline;
 pub mod sensors;
 pub mod span;
+pub mod state_dir;
 pub mod store;

@@ -175,6 +175,51 @@ pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
     Ok((status, body))
 }
 
+/// A plain HTTP/1.0 request over loopback with extra header lines (a `Host` of
+/// `127.0.0.1:PORT` unless one is given) and a body; returns (status, head, body).
+pub fn http_request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> std::io::Result<(u16, String, String)> {
+    use std::io::Write;
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut req = format!("{method} {path} HTTP/1.0\r\n");
+    if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+        req.push_str(&format!("Host: 127.0.0.1:{port}\r\n"));
+    }
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    s.write_all(req.as_bytes())?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf)?;
+    let status = buf
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let (head, body) = buf.split_once("\r\n\r\n").unwrap_or((buf.as_str(), ""));
+    Ok((status, head.to_string(), body.to_string()))
+}
+
+/// The API token of the agent whose state directory this is (the agent writes it at start).
+pub fn api_token(state_dir: &Path) -> String {
+    std::fs::read_to_string(state_dir.join("api-token"))
+        .map(|t| t.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// GET with the agent's token, returning (status, body).
+pub fn http_get_auth(port: u16, path: &str, token: &str) -> std::io::Result<(u16, String)> {
+    let bearer = format!("Bearer {token}");
+    http_request(port, "GET", path, &[("Authorization", &bearer)], "").map(|(s, _, b)| (s, b))
+}
+
 pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {

@@ -574,5 +574,173 @@ class TraceContextTest(unittest.TestCase):
         self.assertNotIn(0, ids)
 
 
+class AuthIntake(object):
+    """Plays the agent of host/src/intake/auth.rs at `path`: answers a nonce with the proof for
+    `secret` (or a forged one), and sends `then` (commands) after it."""
+
+    def __init__(self, path, secret, forge=False, then=()):
+        self.path, self.secret, self.forge, self.then = path, secret, forge, list(then)
+        if os.path.exists(path):
+            os.unlink(path)
+        self.srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.srv.bind(path)
+        self.srv.listen(16)
+        self.frames, self.conns, self.closed_by_peer, self.tags = [], [], 0, []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def proof(self, nonce):
+        return "0" * 64 if self.forge else self.proof_for("agent", nonce)
+
+    def proof_for(self, who, nonce):
+        import hashlib
+        import hmac
+        return hmac.new(self.secret.encode(), ("zerostep %s v1 %s" % (who, nonce)).encode(),
+                        hashlib.sha256).hexdigest()
+
+    def _accept(self):
+        while True:
+            try:
+                c, _ = self.srv.accept()
+            except OSError:
+                return
+            self.conns.append(c)
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def _serve(self, c):
+        buf = b""
+        while True:
+            try:
+                b = c.recv(65536)
+            except OSError:
+                return
+            if not b:
+                self.closed_by_peer += 1
+                return
+            buf += b
+            while len(buf) >= 4:
+                (n,) = struct.unpack(">I", buf[:4])
+                if len(buf) < 4 + n:
+                    break
+                body, buf = buf[4:4 + n], buf[4 + n:]
+                msg = {"t": "spans"} if body[:1] == b"\x01" else json.loads(body)
+                self.frames.append(msg)
+                if msg.get("t") != "hello":
+                    continue
+                proof = self.proof(msg.get("nonce") or "")
+                self.tags.append(msg.get("tag") == self.proof_for("tracer", msg.get("nonce")))
+                try:
+                    if msg.get("role") == "bootstrap":
+                        FakeIntake.send(c, {"v": 1, "t": "load", "version": "0.1.0",
+                                            "modules": modules(), "proof": proof,
+                                            "config": {"flush_interval": 0.05}})
+                    else:
+                        FakeIntake.send(c, {"v": 1, "t": "auth", "proof": proof})
+                    for cmd in self.then:
+                        FakeIntake.send(c, cmd)
+                except OSError:
+                    return
+
+    def close(self):
+        self.srv.close()
+        for c in self.conns:
+            try:
+                c.shutdown(socket.SHUT_RDWR)  # a thread blocked in recv keeps a closed fd open
+                c.close()
+            except OSError:
+                pass
+
+
+EVIL = [["_zerostep", "import sys\nsys._zs_pwned = True\nVERSION = '6.6.6'\n"
+                      "def install(*a):\n    sys._zs_pwned = True\n    return True\n"]]
+
+
+class AuthTest(unittest.TestCase):
+    """The tracer runs no code and accepts no command from a listener that is not the agent."""
+
+    def setUp(self):
+        self.dir = tempfile.mkdtemp(prefix="zs-auth-")
+        self.path = os.path.join(self.dir, "intake.sock")
+        self.secret = "5e" * 32
+        self.auth = {"secret": self.secret, "root": [os.getpid(), 1], "uid": os.geteuid()}
+        self.intakes = []
+
+    def tearDown(self):
+        m = sys.modules.get("_zerostep")
+        if m is not None:
+            m.uninstall()
+        for i in self.intakes:
+            i.close()
+        if hasattr(sys, "_zs_pwned"):
+            del sys._zs_pwned
+
+    def intake(self, **kw):
+        i = AuthIntake(self.path, self.secret, **kw)
+        self.intakes.append(i)
+        return i
+
+    def bootstrap(self, auth):
+        with open(os.path.join(os.path.dirname(HERE), "bootstrap.py")) as f:
+            src = f.read()
+        params = {"address": self.path, "auth": auth}
+        try:
+            exec(compile(src, "<zerostep-bootstrap>", "exec"), {"PARAMS": params})
+        except BaseException:
+            pass
+
+    def test_no_load_from_a_forged_proof_or_another_user(self):
+        self.intake(forge=True)
+        self.bootstrap(self.auth)
+        self.assertNotIn("_zerostep", sys.modules)
+        self.intakes.pop().close()
+        i = self.intake()
+        self.bootstrap(dict(self.auth, uid=os.geteuid() + 1))
+        self.assertNotIn("_zerostep", sys.modules)
+        self.assertEqual(i.frames, [], "said hello to another user's listener")
+
+    def test_an_upgrade_keeps_the_credentials(self):
+        self.intake()
+        self.bootstrap(self.auth)
+        zs = sys.modules["_zerostep"]
+        # The agent's upgrade carries its config, never the bootstrap's secret.
+        self.assertTrue(zs.upgrade(modules(), {"flush_interval": 0.05}))
+        new = sys.modules["_zerostep"]
+        self.assertIsNot(new, zs)
+        self.assertEqual(new._state.reporter.auth, self.auth)
+
+    def test_reconnects_only_to_the_agent(self):
+        good = self.intake()
+        self.bootstrap(self.auth)
+        zs = sys.modules.get("_zerostep")
+        self.assertIsNotNone(zs, "the real agent's load was refused")
+        rep = zs._state.reporter
+        # The agent goes; a squatter with a forged proof takes the path and sends code.
+        good.close()
+        self.intakes.remove(good)
+        squatter = self.intake(forge=True, then=[
+            {"v": 1, "t": "upgrade", "version": "6.6.6", "modules": EVIL, "config": {}},
+            {"v": 1, "t": "detach"}])
+        deadline = time.time() + 10
+        while time.time() < deadline and squatter.closed_by_peer == 0:
+            rep.next_connect = 0.0
+            rep.flush()
+            time.sleep(0.05)
+        self.assertGreater(squatter.closed_by_peer, 0, "the tracer never called the squatter")
+        self.assertFalse(hasattr(sys, "_zs_pwned"), "the squatter's code ran")
+        self.assertIs(sys.modules.get("_zerostep"), zs, "the squatter's detach was obeyed")
+        self.assertEqual({f.get("t") for f in squatter.frames}, {"hello"})
+        # The agent is back: the next reconnect is answered and status flows again.
+        squatter.close()
+        self.intakes.remove(squatter)
+        good = self.intake()
+        deadline = time.time() + 10
+        while time.time() < deadline and not any(f.get("t") == "status" for f in good.frames):
+            rep.next_connect = 0.0
+            rep.flush()
+            time.sleep(0.05)
+        self.assertTrue(any(f.get("t") == "status" for f in good.frames), good.frames)
+        self.assertTrue(rep.authed)
+        self.assertTrue(good.tags and all(good.tags), "the tracer did not show its secret")
+
+
 if __name__ == "__main__":
     unittest.main()

@@ -263,8 +263,13 @@ def upgrade(modules, config=None):
         _state = None
         _forget_modules()
         sys.modules.update(new_mods)
+        cfg = dict(config if config is not None else st.config)
+        # The agent's credentials came with the bootstrap, not with the agent's config: kept.
+        auth = getattr(st.reporter, "auth", None) or st.config.get("auth")
+        if auth and "auth" not in cfg:
+            cfg["auth"] = auth
         try:
-            new.install(st.reporter.address, sock, config if config is not None else st.config)
+            new.install(st.reporter.address, sock, cfg)
             return True
         except BaseException:
             _forget_modules()

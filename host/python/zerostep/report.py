@@ -42,17 +42,36 @@ def spans_frame(pid, dropped, items):
     return _pack_len(len(body)) + body
 
 
-def connect(address, timeout=None):
-    """A connected AF_UNIX stream socket. `address` starting with '@' is an abstract name."""
+def connect(address, timeout=None, uid=None):
+    """A connected AF_UNIX stream socket. `address` starting with '@' is an abstract name. With
+    `uid`, the listener must have been made by that user (SO_PEERCRED): an abstract name is first
+    come, first served, and a squatter's socket is not the agent's."""
     # _socket, not socket: an app under gevent's monkey-patching must not turn ours cooperative.
     s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
         s.settimeout(timeout)
         s.connect("\0" + address[1:] if address.startswith("@") else address)
+        if uid is not None:
+            cred = s.getsockopt(_socket.SOL_SOCKET, _socket.SO_PEERCRED, 12)
+            if struct.unpack("3i", cred)[1] != uid:
+                raise PermissionError("the intake's listener is not the agent's user")
     except BaseException:
         s.close()
         raise
     return s
+
+
+def agent_proof(secret, nonce, who="agent"):
+    """What the agent answers a nonce with, or ("tracer") what the tracer shows it with
+    (host/src/intake/auth.rs)."""
+    import hashlib
+    import hmac
+    return hmac.new(secret.encode(), ("zerostep %s v1 %s" % (who, nonce)).encode(),
+                    hashlib.sha256).hexdigest()
+
+
+# A connection whose listener has not proved itself the agent within this long is dropped.
+AUTH_TIMEOUT = 5.0
 
 
 def read_frame(sock, max_len=MAX_IN_FRAME):
@@ -104,8 +123,14 @@ class Reporter(object):
         # A process that forks from C without Python's fork hooks (a uWSGI master) must never run
         # our thread: a fork while it holds the GIL leaves the child waiting for that GIL forever.
         self.no_thread_pid = 0
+        # {"secret", "root", "uid"} from the bootstrap: until the listener answers our nonce,
+        # nothing it sends is acted on and no span is sent to it.
+        self.auth = dict(config.get("auth") or {})
+        self.authed = True
+        self.nonce = None
+        self.auth_deadline = 0.0
         if sock is not None:
-            self._adopt(sock)
+            self._adopt(sock)  # the bootstrap's, already proven
 
     # -- hot path ---------------------------------------------------------------------------------
 
@@ -145,6 +170,15 @@ class Reporter(object):
         if self.sock is None and not self._reconnect():
             self._drain_to_drop()
             return
+        if not self.authed:
+            # Only our hello goes out; spans wait (bounded by max_buffered_spans) for the proof.
+            self._send()
+            self._receive()
+            if not self.authed and self.sock is not None and (
+                    time.monotonic() > self.auth_deadline):
+                self._lost()
+            if not self.authed:
+                return
         q = self.spans
         while q:
             items = []
@@ -220,6 +254,14 @@ class Reporter(object):
                 cmd = _loads(body.decode("utf-8"))
             except Exception:
                 continue
+            if not self.authed:
+                if not self._proof_ok(cmd):
+                    self._lost()
+                    return
+                self.authed = True
+                self.backoff = 0.25
+                self.pending_status = True
+                continue
             try:
                 self.on_command(cmd)
             except Exception:
@@ -230,7 +272,8 @@ class Reporter(object):
     def _adopt(self, sock):
         sock.setblocking(False)
         self.sock = sock
-        self.backoff = 0.25
+        if self.authed:  # else once the proof arrived: a listener that fails it is retried slowly
+            self.backoff = 0.25
 
     def _close_socket(self):
         s, self.sock = self.sock, None
@@ -247,20 +290,53 @@ class Reporter(object):
         self.next_connect = time.monotonic() + self.backoff
         self.backoff = min(self.backoff * 2, 30.0)
 
+    def _proof_ok(self, cmd):
+        try:
+            import hmac
+            return (isinstance(cmd, dict) and cmd.get("t") == "auth" and hmac.compare_digest(
+                agent_proof(self.auth["secret"], self.nonce), str(cmd.get("proof"))))
+        except Exception:
+            return False
+
     def _reconnect(self):
         if time.monotonic() < self.next_connect:
             return False
         try:
-            s = connect(self.address, timeout=0.05)
+            s = connect(self.address, timeout=0.05, uid=self.auth.get("uid"))
         except Exception:
             self.next_connect = time.monotonic() + self.backoff
             self.backoff = min(self.backoff * 2, 30.0)
             return False
+        hello = {"v": SCHEMA, "t": "hello", "role": "tracer", "pid": self.pid,
+                 "python": sys.version.split()[0], "version": _version()}
+        self.authed = not self.auth.get("secret")
+        if not self.authed:
+            self.nonce = os.urandom(16).hex()
+            self.auth_deadline = time.monotonic() + AUTH_TIMEOUT
+            hello["nonce"] = self.nonce
+            hello["root"] = self.auth.get("root")
+            hello["tag"] = agent_proof(self.auth["secret"], self.nonce, "tracer")
         self._adopt(s)
-        self.out += frame({"v": SCHEMA, "t": "hello", "role": "tracer", "pid": self.pid,
-                           "python": sys.version.split()[0], "version": _version()})
+        self.out += frame(hello)
         self.pending_status = True
         return True
+
+    def retarget(self, address, auth):
+        """A new agent address and secret (an agent that restarted on a fresh name, or a process
+        injected again as its own root): the next flush connects there."""
+        if not self.lock.acquire(True, 1.0):
+            return
+        try:
+            self.address = address
+            self.auth = dict(auth or {})
+            self._close_socket()
+            self.out = bytearray()
+            self.inbuf = bytearray()
+            self.next_connect = 0.0
+            self.backoff = 0.25
+        finally:
+            self.lock.release()
+        self.wake.set()
 
     def after_fork(self):
         """In a child: the parent's socket, buffers and spans are the parent's to send."""

@@ -74,6 +74,19 @@ pub async fn render(State(state): State<ApiState>) -> impl IntoResponse {
             s.calls.traps as f64,
         );
     }
+    o.family(
+        "zerostep_api_refused_total",
+        "counter",
+        "API requests refused, by reason (host: DNS rebinding; content_type, origin: cross-site; \
+         credential: no or wrong token).",
+    );
+    for (reason, n) in super::auth::refused_counts() {
+        o.sample(
+            "zerostep_api_refused_total",
+            &[("reason", reason)],
+            n as f64,
+        );
+    }
     if let Some(a) = &state.agent {
         let st = a.orchestrator.stats().await;
         o.family(
@@ -178,6 +191,9 @@ pub async fn render(State(state): State<ApiState>) -> impl IntoResponse {
             ("malformed", i.cut_off_malformed),
             ("oversize", i.cut_off_oversize),
             ("flooding", i.cut_off_flooding),
+            ("over_budget", i.cut_off_budget),
+            ("unauthenticated", i.cut_off_unauthenticated),
+            ("too_many_connections", i.rejected_connections),
         ] {
             o.sample(
                 "zerostep_intake_cutoffs_total",

@@ -1,8 +1,11 @@
 //! The agent's HTTP API and web UI on 127.0.0.1:7787: read-only views of every stage, plus
 //! `POST /api/v1/detach`. Handlers only read shared state or ask the orchestrator; no sensor code
-//! and no injection runs on an API thread.
+//! and no injection runs on an API thread. Who may call what: `auth` (a layer over every route).
+pub mod auth;
+pub mod listener_owner;
 mod metrics;
 pub mod store_routes;
+pub mod token;
 pub mod ui;
 
 use std::sync::Arc;
@@ -44,6 +47,16 @@ pub fn router(state: ApiState) -> Router {
         .route("/api/v1/detach", post(detach))
         .route("/metrics", get(metrics::render))
         .with_state(state)
+}
+
+/// Request bodies are small JSON objects; anything bigger is refused before it is buffered.
+pub const MAX_REQUEST_BODY: usize = 64 * 1024;
+
+/// Every route of `app` behind the checks of `auth`, plus the UI's login routes.
+pub fn secured(app: Router, access: Arc<auth::ApiAuth>) -> Router {
+    app.merge(auth::routes(access.clone()))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_REQUEST_BODY))
+        .layer(axum::middleware::from_fn_with_state(access, auth::guard))
 }
 
 async fn sensors(State(state): State<ApiState>) -> Json<Vec<SensorStatus>> {

@@ -22,7 +22,18 @@ pub(super) async fn accept_loop(listener: UnixListener, shared: Arc<Shared>) {
     loop {
         match listener.accept().await {
             Ok((stream, _)) => {
-                tokio::spawn(serve(stream, shared.clone()));
+                let c = &shared.counters;
+                if c.connections.fetch_add(1, Ordering::Relaxed) >= shared.config.max_connections {
+                    c.connections.fetch_sub(1, Ordering::Relaxed);
+                    c.rejected_connections.fetch_add(1, Ordering::Relaxed);
+                    drop(stream);
+                    continue;
+                }
+                let shared = shared.clone();
+                tokio::spawn(async move {
+                    serve(stream, shared.clone()).await;
+                    shared.counters.connections.fetch_sub(1, Ordering::Relaxed);
+                });
             }
             Err(e) => {
                 // Out of descriptors and the like: back off rather than spin.
@@ -37,6 +48,8 @@ enum End {
     Closed,
     Oversize(usize),
     Flooding,
+    OverBudget(usize),
+    Unauthenticated,
     Malformed(wire::WireError),
     Io(std::io::Error),
 }
@@ -87,6 +100,22 @@ async fn serve(stream: UnixStream, shared: Arc<Shared>) {
                 pid,
                 bytes = n,
                 "intake: cut off a peer sending an oversized frame"
+            );
+        }
+        End::Unauthenticated => {
+            c.cut_off_unauthenticated.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                pid,
+                root_pid,
+                "intake: cut off a peer that could not show its tree's secret"
+            );
+        }
+        End::OverBudget(n) => {
+            c.cut_off_budget.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                pid,
+                bytes = n,
+                "intake: cut off a peer whose frame would exceed the intake's memory budget"
             );
         }
         End::Flooding => {
@@ -172,17 +201,37 @@ async fn read_loop(
         if !bucket.take((n + wire::LEN_PREFIX) as u64) {
             return End::Flooding;
         }
-        let mut body = vec![0u8; n];
-        if let Err(e) = rd.read_exact(&mut body).await {
-            return End::Io(e);
-        }
-        let frame = match wire::decode(&body) {
+        let mut held = Held::new(&shared.counters);
+        let body = match read_body(&mut rd, n, shared, &mut held).await {
+            Ok(b) => b,
+            Err(end) => return end,
+        };
+        let decoded = wire::decode(&body);
+        drop(body);
+        drop(held);
+        let frame = match decoded {
             Ok(f) => f,
             Err(e) => return End::Malformed(e),
         };
         // The first frame registers the peer; its command sender moves into the registry so that
         // dropping the registry entry (Intake dropped) closes the writer.
         if let Some(tx) = tx.take() {
+            if !peer_authenticated(shared, pid, root_pid, &frame) {
+                return End::Unauthenticated;
+            }
+            // A tracer accepts no command before the agent's proof: it goes out first, before
+            // the peer is visible to `Intake::send`.
+            if let PeerFrame::Hello {
+                role: PeerRole::Tracer,
+                nonce: Some(nonce),
+                root,
+                ..
+            } = &frame
+            {
+                if let Some(p) = agent_proof(shared, pid, root_pid, nonce, *root) {
+                    let _ = tx.try_send(wire::encode(&wire::auth_message(&p)));
+                }
+            }
             let info = PeerInfo {
                 pid,
                 root_pid,
@@ -216,7 +265,14 @@ fn handle(frame: PeerFrame, shared: &Shared, pid: u32, root_pid: u32, id: u64) {
             python,
             version,
             installed,
+            nonce,
+            root,
+            ..
         } => {
+            let proof = match (&role, nonce) {
+                (PeerRole::Bootstrap, Some(n)) => agent_proof(shared, pid, root_pid, &n, root),
+                _ => None,
+            };
             let mut peers = shared.peers.lock();
             let Some(entry) = peers.get_mut(&pid).filter(|e| e.id == id) else {
                 return;
@@ -224,11 +280,14 @@ fn handle(frame: PeerFrame, shared: &Shared, pid: u32, root_pid: u32, id: u64) {
             entry.info.python = python;
             entry.info.tracer_version = version.or(installed);
             if role == PeerRole::Bootstrap {
-                let msg = wire::load_message(
+                let mut msg = wire::load_message(
                     TRACER_VERSION,
                     TRACER_MODULES,
                     &shared.config.tracer_config,
                 );
+                if let Some(p) = proof {
+                    msg["proof"] = p.into();
+                }
                 if entry.commands.try_send(wire::encode(&msg)).is_ok() {
                     c.modules_served.fetch_add(1, Ordering::Relaxed);
                     entry.info.tracer_version = Some(TRACER_VERSION.to_string());
@@ -270,4 +329,113 @@ fn handle(frame: PeerFrame, shared: &Shared, pid: u32, root_pid: u32, id: u64) {
             }
         }
     }
+}
+
+/// The answer to a peer's nonce, for the root its secret was made for (the registry's root when
+/// it names none). None when that root is neither the peer nor one of its ancestors: the agent
+/// never signs for an unrelated process (see `auth.rs`).
+fn agent_proof(
+    shared: &Shared,
+    pid: u32,
+    root_pid: u32,
+    nonce: &str,
+    root: Option<(u32, u64)>,
+) -> Option<String> {
+    let root = root.or_else(|| super::auth::process_root(root_pid))?;
+    if !super::auth::is_self_or_ancestor(pid, root) {
+        tracing::warn!(
+            pid,
+            claimed_root = root.0,
+            "intake: a peer asked for the proof of a process it does not descend from"
+        );
+        return None;
+    }
+    Some(super::auth::proof(
+        &shared.key.secret(root.0, root.1),
+        nonce,
+    ))
+}
+
+/// Bytes of one peer's partly received frame, counted in the intake-wide gauge until dropped.
+struct Held<'a> {
+    counters: &'a super::Counters,
+    bytes: usize,
+}
+
+impl<'a> Held<'a> {
+    fn new(counters: &'a super::Counters) -> Self {
+        Held { counters, bytes: 0 }
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.counters
+            .inflight_bytes
+            .fetch_sub(self.bytes, Ordering::Relaxed);
+    }
+}
+
+/// Reads a frame body of `n` bytes, growing the buffer only as bytes arrive (a length prefix
+/// alone costs nothing) and taking each growth from the intake-wide budget.
+async fn read_body(
+    rd: &mut OwnedReadHalf,
+    n: usize,
+    shared: &Shared,
+    held: &mut Held<'_>,
+) -> Result<Vec<u8>, End> {
+    const CHUNK: usize = 256 << 10;
+    let budget = shared.config.max_inflight_bytes;
+    let mut body = Vec::new();
+    while body.len() < n {
+        let step = CHUNK.min(n - body.len());
+        let before = shared
+            .counters
+            .inflight_bytes
+            .fetch_add(step, Ordering::Relaxed);
+        held.bytes += step;
+        if before + step > budget {
+            return Err(End::OverBudget(n));
+        }
+        let start = body.len();
+        body.reserve_exact(step);
+        body.resize(start + step, 0);
+        if let Err(e) = rd.read_exact(&mut body[start..]).await {
+            return Err(End::Io(e));
+        }
+    }
+    Ok(body)
+}
+
+/// Whether a peer whose first frame is `frame` may stay. A hello with a nonce and tag must carry
+/// the tag for its root (itself or an ancestor, as for the proof); a tree whose bootstrap carried
+/// a secret, or that has shown one since (tracers injected by an earlier agent run), must say
+/// such a hello; trees without a secret (tracers from before secrets) need not.
+fn peer_authenticated(shared: &Shared, pid: u32, root_pid: u32, frame: &PeerFrame) -> bool {
+    let registry_root = super::auth::process_root(root_pid);
+    if let PeerFrame::Hello {
+        nonce: Some(nonce),
+        root,
+        tag: Some(tag),
+        ..
+    } = frame
+    {
+        let Some(claimed) = root.or(registry_root) else {
+            return false;
+        };
+        let ok = super::auth::is_self_or_ancestor(pid, claimed)
+            && super::auth::ct_eq(
+                tag,
+                &super::auth::tracer_tag(&shared.key.secret(claimed.0, claimed.1), nonce),
+            );
+        if ok {
+            if let Some((p, start)) = registry_root {
+                shared.remember_secret_root(p, start);
+            }
+        }
+        return ok;
+    }
+    let want = shared.secret_roots.lock().get(&root_pid).copied();
+    // A recycled pid is not the tree the secret was made for.
+    want.is_none() || registry_root.map(|r| r.1) != want
 }

@@ -7,6 +7,7 @@
 //! spans are not read, so traced processes hold or drop their spans themselves). The agent can send any connected
 //! peer a [`Command`]. A peer that sends an oversized, malformed or too-fast stream is cut off; the
 //! others never notice.
+pub mod auth;
 mod connection;
 mod marshal;
 mod marshal_frame;
@@ -81,6 +82,15 @@ pub struct IntakeConfig {
     pub queue_max_spans: usize,
     /// Handed to every tracer at load (see host/python/zerostep/report.py for keys).
     pub tracer_config: serde_json::Value,
+    /// Bytes of partly received frames, summed over all peers; a peer whose frame would take
+    /// more is cut off (`cut_off_budget`). Bounds the agent's memory under a flood of peers that
+    /// each announce a large frame and trickle it.
+    pub max_inflight_bytes: usize,
+    /// Connections open at once; more are closed as they arrive (`rejected_connections`).
+    pub max_connections: usize,
+    /// Derives each injected process's secret (`auth.rs`); the agent's persists in its state
+    /// directory. None: a random key for this intake only.
+    pub auth_key: Option<auth::IntakeKey>,
 }
 
 impl IntakeConfig {
@@ -92,6 +102,9 @@ impl IntakeConfig {
             queue_capacity: 4096,
             queue_max_spans: 32_768,
             tracer_config: serde_json::json!({}),
+            max_inflight_bytes: 64 << 20,
+            max_connections: 4096,
+            auth_key: None,
         }
     }
 }
@@ -111,6 +124,16 @@ pub struct IntakeStats {
     pub queue_dropped_spans: u64,
     /// Times a connection stopped reading until the pipeline caught up (back-pressure).
     pub paused_reads: u64,
+    /// Peers cut off because their frame would have gone over `max_inflight_bytes`.
+    pub cut_off_budget: u64,
+    /// Peers of a tree injected with a secret that could not show it (a process of that tree
+    /// connecting by itself, or a forged tag).
+    pub cut_off_unauthenticated: u64,
+    /// Connections closed on arrival, over `max_connections`.
+    pub rejected_connections: u64,
+    /// Bytes of partly received frames now, and connections open now.
+    pub inflight_bytes: u64,
+    pub connections: u64,
 }
 
 /// A connected tracer, as the agent knows it.
@@ -138,6 +161,12 @@ struct Counters {
     batches: AtomicU64,
     spans: AtomicU64,
     modules_served: AtomicU64,
+    cut_off_budget: AtomicU64,
+    cut_off_unauthenticated: AtomicU64,
+    rejected_connections: AtomicU64,
+    /// Gauges: bytes held in partly received frames, connections open.
+    inflight_bytes: std::sync::atomic::AtomicUsize,
+    connections: std::sync::atomic::AtomicUsize,
 }
 
 struct PeerEntry {
@@ -156,9 +185,25 @@ struct Shared {
     /// Extra listeners inside containers' network namespaces.
     netns: Mutex<netns::NsListeners>,
     runtime: tokio::runtime::Handle,
+    key: auth::IntakeKey,
+    /// Roots (pid → start time) whose bootstrap carried a secret: their peers must prove they
+    /// hold it (`tag`), so a process of that tree that connects by itself gets nowhere.
+    secret_roots: Mutex<HashMap<u32, u64>>,
     /// Differs per intake, so the injector's run-once marker (a hash of the code) lets a new
     /// agent run bootstrap a process again (e.g. one detached by the previous run).
     run_id: String,
+}
+
+impl Shared {
+    /// Marks a tree as one whose peers must show its secret. Bounded: past 4096 entries, those
+    /// of processes that are gone are forgotten.
+    fn remember_secret_root(&self, pid: u32, start: u64) {
+        let mut roots = self.secret_roots.lock();
+        if roots.len() >= 4096 && !roots.contains_key(&pid) {
+            roots.retain(|p, s| auth::process_root(*p).is_some_and(|r| r.1 == *s));
+        }
+        roots.insert(pid, start);
+    }
 }
 
 /// The running intake. Dropping it stops accepting; connected peers are closed.
@@ -170,16 +215,42 @@ pub struct Intake {
 
 impl Intake {
     /// Binds and starts serving on the current tokio runtime. A stale socket file at a `Path`
-    /// address is replaced.
-    pub fn start(config: IntakeConfig, registry: PeerRegistry) -> Result<Intake, IntakeError> {
-        let std_listener = bind(&config.address)?;
+    /// address is replaced. An abstract name someone else holds (a squatter while the agent was
+    /// away, or another agent) is not fought over: the intake takes a fresh name, logs it, and
+    /// tracers learn it when they are bootstrapped again (`Intake::address` says which it is).
+    pub fn start(mut config: IntakeConfig, registry: PeerRegistry) -> Result<Intake, IntakeError> {
+        let std_listener = match bind(&config.address) {
+            Err(IntakeError::Bind(_, e)) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                let IntakeAddress::Abstract(name) = &config.address else {
+                    return Err(IntakeError::Bind(config.address.bootstrap_param(), e));
+                };
+                let fresh = IntakeAddress::Abstract(format!("{name}-{}", random_hex(6)));
+                tracing::warn!(
+                    taken = %config.address.bootstrap_param(),
+                    fresh = %fresh.bootstrap_param(),
+                    "intake: the socket name is held by another process; listening on a fresh one \
+                     (tracers are re-bootstrapped onto it)"
+                );
+                let l = bind(&fresh)?;
+                config.address = fresh;
+                l
+            }
+            other => other?,
+        };
         let shown = config.address.bootstrap_param();
         std_listener
             .set_nonblocking(true)
             .map_err(|e| IntakeError::Bind(shown.clone(), e))?;
         let listener = tokio::net::UnixListener::from_std(std_listener)
             .map_err(|e| IntakeError::Bind(shown, e))?;
+        let key = match config.auth_key.clone() {
+            Some(k) => k,
+            None => auth::IntakeKey::random()
+                .map_err(|e| IntakeError::Bind(config.address.bootstrap_param(), e))?,
+        };
         let shared = Arc::new(Shared {
+            key,
+            secret_roots: Mutex::new(HashMap::new()),
             queue: SpanQueue::with_span_limit(config.queue_capacity, config.queue_max_spans),
             config,
             registry,
@@ -188,18 +259,7 @@ impl Intake {
             next_id: AtomicU64::new(1),
             netns: Mutex::new(netns::NsListeners::default()),
             runtime: tokio::runtime::Handle::current(),
-            run_id: {
-                let mut b = [0u8; 8];
-                // Without randomness, the start time is distinct enough for this purpose.
-                if getrandom::fill(&mut b).is_err() {
-                    b = (SystemTime::now()
-                        .duration_since(SystemTime::UNIX_EPOCH)
-                        .map(|d| d.as_nanos() as u64)
-                        .unwrap_or(0))
-                    .to_le_bytes();
-                }
-                hex::encode(b)
-            },
+            run_id: random_hex(8),
         });
         let accept_task = tokio::spawn(connection::accept_loop(listener, shared.clone()));
         let prune_task = tokio::spawn(netns::prune_loop(Arc::downgrade(&shared)));
@@ -238,10 +298,19 @@ impl Intake {
     /// reports exceptions), pointing at [`Intake::address_for`] it.
     pub fn bootstrap_code_for(&self, target_pid: u32) -> Result<String, IntakeError> {
         let address = self.address_for(target_pid)?;
+        let (pid, start) =
+            auth::process_root(target_pid).ok_or(IntakeError::NoSuchTarget(target_pid))?;
+        let agent_uid = auth::uid_seen_by(target_pid, nix::unistd::geteuid().as_raw());
+        self.shared.remember_secret_root(pid, start);
         Ok(tracer_source::bootstrap_for_injector(
             &address.bootstrap_param(),
             BOOTSTRAP_TIMEOUT_SECS,
             &self.shared.run_id,
+            &serde_json::json!({
+                "secret": self.shared.key.secret(pid, start),
+                "root": [pid, start],
+                "uid": agent_uid,
+            }),
         ))
     }
 
@@ -323,6 +392,11 @@ impl Intake {
             queue_dropped_batches: qb,
             queue_dropped_spans: qs,
             paused_reads: self.shared.queue.waits(),
+            cut_off_budget: c.cut_off_budget.load(Ordering::Relaxed),
+            cut_off_unauthenticated: c.cut_off_unauthenticated.load(Ordering::Relaxed),
+            rejected_connections: c.rejected_connections.load(Ordering::Relaxed),
+            inflight_bytes: c.inflight_bytes.load(Ordering::Relaxed) as u64,
+            connections: c.connections.load(Ordering::Relaxed) as u64,
         }
     }
 }
@@ -338,6 +412,22 @@ impl Drop for Intake {
             let _ = std::fs::remove_file(p);
         }
     }
+}
+
+/// `n` random bytes, hex. Without randomness, the clock is distinct enough for names and run ids.
+fn random_hex(n: usize) -> String {
+    let mut b = vec![0u8; n];
+    if getrandom::fill(&mut b).is_err() {
+        let t = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0)
+            .to_le_bytes();
+        for (i, x) in b.iter_mut().enumerate() {
+            *x = t[i % t.len()];
+        }
+    }
+    hex::encode(b)
 }
 
 fn bind(address: &IntakeAddress) -> Result<std::os::unix::net::UnixListener, IntakeError> {
@@ -426,5 +516,84 @@ mod tests {
             .await
             .expect("reading resumed");
         assert_eq!(intake.stats().cut_off_malformed, 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_flood_of_peers_stays_within_the_byte_and_connection_budgets() {
+        let name = format!("zerostep-test-budget-{}", std::process::id());
+        let mut config = IntakeConfig::new(IntakeAddress::Abstract(name.clone()));
+        config.max_inflight_bytes = 4 << 20;
+        config.max_connections = 20;
+        config.max_bytes_per_sec = 1 << 30; // this test is about memory, not rate
+        let registry = PeerRegistry::new();
+        registry.allow(std::process::id());
+        let intake = Intake::start(config, registry).expect("intake");
+        let addr = SocketAddr::from_abstract_name(name.as_bytes()).expect("address");
+        let flood_addr = addr.clone();
+        let flood = tokio::task::spawn_blocking(move || {
+            let addr = flood_addr;
+            // 16 peers each announce a 4 MiB frame (allowed: under max_frame_bytes) and trickle
+            // 1 MiB of it: 16 MiB if each were buffered.
+            let mut socks = Vec::new();
+            for _ in 0..16 {
+                let mut s = UnixStream::connect_addr(&addr).expect("connect");
+                s.set_write_timeout(Some(Duration::from_secs(2))).ok();
+                let _ = s.write_all(&(4u32 << 20).to_be_bytes());
+                let _ = s.write_all(&vec![b'x'; 1 << 20]);
+                socks.push(s);
+            }
+            // Then more connections than allowed at once.
+            for _ in 0..40 {
+                if let Ok(s) = UnixStream::connect_addr(&addr) {
+                    socks.push(s);
+                }
+            }
+            socks
+        });
+        let socks = flood.await.expect("flood");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let mut peak = 0;
+        while tokio::time::Instant::now() < deadline {
+            let st = intake.stats();
+            peak = peak.max(st.inflight_bytes);
+            if st.cut_off_budget > 0 && st.rejected_connections > 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let st = intake.stats();
+        assert!(st.cut_off_budget > 0, "{st:?}");
+        assert!(st.rejected_connections >= 20, "{st:?}");
+        assert!(st.connections <= 20, "{st:?}");
+        assert!(peak <= 4 << 20, "held {peak} bytes");
+        drop(socks);
+        let drained = async {
+            loop {
+                let st = intake.stats();
+                if st.connections == 0 && st.inflight_bytes == 0 {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), drained)
+            .await
+            .expect("the flood's connections and bytes were released");
+
+        // A well-behaved peer is served as before.
+        let mut sock = UnixStream::connect_addr(&addr).expect("connect");
+        let body = include_bytes!("testdata/tracer_313.bin");
+        sock.write_all(&(body.len() as u32).to_be_bytes())
+            .expect("write");
+        sock.write_all(body).expect("write");
+        let queue = intake.queue();
+        let got = async {
+            while queue.is_empty() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), got)
+            .await
+            .expect("the batch arrived");
     }
 }

@@ -55,24 +55,35 @@ const BOOTSTRAP: &str = include_str!("../../python/bootstrap.py");
 pub fn bootstrap_code(address: &str, connect_timeout_secs: f64) -> String {
     format!(
         "try:\n    {}\nexcept BaseException:\n    pass\n",
-        bootstrap_statement(address, connect_timeout_secs, "")
+        bootstrap_statement(address, connect_timeout_secs, "", &Value::Null)
     )
 }
 
 /// The same bootstrap for the injector, whose own wrapper already contains every exception and
 /// reports it back (`InjectReport::raised`): without the local `except`, a bootstrap that could
-/// not reach the intake says why instead of failing silently.
-pub fn bootstrap_for_injector(address: &str, connect_timeout_secs: f64, run_id: &str) -> String {
+/// not reach the intake says why instead of failing silently. `auth` is what the tracer checks
+/// the agent with (`super::auth`): `{"secret", "root": [pid, start], "uid"}`.
+pub fn bootstrap_for_injector(
+    address: &str,
+    connect_timeout_secs: f64,
+    run_id: &str,
+    auth: &Value,
+) -> String {
     format!(
         "{}\n",
-        bootstrap_statement(address, connect_timeout_secs, run_id)
+        bootstrap_statement(address, connect_timeout_secs, run_id, auth)
     )
 }
 
-fn bootstrap_statement(address: &str, connect_timeout_secs: f64, run_id: &str) -> String {
-    let params =
-        serde_json::json!({"address": address, "timeout": connect_timeout_secs, "run": run_id})
-            .to_string();
+fn bootstrap_statement(
+    address: &str,
+    connect_timeout_secs: f64,
+    run_id: &str,
+    auth: &Value,
+) -> String {
+    let params = serde_json::json!({"address": address, "timeout": connect_timeout_secs,
+        "run": run_id, "auth": auth})
+    .to_string();
     // A JSON string literal is also a valid Python string literal.
     let src = Value::String(BOOTSTRAP.to_string()).to_string();
     let params = Value::String(params).to_string();
@@ -89,7 +100,8 @@ mod tests {
     #[test]
     fn bootstrap_is_small_and_versions_agree() {
         let code = bootstrap_code("@zerostep-test", 2.0);
-        assert!(code.len() < 4096, "bootstrap is {} bytes", code.len());
+        // Two pages of scratch at most (the auth checks made it outgrow one).
+        assert!(code.len() < 8192, "bootstrap is {} bytes", code.len());
         assert!(MODULES[0]
             .1
             .contains(&format!("VERSION = \"{TRACER_VERSION}\"")));

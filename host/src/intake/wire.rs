@@ -45,6 +45,14 @@ struct RawFrame {
     version: Option<String>,
     #[serde(default)]
     installed: Option<String>,
+    /// The tracer's challenge (see `auth.rs`), and the root its secret was made for.
+    #[serde(default)]
+    nonce: Option<String>,
+    #[serde(default)]
+    root: Option<(u32, u64)>,
+    /// The tracer's proof that it holds the bootstrap's secret.
+    #[serde(default)]
+    tag: Option<String>,
     #[serde(default)]
     dropped: u64,
     #[serde(default)]
@@ -89,6 +97,10 @@ pub enum PeerFrame {
         python: String,
         version: Option<String>,
         installed: Option<String>,
+        /// Present from tracers that authenticate the agent: answered with a proof.
+        nonce: Option<String>,
+        root: Option<(u32, u64)>,
+        tag: Option<String>,
     },
     Spans {
         dropped_in_process: u64,
@@ -123,6 +135,9 @@ pub fn decode(body: &[u8]) -> Result<PeerFrame, WireError> {
             python: raw.python.unwrap_or_default(),
             version: raw.version,
             installed: raw.installed,
+            nonce: raw.nonce.filter(|n| n.len() <= 128),
+            root: raw.root,
+            tag: raw.tag.filter(|t| t.len() <= 128),
         }),
         "spans" => {
             let spans = raw
@@ -296,6 +311,11 @@ pub fn encode(msg: &Value) -> Vec<u8> {
 
 pub fn load_message(version: &str, modules: &[(&str, &str)], config: &Value) -> Value {
     serde_json::json!({"v": SCHEMA_VERSION, "t": "load", "version": version, "modules": modules, "config": config})
+}
+
+/// The agent's answer to a tracer's hello nonce, before any command.
+pub fn auth_message(proof: &str) -> Value {
+    serde_json::json!({"v": SCHEMA_VERSION, "t": "auth", "proof": proof})
 }
 
 pub fn command_message(

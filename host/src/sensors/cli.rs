@@ -1,5 +1,4 @@
 //! `zerostep sensors check` and `zerostep sensors list`.
-use std::net::SocketAddr;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -29,8 +28,8 @@ pub fn check(file: &Path) -> Result<ExitCode> {
     }
 }
 
-pub fn list(agent: SocketAddr, json: bool) -> Result<ExitCode> {
-    let body = crate::client::get(agent, "/api/v1/sensors")?;
+pub fn list(agent: &crate::client::ApiClient, json: bool) -> Result<ExitCode> {
+    let body = agent.get("/api/v1/sensors")?;
     if json {
         println!("{body}");
         return Ok(ExitCode::SUCCESS);

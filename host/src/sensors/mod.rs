@@ -10,6 +10,7 @@ mod loaded;
 pub mod model;
 pub mod registry;
 mod stats;
+pub mod trust;
 pub mod watch;
 
 pub use bindings::CONTRACT_VERSION;

@@ -160,9 +160,13 @@ impl SensorRegistry {
 
     /// Loads or reloads one file. The serving version changes only if the new one passes the canary.
     pub fn load_path(&self, path: &Path) -> LoadOutcome {
-        let bytes = match std::fs::read(path) {
+        let max = self.engine.limits().max_component_bytes;
+        let bytes = match super::trust::read_trusted(path, max) {
             Ok(b) => b,
-            Err(err) => {
+            Err(super::trust::Untrusted::Refused(reason)) => {
+                return self.refuse_reason(path, String::new(), reason)
+            }
+            Err(super::trust::Untrusted::Io(err)) => {
                 return self.refuse(
                     path,
                     String::new(),
@@ -241,8 +245,15 @@ impl SensorRegistry {
             .load()
             .as_ref()
             .map(|a| format!("{}@{}", a.info.name, a.info.version));
-        tracing::warn!(source = %path.display(), %reason, serving = serving.as_deref().unwrap_or("nothing"), "sensor file refused");
         let mut st = slot.state.lock();
+        // The same refusal again (a rescan of a file that did not change) is not news.
+        if st
+            .last_refused
+            .as_ref()
+            .is_none_or(|r| r.reason != reason || r.sha256 != sha256)
+        {
+            tracing::warn!(source = %path.display(), %reason, serving = serving.as_deref().unwrap_or("nothing"), "sensor file refused");
+        }
         st.last_refused = Some(Refusal {
             sha256,
             reason: reason.clone(),

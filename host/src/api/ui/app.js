@@ -19,8 +19,15 @@ function h(tag, attrs, ...children) {
   return el;
 }
 
+// The session from /login (host/src/api/auth.rs), kept per origin; without one or when it is
+// refused, log in again (unless the agent opens reads on loopback).
 async function api(path) {
-  const r = await fetch(path);
+  const session = localStorage.getItem("zerostep_session");
+  const r = await fetch(path, session ? { headers: { Authorization: "Bearer " + session } } : {});
+  if (r.status === 401) {
+    location.assign("/login");
+    throw new Error("not logged in");
+  }
   const body = await r.json().catch(() => ({ error: r.statusText }));
   if (!r.ok) throw new Error(body.error || r.statusText);
   return body;
