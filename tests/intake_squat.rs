@@ -12,7 +12,7 @@ mod support;
 
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use support::*;
 use zerostep::intake::auth::IntakeKey;
@@ -168,7 +168,15 @@ fn a_squatter_on_the_intake_name_gets_no_code_run() {
     // A restarted agent that gets its name back (same key, as from its state directory) is
     // accepted by the tracer's own reconnect, with no new bootstrap.
     drop(a);
-    let a2 = intake(&rt, &name, &key);
+    // The dropped intake's listener closes on its runtime thread, a moment later (a real restart
+    // is a process exit, where the kernel frees the name at once): wait for the name to be free.
+    let mut a2 = intake(&rt, &name, &key);
+    let freed_by = Instant::now() + Duration::from_secs(5);
+    while a2.address() != &IntakeAddress::Abstract(name.clone()) && Instant::now() < freed_by {
+        drop(a2);
+        std::thread::sleep(Duration::from_millis(50));
+        a2 = intake(&rt, &name, &key);
+    }
     assert_eq!(a2.address(), &IntakeAddress::Abstract(name.clone()));
     a2.registry().allow(pid);
     assert!(
