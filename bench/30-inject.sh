@@ -11,3 +11,4 @@ run() { $CARGO test --release -p zerostep --test inject -- --ignored --nocapture
 run bench_stop_times 2>&1 | grep -vE '^\s*(Compiling|Finished|Running|running)' || exit 1
 run stress_full 2>&1 | grep -E 'stress:|test result|panicked' || exit 1
 run kill_injector_full 2>&1 | grep -E 'kill test:|test result|panicked' || exit 1
+bash bench/pep768_reference.sh

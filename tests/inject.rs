@@ -1220,12 +1220,15 @@ fn bench_stop_times() {
                 .args(["-ex", "call (void)PyGILState_Release($1)"])
                 .output()
                 .expect("gdb");
+            if !out.status.success() {
+                // Seen with gdb 13 on kernel 6.18: "Couldn't write extended state status".
+                println!(
+                    "gdb could not inject here, no gdb figures: {}",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                );
+                break;
+            }
             gdb_wall.push(t.elapsed().as_secs_f64() * 1e3);
-            assert!(
-                out.status.success(),
-                "gdb: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
             std::thread::sleep(Duration::from_millis(50));
         }
         gdb_outside = watch
@@ -1280,8 +1283,6 @@ fn bench_stop_times() {
             rows.push(row(&format!("sid {py}, {scenario}"), mode, &mut ms));
         }
     }
-    rows.push(String::new());
-    rows.push(pep768_reference(per));
     println!("\n{}\n", rows.join("\n"));
     if gdb.is_some() {
         let (own50, own99, _) = pct(&mut own_outside);
@@ -1292,67 +1293,6 @@ fn bench_stop_times() {
             gdb99 / own99.max(1e-3)
         );
     }
-}
-
-/// The alternative for 3.14+, measured with CPython's own client (`sys.remote_exec`, run as root in
-/// the sid root): no stop, but the script is a file the target must open, and it runs only when the
-/// target's thread next evaluates bytecode. Latency from the call to the script running, per case.
-fn pep768_reference(n: usize) -> String {
-    let mut out = vec![
-        "| PEP 768 `sys.remote_exec` (3.14), target | n | run within 1 s | p50 ms | p99 ms |"
-            .to_string(),
-        "|---|---|---|---|---|".to_string(),
-    ];
-    for scenario in ["select", "busy", "accept"] {
-        let t = start_sid_target("/usr/bin/python3.14", &[], scenario);
-        let script = t.dir.path().join("remote.py");
-        let stamp = t.dir.inside().join("stamp");
-        std::fs::write(
-            &script,
-            format!(
-                "import time\nopen({:?}, 'a').write('%f\\n' % time.time())\n",
-                stamp
-            ),
-        )
-        .expect("script");
-        let client = format!(
-            "import sys, time\nt = time.time()\nsys.remote_exec({}, {:?})\nprint('%f' % t)",
-            t.pid(),
-            t.dir.inside().join("remote.py")
-        );
-        let mut lat = Vec::new();
-        let mut ran = 0;
-        for _ in 0..n.min(20) {
-            let _ = std::fs::remove_file(t.dir.path().join("stamp"));
-            let o = Command::new("chroot")
-                .arg(sid_root())
-                .args(["/usr/bin/python3.14", "-c", &client])
-                .output()
-                .expect("remote_exec client");
-            let Ok(t0) = String::from_utf8_lossy(&o.stdout).trim().parse::<f64>() else {
-                continue;
-            };
-            let got = wait_until(Duration::from_secs(1), || {
-                t.dir.path().join("stamp").exists()
-            });
-            if got {
-                ran += 1;
-                let t1: f64 = std::fs::read_to_string(t.dir.path().join("stamp"))
-                    .unwrap_or_default()
-                    .lines()
-                    .next()
-                    .and_then(|l| l.parse().ok())
-                    .unwrap_or(t0);
-                lat.push((t1 - t0) * 1e3);
-            }
-        }
-        let (p50, p99, _) = pct(&mut lat);
-        out.push(format!(
-            "| {scenario} | {} | {ran} | {p50:.3} | {p99:.3} |",
-            n.min(20)
-        ));
-    }
-    out.join("\n")
 }
 
 fn which(bin: &str) -> Option<PathBuf> {
