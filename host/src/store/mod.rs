@@ -11,6 +11,7 @@
 //! starts empty, rather than migrated: what it holds ages out within the retention period anyway
 //! (3 days by default), while a migration would re-encode every span of a file of up to gigabytes
 //! before the agent could start, and carry the old decoder forever. Nothing is deleted.
+mod analysis;
 mod chunk;
 mod edges;
 mod encode;
@@ -20,6 +21,8 @@ mod queue;
 mod retention;
 mod rollup;
 mod schema;
+mod search;
+mod series;
 mod tree;
 mod writer;
 
@@ -31,6 +34,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use rusqlite::{Connection, OpenFlags};
 
+pub use analysis::{Analysis, ErrorOrigin, SpanShare, TimeBreakdown};
 pub use encode::{MAX_ATTRIBUTES, MAX_EVENTS, MAX_NAME_BYTES, MAX_VALUE_BYTES};
 pub use histogram::Histogram;
 pub use query::{
@@ -41,6 +45,8 @@ pub use query::{
 pub use queue::StoreSink;
 pub use retention::RetentionReport;
 pub use schema::SCHEMA_VERSION;
+pub use search::{AttrFilter, AttrOp, BadAttrFilter, MAX_SCANNED_PARTS};
+pub use series::{HistogramBucket, Series, SeriesPoint};
 pub use writer::{MAX_ENDPOINTS_PER_SERVICE, OVERFLOW_ENDPOINT};
 
 use queue::Queue;
@@ -236,6 +242,21 @@ impl Store {
         service: Option<&str>,
     ) -> Result<Vec<EndpointSummary>, StoreError> {
         query::endpoints(&*self.reader()?, &range, service)
+    }
+
+    /// Rate, errors and latency per bucket for charts (see `series`).
+    pub fn series(
+        &self,
+        range: TimeRange,
+        service: Option<&str>,
+        endpoint: Option<&str>,
+    ) -> Result<Series, StoreError> {
+        series::series(&*self.reader()?, &range, service, endpoint)
+    }
+
+    /// Attribute keys the store has seen.
+    pub fn attribute_keys(&self) -> Result<Vec<String>, StoreError> {
+        Ok(search::known_keys(&*self.reader()?)?)
     }
 
     pub fn traces(&self, q: &TraceQuery) -> Result<Vec<TraceSummary>, StoreError> {
