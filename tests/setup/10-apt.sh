@@ -6,6 +6,7 @@ PACKAGES=(
   gdb  # the injector benchmark compares against gdb-based injection
   redis-server postgresql
   iproute2 curl util-linux  # containers (unshare, nsenter, ip), services as another user (setpriv)
+  chromium fonts-dejavu-core  # the web UI's browser tests (tests/ui_browser.rs), headless
 )
 missing=()
 for p in "${PACKAGES[@]}"; do

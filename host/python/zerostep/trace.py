@@ -8,6 +8,7 @@ import os
 import random
 import re
 import time
+import traceback
 
 # Span kinds and status codes as the wire carries them (host/src/intake/wire.rs).
 INTERNAL, SERVER, CLIENT, PRODUCER, CONSUMER = 0, 1, 2, 3, 4
@@ -49,6 +50,16 @@ current = contextvars.ContextVar("zerostep_current_span", default=None)
 _current_get = current.get
 
 
+def _stacktrace(t, exc):
+    """The exception's traceback as Python prints it, innermost frames kept (the store keeps
+    4 KiB of a value)."""
+    try:
+        text = "".join(traceback.format_exception(t, exc, exc.__traceback__, limit=40, chain=False))
+    except Exception:
+        return ""
+    return text if len(text) <= 4000 else "...\n" + text[-3990:]
+
+
 class Span(object):
     """A recording span. `parent_id` 0 means root. `sampled` False spans only carry context."""
 
@@ -84,6 +95,7 @@ class Span(object):
                 "exception.type": t.__module__ + "." + t.__qualname__
                 if t.__module__ not in ("builtins", "__main__") else t.__qualname__,
                 "exception.message": self.status_msg,
+                "exception.stacktrace": _stacktrace(t, exc),
             })
         except Exception:
             ev = ("exception", _time_ns(), {})
