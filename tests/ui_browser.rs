@@ -121,8 +121,14 @@ fn every_page_in_headless_chromium() {
     cmd.args(["-w", "2", "-b", &format!("127.0.0.1:{a_port}"), "app:app"])
         .env("INVENTORY_URL", format!("http://127.0.0.1:{b_port}"));
     let a = Proc::spawn("frontend (gunicorn)", &mut cmd);
-    assert!(wait_for_port(b_port, Duration::from_secs(20)), "inventory did not start");
-    assert!(wait_for_port(a_port, Duration::from_secs(20)), "frontend did not start");
+    assert!(
+        wait_for_port(b_port, Duration::from_secs(20)),
+        "inventory did not start"
+    );
+    assert!(
+        wait_for_port(a_port, Duration::from_secs(20)),
+        "frontend did not start"
+    );
 
     // The agent, scoped to this test's descendants.
     let sensors = repo_root().join("target/sensors");
@@ -180,7 +186,10 @@ fn every_page_in_headless_chromium() {
     // Traffic: good orders, the injected failure (13), and an unknown item (404 in inventory).
     for round in 0..3 {
         for i in 1..=10 {
-            assert_eq!(http_get(a_port, &format!("/orders/{i}")).expect("GET").0, 200);
+            assert_eq!(
+                http_get(a_port, &format!("/orders/{i}")).expect("GET").0,
+                200
+            );
         }
         // uWSGI may close the connection on the app's exception (then requests raises in the
         // frontend: 500) or answer 500 (then the frontend aborts with 502).
@@ -197,7 +206,10 @@ fn every_page_in_headless_chromium() {
             "/api/v1/traces?status=error&attr=url.path%3D%2Forders%2F13&limit=5",
         )
         .unwrap_or_default();
-        let Some(id) = list.as_array().and_then(|l| l.first()).map(|t| t["trace_id"].clone())
+        let Some(id) = list
+            .as_array()
+            .and_then(|l| l.first())
+            .map(|t| t["trace_id"].clone())
         else {
             return false;
         };
@@ -207,7 +219,11 @@ fn every_page_in_headless_chromium() {
             t["spans"].as_array().map_or(0, Vec::len) >= 4 && !t["analysis"]["error"].is_null()
         })
     });
-    assert!(found, "no complete failing trace of /orders/13\n{}", agent_log());
+    assert!(
+        found,
+        "no complete failing trace of /orders/13\n{}",
+        agent_log()
+    );
     let failing = failing.unwrap_or_default();
     let origin = &failing["analysis"]["error"];
     assert_eq!(origin["service"], "inventory", "{origin:#}");
@@ -216,7 +232,10 @@ fn every_page_in_headless_chromium() {
         .and_then(|s| s.iter().find(|s| s["span_id"] == origin["span_id"]))
         .cloned()
         .unwrap_or_default();
-    assert_eq!(origin_span["kind"], "client", "the database call: {origin_span:#}");
+    assert_eq!(
+        origin_span["kind"], "client",
+        "the database call: {origin_span:#}"
+    );
     assert!(
         origin["reason"]
             .as_str()
@@ -279,6 +298,14 @@ fn every_page_in_headless_chromium() {
             p["text"]
         );
     }
-    assert_eq!(result["console_errors"], serde_json::json!([]), "console errors");
-    assert_eq!(result["requests_off_host"], serde_json::json!([]), "requests off the host");
+    assert_eq!(
+        result["console_errors"],
+        serde_json::json!([]),
+        "console errors"
+    );
+    assert_eq!(
+        result["requests_off_host"],
+        serde_json::json!([]),
+        "requests off the host"
+    );
 }

@@ -68,7 +68,9 @@
     out.after = () => {
       if (!series.points.length) { charts.append(ZS.empty("No data for this selection.")); return; }
       const xs = series.points.map((p) => p.t_ms);
-      const box = () => { const b = h("div", { class: "chart" }); charts.append(b); return b; };
+      // All boxes first: the grid gives each its width, which a chart reads when it is made.
+      const boxes = [0, 1, 2, 3].slice(0, series.histogram.length ? 4 : 3).map(() => { const b = h("div", { class: "chart" }); charts.append(b); return b; });
+      const box = () => boxes.shift();
       ZS.timeChart(box(), "Requests per minute", xs, [
         { label: "requests/min", color: ZS.palette.rate, values: series.points.map((p) => p.rate_per_min), fill: true },
         { label: "errors/min", color: ZS.palette.errors, values: series.points.map((p) => (p.rate_per_min * p.error_rate)) }],
@@ -175,15 +177,22 @@
 
   async function showSensors() {
     const rows = await ZS.api("/api/v1/sensors");
+    const refusal = (r) => (r ? `${r.reason} (sha256 ${String(r.sha256).slice(0, 12)}…, ${ZS.fmtTime(r.at_unix_ms)})` : "");
     return [h("h2", {}, "Sensors"), ZS.table([
       { title: "Name", value: (s) => s.name },
       { title: "Version", value: (s) => (s.serving ? s.serving.version || "" : "—") },
       { title: "State", value: (s) => s.state, render: (s) => h("span", { class: "tag" + (s.state === "quarantined" ? " error" : "") }, s.state) },
-      { title: "Source", value: (s) => s.source },
-      { title: "Calls and history", value: () => "", render: (s) => {
-        const { name, state, serving, source, ...rest } = s;
-        return h("pre", { class: "small" }, JSON.stringify({ serving, ...rest }, null, 1));
-      } },
+      { title: "Technologies", value: (s) => (s.serving && s.serving.technologies ? s.serving.technologies.join(", ") : "") },
+      { title: "Calls", num: true, value: (s) => s.calls || 0 },
+      { title: "Errors", num: true, value: (s) => s.errors || 0 },
+      { title: "Traps", num: true, value: (s) => s.traps || 0 },
+      { title: "p50 µs", num: true, value: (s) => s.p50_us || 0, render: (s) => (s.p50_us || 0).toFixed(0) },
+      { title: "p99 µs", num: true, value: (s) => s.p99_us || 0, render: (s) => (s.p99_us || 0).toFixed(0) },
+      { title: "Loaded", value: (s) => (s.serving ? s.serving.loaded_at_unix_ms || 0 : 0), render: (s) => (s.serving && s.serving.loaded_at_unix_ms ? ZS.fmtTime(s.serving.loaded_at_unix_ms) : "") },
+      { title: "Source · sha256", value: (s) => s.source, render: (s) => h("span", { class: "small" }, s.source, s.serving && s.serving.sha256 ? h("div", { class: "muted" }, s.serving.sha256.slice(0, 16) + "…") : "") },
+      { title: "History", value: (s) => refusal(s.quarantined) + refusal(s.last_refused),
+        render: (s) => [s.quarantined ? h("div", { class: "err" }, "quarantined: " + refusal(s.quarantined)) : "",
+          s.last_refused ? h("div", {}, "last refused: " + refusal(s.last_refused)) : "", !s.quarantined && !s.last_refused ? "—" : ""] },
     ], rows, null, { sort: 0, desc: false })];
   }
 

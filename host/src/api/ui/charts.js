@@ -39,7 +39,9 @@
       axes: [{}, { values: (u, vals) => vals.map((v) => fmt(v)), size: 64 }],
       series: [{ value: (u, v) => (v === null ? "—" : ZS.fmtTime(v * 1000)) },
         ...series.map((s) => ({ label: s.label, stroke: s.color, width: 1.5, spanGaps: false,
-          fill: s.fill ? s.color + "22" : undefined, value: (u, v) => fmt(v), points: { show: xs.length < 60 } }))],
+          fill: s.fill ? s.color + "22" : undefined, value: (u, v) => fmt(v),
+          // Dots where the line alone would not show (few points, or isolated ones between gaps).
+          points: { show: xs.length < 60 || s.values.filter((v) => v !== null && v !== undefined).length < 30 } }))],
       hooks: {
         setSelect: [(u) => {
           if (!o.onRange || u.select.width < 3) return;
@@ -63,7 +65,8 @@
       cursor: { drag: { x: false, y: false } },
       legend: { show: true },
       scales: { x: { time: false, range: (u, min, max) => [min - 0.5, max + 0.5] }, y: { range: (u, min, max) => [0, max * 1.1 || 1] } },
-      axes: [{ values: (u, vals) => vals.map((v) => (Number.isInteger(v) && labels[v]) || ""), size: 40 }, { size: 50 }],
+      // Every label when they fit, else every second or third.
+      axes: [{ values: (u, vals) => { const every = Math.ceil(labels.length / Math.max(1, Math.floor(u.width / 70))); return vals.map((v) => (Number.isInteger(v) && v % every === 0 && labels[v]) || ""); }, size: 40 }, { size: 50 }],
       series: [{ label: "bucket", value: (u, v) => (v === null ? "—" : labels[v] || "") },
         { label: "requests", stroke: palette.rate, fill: palette.rate + "66", paths: uPlot.paths.bars({ size: [0.85, 40] }), points: { show: false } }],
     }, [xs, buckets.map((b) => b.count)], box);

@@ -5,8 +5,7 @@
 
 const ZS = (window.ZS = {});
 
-ZS.h = function h(tag, attrs, ...children) {
-  const svg = ["svg", "g", "circle", "line", "path", "text", "title", "marker", "defs", "rect", "polyline", "ellipse"].includes(tag);
+function build(svg, tag, attrs, children) {
   const el = svg ? document.createElementNS("http://www.w3.org/2000/svg", tag) : document.createElement(tag);
   for (const [k, v] of Object.entries(attrs || {})) {
     if (k.startsWith("on")) el.addEventListener(k.slice(2), v);
@@ -17,7 +16,12 @@ ZS.h = function h(tag, attrs, ...children) {
     el.append(c instanceof Node ? c : document.createTextNode(String(c)));
   }
   return el;
-};
+}
+
+// An HTML element: h(tag, {attr: value, onclick: fn}, ...children).
+ZS.h = (tag, attrs, ...children) => build(false, tag, attrs, children);
+// The same for SVG elements (an SVG <a> is not an HTML <a>).
+ZS.s = (tag, attrs, ...children) => build(true, tag, attrs, children);
 
 // Every request to the agent goes through here, so authentication (a bearer token or a cookie)
 // is added in one place.
@@ -140,7 +144,8 @@ ZS.table = function table(columns, rows, href, opts) {
     return th;
   }));
   render();
-  return h("table", {}, h("thead", {}, head), tbody);
+  // Wide tables scroll sideways in a narrow window instead of widening the page.
+  return h("div", { class: "table-wrap" }, h("table", {}, h("thead", {}, head), tbody));
 };
 
 ZS.statCols = [

@@ -4,8 +4,10 @@
 "use strict";
 
 (function () {
-  const h = ZS.h;
-  const NODE_W = 190, NODE_H = 56;
+  const h = ZS.h, S = ZS.s;
+  const NODE_W = 210, NODE_H = 56;
+  // Edge labels sit above their edge; dagre reserves their size between the layers.
+  const labelWidth = (text) => Math.ceil(text.length * 6.4) + 12;
 
   function health(s, base) {
     if (!s.count) return { cls: "idle", why: "no requests in this range" };
@@ -40,13 +42,13 @@
     // Callees that are not in the services list (an external host) still get a node.
     for (const e of edges) for (const n of [e.caller, e.callee]) if (!byName.has(n)) byName.set(n, { name: n, kind: e.callee === n ? e.callee_kind || "external" : "service", count: 0, errors: 0, error_rate: 0, rate_per_min: 0, p95_ms: 0, technology: "" });
     for (const s of byName.values()) g.setNode(s.name, { width: NODE_W, height: NODE_H });
-    for (const e of edges) if (e.caller !== e.callee) g.setEdge(e.caller, e.callee, { width: 150, height: 18, labelpos: "c" });
+    for (const e of edges) if (e.caller !== e.callee) g.setEdge(e.caller, e.callee, { width: labelWidth(edgeLabel(e)), height: 30, labelpos: "c" });
     dagre.layout(g);
     const G = g.graph();
     const W = Math.max(G.width || 0, 400), H = Math.max(G.height || 0, 160);
-    const svg = h("svg", { class: "map", viewBox: `0 0 ${W} ${H}`, width: W, height: H, role: "img", "aria-label": "service map" },
-      h("defs", {}, h("marker", { id: "arrow", viewBox: "0 0 10 10", refX: 9, refY: 5, markerWidth: 8, markerHeight: 8, orient: "auto" },
-        h("path", { d: "M0,0 L10,5 L0,10 z", fill: "#64748b" }))));
+    const svg = S("svg", { class: "map", viewBox: `0 0 ${W} ${H}`, width: W, height: H, role: "img", "aria-label": "service map" },
+      S("defs", {}, S("marker", { id: "arrow", viewBox: "0 0 10 10", refX: 9, refY: 5, markerWidth: 8, markerHeight: 8, orient: "auto" },
+        S("path", { d: "M0,0 L10,5 L0,10 z", fill: "#64748b" }))));
     for (const e of edges) {
       const le = g.edge(e.caller, e.callee);
       if (!le) continue;
@@ -54,12 +56,12 @@
       const href = callee && callee.kind === "service"
         ? ZS.link("/traces", { service: e.callee })
         : ZS.link("/traces", { service: e.caller, attr: "db.system" });
-      const a = h("a", { href, class: "edge-link", "aria-label": `${e.caller} to ${e.callee}: ${edgeLabel(e)}` },
-        h("path", { class: "edge" + (e.errors ? " failing" : ""), d: curve(le.points), fill: "none",
+      const a = S("a", { href, class: "edge-link", "aria-label": `${e.caller} to ${e.callee}: ${edgeLabel(e)}` },
+        S("path", { class: "edge" + (e.errors ? " failing" : ""), d: curve(le.points), fill: "none",
           "stroke-width": 1.2 + Math.min(5, Math.log10(1 + e.count)), "marker-end": "url(#arrow)" }),
-        h("title", {}, `${e.caller} → ${e.callee}: ${e.count} calls, ${e.errors} errors, p50 ${ZS.fmtMs(e.p50_ms)}, p95 ${ZS.fmtMs(e.p95_ms)}, p99 ${ZS.fmtMs(e.p99_ms)}`),
-        h("rect", { x: le.x - 75, y: le.y - 10, width: 150, height: 18, rx: 3, class: "edge-label-bg" }),
-        h("text", { x: le.x, y: le.y + 3, class: "edge-label" + (e.errors ? " err" : "") }, edgeLabel(e)));
+        S("title", {}, `${e.caller} → ${e.callee}: ${e.count} calls, ${e.errors} errors, p50 ${ZS.fmtMs(e.p50_ms)}, p95 ${ZS.fmtMs(e.p95_ms)}, p99 ${ZS.fmtMs(e.p99_ms)}`),
+        S("rect", { x: le.x - labelWidth(edgeLabel(e)) / 2, y: le.y - 24, width: labelWidth(edgeLabel(e)), height: 17, rx: 3, class: "edge-label-bg" }),
+        S("text", { x: le.x, y: le.y - 11, class: "edge-label" + (e.errors ? " err" : "") }, edgeLabel(e)));
       svg.append(a);
     }
     for (const s of byName.values()) {
@@ -67,13 +69,13 @@
       const hl = health(s, baseline.get(s.name));
       const href = s.kind === "service" ? ZS.link("/endpoints", { service: s.name }) : ZS.link("/endpoints", { service: s.name });
       const shape = s.kind === "service"
-        ? h("rect", { x: -NODE_W / 2, y: -NODE_H / 2, width: NODE_W, height: NODE_H, rx: 8 })
-        : h("rect", { x: -NODE_W / 2, y: -NODE_H / 2, width: NODE_W, height: NODE_H, rx: 24 });
-      svg.append(h("a", { href, class: `node ${s.kind} ${hl.cls}`, transform: `translate(${n.x},${n.y})`, "aria-label": `${s.name}: ${hl.why}` },
+        ? S("rect", { x: -NODE_W / 2, y: -NODE_H / 2, width: NODE_W, height: NODE_H, rx: 8 })
+        : S("rect", { x: -NODE_W / 2, y: -NODE_H / 2, width: NODE_W, height: NODE_H, rx: 24 });
+      svg.append(S("a", { href, class: `node ${s.kind} ${hl.cls}`, transform: `translate(${n.x},${n.y})`, "aria-label": `${s.name}: ${hl.why}` },
         shape,
-        h("title", {}, `${s.name} (${s.technology || s.kind}): ${s.rate_per_min.toFixed(1)}/min, errors ${ZS.fmtPct(s.error_rate)}, p95 ${ZS.fmtMs(s.p95_ms)} — ${hl.why}`),
-        h("text", { y: -6, class: "name" }, s.name.length > 26 ? s.name.slice(0, 25) + "…" : s.name),
-        h("text", { y: 13, class: "muted" }, s.count ? `${s.rate_per_min.toFixed(1)}/min · ${ZS.fmtPct(s.error_rate)} · p95 ${ZS.fmtMs(s.p95_ms)}` : s.technology || s.kind)));
+        S("title", {}, `${s.name} (${s.technology || s.kind}): ${s.rate_per_min.toFixed(1)}/min, errors ${ZS.fmtPct(s.error_rate)}, p95 ${ZS.fmtMs(s.p95_ms)} — ${hl.why}`),
+        S("text", { y: -6, class: "name" }, s.name.length > 26 ? s.name.slice(0, 25) + "…" : s.name),
+        S("text", { y: 13, class: "muted" }, s.count ? `${s.rate_per_min.toFixed(1)}/min · ${ZS.fmtPct(s.error_rate)} err · p95 ${ZS.fmtMs(s.p95_ms)}` : s.technology || s.kind)));
     }
     return h("div", { class: "map-box" }, svg,
       h("div", { class: "legend" }, h("span", { class: "dot ok" }), "healthy ", h("span", { class: "dot warn" }),
