@@ -973,7 +973,20 @@ mod series_and_search {
             v.as_array().unwrap().iter().any(|k| k == "db.query.text"),
             "{v}"
         );
+        let (s, v) = get("/api/v1/endpoint-change?service=web&endpoint=GET%20%2Fa");
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(v["requests"], 7, "{v}");
+        assert!(
+            v["operations"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|o| o["name"] == "SELECT"),
+            "{v}"
+        );
         for bad in [
+            "/api/v1/endpoint-change?service=web",
+            "/api/v1/endpoint-change?service=web&endpoint=x&baseline_from=5&baseline_to=1",
             "/api/v1/traces?attr=%3Dx",
             "/api/v1/traces?limit=5&limit=6",
             "/api/v1/series?from=9&to=3",
@@ -984,4 +997,66 @@ mod series_and_search {
         }
         rt.shutdown_background();
     }
+}
+
+/// For an endpoint whose latency jumped, the child operation whose time grew most.
+#[test]
+fn endpoint_change_names_the_operation_that_grew() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let now = now_ns();
+    // An hour ago: GET /r takes 10 ms, its db call 2 ms and a cache call 1 ms. In the last
+    // 10 minutes: the db call takes 40 ms; the cache call is unchanged.
+    for (n, (ago_s, db_ms)) in (0..20)
+        .map(|i| (3_000 + i * 10, 2))
+        .chain((0..20).map(|i| (300 + i * 10, 40)))
+        .enumerate()
+    {
+        let trace = 50_000 + n as u128;
+        let t = now - ago_s * 1_000_000_000;
+        let root = span(trace, 1, None, SpanKind::Server, "/r", t, 8 + db_ms, false);
+        let mut db = span(
+            trace,
+            2,
+            Some(1),
+            SpanKind::Client,
+            "SELECT",
+            t + 1_000_000,
+            db_ms,
+            false,
+        );
+        db.attributes = vec![Attribute::str("db.system", "postgresql")];
+        let cache = span(
+            trace,
+            3,
+            Some(1),
+            SpanKind::Client,
+            "GET cache",
+            t + (2 + db_ms) * 1_000_000,
+            1,
+            false,
+        );
+        submit(&store, "web", vec![root, db, cache]);
+    }
+    assert!(store.flush(Duration::from_secs(5)));
+    let now_ms = (now / 1_000_000) as i64;
+    let range = TimeRange {
+        from_ms: now_ms - 600_000,
+        to_ms: now_ms + 1,
+    };
+    let baseline = TimeRange {
+        from_ms: now_ms - 3_600_000,
+        to_ms: now_ms - 600_000,
+    };
+    let c = store
+        .endpoint_change("web", "GET /r", range, baseline)
+        .unwrap();
+    assert_eq!((c.requests, c.baseline_requests), (20, 20));
+    assert!(c.p95_ms > 3.0 * c.baseline_p95_ms, "{c:?}");
+    let top = &c.operations[0];
+    assert_eq!(top.name, "SELECT", "{c:?}");
+    assert!((top.delta_ms - 38.0).abs() < 0.5, "{top:?}");
+    assert!((top.calls_per_request - 1.0).abs() < 1e-9);
+    let cache = c.operations.iter().find(|o| o.name == "GET cache").unwrap();
+    assert!(cache.delta_ms.abs() < 0.5, "{cache:?}");
 }

@@ -256,6 +256,8 @@ fn every_page_in_headless_chromium() {
          "expect": ["Endpoints over time", "Requests per minute", "Latency", "/orders/<int:order_id>"]},
         {"name": "endpoints-inventory", "hash": "#/endpoints?service=inventory",
          "expect": ["Endpoints over time", "Error rate", "Latency distribution"]},
+        {"name": "endpoint", "hash": "#/endpoints?service=frontend&endpoint=GET%20%2Forders%2F%3Cint%3Aorder_id%3E",
+         "expect": ["Endpoints over time", "window before", "Latency distribution"]},
         {"name": "traces", "hash": "#/traces?service=frontend",
          "expect": ["Trace duration over time", "frontend", "error"]},
         {"name": "traces-by-attribute", "hash": "#/traces?attr=url.path%3D%2Forders%2F13",

@@ -25,6 +25,7 @@ pub fn router(store: Arc<Store>) -> Router {
         .route("/api/v1/endpoints", get(endpoints))
         .route("/api/v1/series", get(series))
         .route("/api/v1/attribute-keys", get(attribute_keys))
+        .route("/api/v1/endpoint-change", get(endpoint_change))
         .route("/api/v1/traces", get(traces))
         .route("/api/v1/traces/{id}", get(trace))
         .with_state(store)
@@ -184,6 +185,49 @@ async fn series(State(store): State<Arc<Store>>, Query(p): Params) -> Response {
     match result {
         Ok((range, service, endpoint)) => {
             blocking(move || Ok(store.series(range, service.as_deref(), endpoint.as_deref())?))
+                .await
+                .into_response()
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `service` and `endpoint` required; the baseline defaults to the window of the same length
+/// just before the range.
+async fn endpoint_change(State(store): State<Arc<Store>>, Query(p): Params) -> Response {
+    let result = Checked::new(
+        &p,
+        &[
+            "service",
+            "endpoint",
+            "from",
+            "to",
+            "baseline_from",
+            "baseline_to",
+        ],
+    )
+    .and_then(|c| {
+        let range = c.range()?;
+        let len = range.to_ms - range.from_ms;
+        let b_to = c.number::<i64>("baseline_to")?.unwrap_or(range.from_ms);
+        let b_from = c.number::<i64>("baseline_from")?.unwrap_or(b_to - len);
+        if b_from >= b_to || b_from < 0 {
+            return Err(ApiError::bad_request(
+                "baseline_from must be before baseline_to, both unix milliseconds",
+            ));
+        }
+        let (Some(service), Some(endpoint)) = (c.string("service"), c.string("endpoint")) else {
+            return Err(ApiError::bad_request("service and endpoint are required"));
+        };
+        let baseline = TimeRange {
+            from_ms: b_from,
+            to_ms: b_to,
+        };
+        Ok((service, endpoint, range, baseline))
+    });
+    match result {
+        Ok((service, endpoint, range, baseline)) => {
+            blocking(move || Ok(store.endpoint_change(&service, &endpoint, range, baseline)?))
                 .await
                 .into_response()
         }

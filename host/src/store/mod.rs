@@ -12,6 +12,7 @@
 //! (3 days by default), while a migration would re-encode every span of a file of up to gigabytes
 //! before the agent could start, and carry the old decoder forever. Nothing is deleted.
 mod analysis;
+mod change;
 mod chunk;
 mod edges;
 mod encode;
@@ -35,6 +36,7 @@ use parking_lot::Mutex;
 use rusqlite::{Connection, OpenFlags};
 
 pub use analysis::{Analysis, ErrorOrigin, SpanShare, TimeBreakdown};
+pub use change::{EndpointChange, OperationChange};
 pub use encode::{MAX_ATTRIBUTES, MAX_EVENTS, MAX_NAME_BYTES, MAX_VALUE_BYTES};
 pub use histogram::Histogram;
 pub use query::{
@@ -252,6 +254,18 @@ impl Store {
         endpoint: Option<&str>,
     ) -> Result<Series, StoreError> {
         series::series(&*self.reader()?, &range, service, endpoint)
+    }
+
+    /// How an endpoint's p95 and its child operations' time per request changed from
+    /// `baseline` to `range` (see `change`).
+    pub fn endpoint_change(
+        &self,
+        service: &str,
+        endpoint: &str,
+        range: TimeRange,
+        baseline: TimeRange,
+    ) -> Result<EndpointChange, StoreError> {
+        change::endpoint_change(&*self.reader()?, service, endpoint, &range, &baseline)
     }
 
     /// Attribute keys the store has seen.

@@ -56,9 +56,12 @@
         rows.filter((e) => !service || e.service === service).map((e) => h("option", { value: e.endpoint, selected: e.endpoint === endpoint }, (service ? "" : e.service + " ") + e.endpoint)))),
       r.fixed ? h("button", { type: "button", onclick: () => { const p = ZS.route().params; p.delete("from"); p.delete("to"); ZS.go("/endpoints", p); } }, "Back to live range") : "",
       h("a", { href: ZS.link("/traces", { service, endpoint }) }, "Traces of this selection →"));
+    const change = service && endpoint
+      ? await ZS.api("/api/v1/endpoint-change?" + ZS.qs({ service, endpoint, from: r.from, to: r.to })).catch(() => null)
+      : null;
     const charts = h("div", { class: "charts" });
     const title = [service || "All services", endpoint].filter(Boolean).join(" · ");
-    const out = [h("h2", {}, "Endpoints over time: " + title), pick, charts,
+    const out = [h("h2", {}, "Endpoints over time: " + title), pick, change ? changeBox(change) : "", charts,
       h("p", { class: "muted" }, `Buckets of ${series.step_ms / 60000} min from the store's rollups; drag across a chart to zoom into that range.`),
       h("h3", {}, "Endpoints"),
       rows.length ? ZS.table([{ title: "Service", value: (e) => e.service }, { title: "Endpoint", value: (e) => e.endpoint }, ...ZS.statCols,
@@ -86,6 +89,18 @@
       if (series.histogram.length) ZS.histogramChart(box(), series.histogram);
     };
     return out;
+  }
+
+  // What grew since the window before: the endpoint's p95 and its operations' time per request.
+  function changeBox(c) {
+    const grew = c.operations.filter((o) => o.delta_ms > 0).slice(0, 5);
+    return h("section", { class: "rootcause", "aria-label": "change against the previous window" },
+      h("h3", {}, c.baseline_requests ? `p95 ${ZS.fmtMs(c.p95_ms)} against ${ZS.fmtMs(c.baseline_p95_ms)} in the window before` : `p95 ${ZS.fmtMs(c.p95_ms)}; nothing in the window before`),
+      c.baseline_requests === 0 ? ZS.empty("No requests in the window before to compare with.")
+        : grew.length ? [h("p", { class: "muted" }, `Time per request by operation, from the newest ${c.requests} and ${c.baseline_requests} requests:`),
+          h("ol", {}, grew.map((o) => h("li", {}, h("b", {}, `+${ZS.fmtMs(o.delta_ms)}`), ` ${o.service}: ${o.name} — ${ZS.fmtMs(o.baseline_ms_per_request)} → ${ZS.fmtMs(o.ms_per_request)} per request`,
+            Math.abs(o.calls_per_request - o.baseline_calls_per_request) >= 0.1 ? ` (calls per request ${o.baseline_calls_per_request.toFixed(1)} → ${o.calls_per_request.toFixed(1)})` : "")))]
+          : ZS.empty("No operation takes longer per request than in the window before."));
   }
 
   function withRange(p) {
