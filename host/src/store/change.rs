@@ -36,6 +36,9 @@ pub struct OperationChange {
     pub baseline_calls_per_request: f64,
 }
 
+/// Per operation (service, span name).
+type ByOperation = HashMap<(String, String), Acc>;
+
 #[derive(Default, Clone, Copy)]
 struct Acc {
     self_ms: f64,
@@ -48,7 +51,7 @@ fn sample(
     service: &str,
     endpoint: &str,
     range: &TimeRange,
-) -> Result<(usize, HashMap<(String, String), Acc>), StoreError> {
+) -> Result<(usize, ByOperation), StoreError> {
     let q = TraceQuery {
         service: Some(service.into()),
         endpoint: Some(endpoint.into()),
@@ -58,7 +61,7 @@ fn sample(
         ..Default::default()
     };
     let mut requests = 0;
-    let mut out: HashMap<(String, String), Acc> = HashMap::new();
+    let mut out = ByOperation::new();
     for t in query::traces(conn, &q)? {
         let Some(id) = encode::parse_trace_id(&t.trace_id) else {
             continue;
