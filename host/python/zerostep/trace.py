@@ -7,6 +7,7 @@ import contextvars
 import os
 import random
 import re
+import sys
 import time
 import traceback
 
@@ -51,10 +52,19 @@ _current_get = current.get
 
 
 def _stacktrace(t, exc):
-    """The exception's traceback as Python prints it, innermost frames kept (the store keeps
-    4 KiB of a value)."""
+    """The traceback Python would print if the exception went on up from where the tracer saw it:
+    the callers of the instrumented function (outermost first), then the frames the exception came
+    through. The tracer's own frames are left out; the innermost are kept (a value keeps 4 KiB)."""
     try:
-        text = "".join(traceback.format_exception(t, exc, exc.__traceback__, limit=40, chain=False))
+        try:
+            # 0: here, 1: set_error, 2: the tracer's wrapper that caught it, 3: its caller.
+            outer = traceback.extract_stack(sys._getframe(3), limit=30)
+        except ValueError:
+            outer = []
+        frames = [f for f in list(outer) + list(traceback.extract_tb(exc.__traceback__, limit=30))
+                  if not f.filename.startswith("<zerostep")]
+        text = "".join(["Traceback (most recent call last):\n"] + traceback.format_list(frames)
+                       + traceback.format_exception_only(t, exc))
     except Exception:
         return ""
     return text if len(text) <= 4000 else "...\n" + text[-3990:]
