@@ -263,7 +263,7 @@ fn every_page_in_headless_chromium() {
         {"name": "traces-by-attribute", "hash": "#/traces?attr=url.path%3D%2Forders%2F13",
          "expect": ["Traces", "error", "frontend"]},
         {"name": "trace", "hash": format!("#/trace/{trace_id}"),
-         "expect": ["Root cause", "inventory", "overflow", "Critical path"]},
+         "expect": ["Root cause", "inventory", "overflow", "Critical path", "app.py\", line"]},
         {"name": "trace-collapsed", "hash": format!("#/trace/{trace_id}?collapsed"),
          "expect": ["Root cause"], "click": ".waterfall .row .twisty"},
         {"name": "processes", "hash": "#/processes", "expect": ["Processes", "frontend", "inventory", "traced"]},
