@@ -255,7 +255,13 @@ fn every_page_in_headless_chromium() {
         {"name": "endpoints", "hash": "#/endpoints?service=frontend",
          "expect": ["Endpoints over time", "Requests per minute", "Latency", "/orders/<int:order_id>"]},
         {"name": "endpoints-inventory", "hash": "#/endpoints?service=inventory",
-         "expect": ["Endpoints over time", "Error rate", "Latency distribution"]},
+         "expect": ["Endpoints over time", "Error rate", "Latency distribution"],
+         "actions": [
+            // Sorting by a column header.
+            {"click": "th.sortable:nth-child(2)", "then": "document.querySelector('th.sortable:nth-child(2)').getAttribute('aria-sort') !== 'none'"},
+            // Dragging across a chart zooms to that range: it lands in the URL.
+            {"drag": ".chart .u-over", "from": 0.5, "to": 0.999,
+             "then": "/[?&]from=\\d+/.test(location.hash) && /[?&]to=\\d+/.test(location.hash) && document.body.innerText.includes('Back to live range')"}]},
         {"name": "endpoint", "hash": "#/endpoints?service=frontend&endpoint=GET%20%2Forders%2F%3Cint%3Aorder_id%3E",
          "expect": ["Endpoints over time", "window before", "Latency distribution"]},
         {"name": "traces", "hash": "#/traces?service=frontend",
@@ -265,7 +271,14 @@ fn every_page_in_headless_chromium() {
         {"name": "trace", "hash": format!("#/trace/{trace_id}"),
          "expect": ["Root cause", "inventory", "overflow", "Critical path", "app.py\", line"]},
         {"name": "trace-collapsed", "hash": format!("#/trace/{trace_id}?collapsed"),
-         "expect": ["Root cause"], "click": ".waterfall .row .twisty"},
+         "expect": ["Root cause"],
+         "actions": [
+            // Keyboard: ← on the root row collapses it, → expands it again.
+            {"key": "ArrowLeft", "keycode": 37, "focus": ".waterfall .row",
+             "then": "document.querySelectorAll('.waterfall .row').length === 1"},
+            {"key": "ArrowRight", "keycode": 39, "focus": ".waterfall .row",
+             "then": "document.querySelectorAll('.waterfall .row').length === 4"},
+            {"click": ".waterfall .row .twisty", "then": "document.querySelectorAll('.waterfall .row').length === 1"}]},
         {"name": "processes", "hash": "#/processes", "expect": ["Processes", "frontend", "inventory", "traced"]},
         {"name": "sensors", "hash": "#/sensors", "expect": ["Sensors", "gunicorn", "uwsgi"]},
         {"name": "map-narrow", "hash": "#/map", "expect": ["Service map", "frontend"], "width": 480, "height": 800},

@@ -5,7 +5,8 @@ through the pages of the zerostep UI, for tests/ui_browser.rs.
     browse.py CHROMIUM BASE_URL OUT_DIR PLAN.json
 
 PLAN is a list of pages: {"name", "hash", "expect": [text, ...], "click": css selector or null,
-"width", "height"}. For each page it loads BASE_URL + hash, waits until the UI marks the view
+"actions": [{"drag": selector, "from", "to", "then": js} | {"key", "keycode", "focus": selector,
+"then": js} | {"click": selector, "then": js}], "width", "height"}. For each page it loads BASE_URL + hash, waits until the UI marks the view
 ready and every expected text is on the page, optionally clicks, and writes OUT_DIR/<name>.png.
 Prints one JSON object: {"pages": [{"name", "ok", "missing", "text", "url", "screenshot"}],
 "console_errors": [...], "requests_off_host": [...]}. Exits 0 even when a page fails (the Rust
@@ -204,6 +205,30 @@ def main():
                 after = p.get("expect_after_click", [])
                 if ok and after:
                     ok = wait_for(b, " && ".join("document.body.innerText.includes(%s)" % json.dumps(t) for t in after), 15)
+            # Interactions, each followed by a condition that must come true.
+            failed = []
+            for act in p.get("actions", []) if ok else []:
+                if "drag" in act:
+                    box = b.evaluate("(() => { const r = document.querySelector(%s).getBoundingClientRect(); "
+                                     "return [r.left, r.top, r.width, r.height]; })()" % json.dumps(act["drag"]))
+                    y = box[1] + box[3] / 2
+                    x0, x1 = box[0] + box[2] * act["from"], box[0] + box[2] * act["to"]
+                    b.page("Input.dispatchMouseEvent", type="mouseMoved", x=x0, y=y)
+                    b.page("Input.dispatchMouseEvent", type="mousePressed", x=x0, y=y, button="left", clickCount=1)
+                    for i in range(1, 11):
+                        b.page("Input.dispatchMouseEvent", type="mouseMoved", x=x0 + (x1 - x0) * i / 10, y=y, button="left", buttons=1)
+                    b.page("Input.dispatchMouseEvent", type="mouseReleased", x=x1, y=y, button="left", clickCount=1)
+                elif "key" in act:
+                    b.evaluate("document.querySelector(%s).focus()" % json.dumps(act["focus"]))
+                    b.page("Input.dispatchKeyEvent", type="keyDown", key=act["key"], code=act["key"],
+                           windowsVirtualKeyCode=act.get("keycode", 0))
+                    b.page("Input.dispatchKeyEvent", type="keyUp", key=act["key"], code=act["key"],
+                           windowsVirtualKeyCode=act.get("keycode", 0))
+                elif "click" in act:
+                    b.evaluate("document.querySelector(%s).click()" % json.dumps(act["click"]))
+                if not wait_for(b, act["then"], 15):
+                    failed.append(act["then"])
+            ok = ok and not failed
             time.sleep(p.get("settle", 0.5))
             text = b.evaluate("document.body.innerText") or ""
             missing = [t for t in expect + p.get("expect_after_click", []) if t not in text]
@@ -211,7 +236,7 @@ def main():
             path = os.path.join(out_dir, p["name"] + ".png")
             with open(path, "wb") as f:
                 f.write(base64.b64decode(shot["data"]))
-            result["pages"].append({"name": p["name"], "ok": ok and not missing, "missing": missing,
+            result["pages"].append({"name": p["name"], "ok": ok and not missing, "missing": missing + failed,
                                     "url": b.evaluate("location.href"), "text": text[:4000],
                                     "screenshot": path})
         # Drain what arrived after the last command.

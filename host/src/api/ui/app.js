@@ -71,21 +71,24 @@
     out.after = () => {
       if (!series.points.length) { charts.append(ZS.empty("No data for this selection.")); return; }
       const xs = series.points.map((p) => p.t_ms);
+      // A point is its bucket's start: a selection covers the buckets of the points nearest its
+      // ends, whole.
+      const zoom = (from, to) => setRange(Math.round(from / series.step_ms) * series.step_ms, Math.min(Date.now(), (Math.round(to / series.step_ms) + 1) * series.step_ms));
       // All boxes first: the grid gives each its width, which a chart reads when it is made.
       const boxes = [0, 1, 2, 3].slice(0, series.histogram.length ? 4 : 3).map(() => { const b = h("div", { class: "chart" }); charts.append(b); return b; });
       const box = () => boxes.shift();
       ZS.timeChart(box(), "Requests per minute", xs, [
         { label: "requests/min", color: ZS.palette.rate, values: series.points.map((p) => p.rate_per_min), fill: true },
         { label: "errors/min", color: ZS.palette.errors, values: series.points.map((p) => (p.rate_per_min * p.error_rate)) }],
-      { onRange: setRange, fmt: (v) => (v === null || v === undefined ? "—" : v.toFixed(1)) });
+      { onRange: zoom, fmt: (v) => (v === null || v === undefined ? "—" : v.toFixed(1)) });
       ZS.timeChart(box(), "Error rate", xs, [
         { label: "error rate", color: ZS.palette.errors, values: series.points.map((p) => (p.count ? p.error_rate * 100 : null)), fill: true }],
-      { onRange: setRange, fmt: (v) => (v === null || v === undefined ? "—" : v.toFixed(1) + " %") });
+      { onRange: zoom, fmt: (v) => (v === null || v === undefined ? "—" : v.toFixed(1) + " %") });
       ZS.timeChart(box(), "Latency", xs, [
         { label: "p50", color: ZS.palette.p50, values: series.points.map((p) => p.p50_ms) },
         { label: "p95", color: ZS.palette.p95, values: series.points.map((p) => p.p95_ms) },
         { label: "p99", color: ZS.palette.p99, values: series.points.map((p) => p.p99_ms) }],
-      { onRange: setRange, fmt: ZS.fmtMs });
+      { onRange: zoom, fmt: ZS.fmtMs });
       if (series.histogram.length) ZS.histogramChart(box(), series.histogram);
     };
     return out;
