@@ -252,6 +252,9 @@ fn every_page_in_headless_chromium() {
     let shots = repo_root().join("target/ui-screenshots");
     let plan = serde_json::json!([
         {"name": "map", "hash": "#/map", "expect": ["Service map", "frontend", "inventory", "/min"]},
+        // An edge of the map opens the traces that crossed it.
+        {"name": "edge-traces", "hash": "#/map?range=3600000", "expect": ["Service map"],
+         "actions": [{"click": "a.edge-link text", "then": "location.hash.includes('caller=frontend') && document.body.innerText.includes('Calls from frontend into inventory') && document.querySelectorAll('tbody tr').length > 0"}]},
         {"name": "endpoints", "hash": "#/endpoints?service=frontend",
          "expect": ["Endpoints over time", "Requests per minute", "Latency", "/orders/<int:order_id>"]},
         {"name": "endpoints-inventory", "hash": "#/endpoints?service=inventory",

@@ -225,7 +225,12 @@ def main():
                     b.page("Input.dispatchKeyEvent", type="keyUp", key=act["key"], code=act["key"],
                            windowsVirtualKeyCode=act.get("keycode", 0))
                 elif "click" in act:
-                    b.evaluate("document.querySelector(%s).click()" % json.dumps(act["click"]))
+                    # A real click at the element's centre (SVG links have no click()).
+                    box = b.evaluate("(() => { const e = document.querySelector(%s); e.scrollIntoView({block: 'center'}); "
+                                     "const r = e.getBoundingClientRect(); return [r.left + r.width / 2, r.top + r.height / 2]; })()"
+                                     % json.dumps(act["click"]))
+                    for kind in ("mousePressed", "mouseReleased"):
+                        b.page("Input.dispatchMouseEvent", type=kind, x=box[0], y=box[1], button="left", clickCount=1)
                 if not wait_for(b, act["then"], 15):
                     failed.append(act["then"])
             ok = ok and not failed

@@ -138,7 +138,7 @@
       const conds = [];
       for (const [name, , prefix] of SHORTCUTS) if (d.get(name)) conds.push(prefix + d.get(name));
       for (const line of String(d.get("attrs") || "").split("\n")) if (line.trim()) conds.push(line.trim());
-      ZS.go("/traces", withRange({ service: d.get("service"), endpoint: d.get("endpoint"), status: d.get("status"),
+      ZS.go("/traces", withRange({ service: d.get("service"), caller: params.get("caller") || "", endpoint: d.get("endpoint"), status: d.get("status"),
         min_duration_ms: d.get("min_duration_ms"), limit: d.get("limit"), attr: conds }));
     } },
     h("label", {}, "Service ", h("input", { name: "service", value: params.get("service") || "", size: 12 })),
@@ -153,9 +153,13 @@
     h("button", {}, "Search"));
     const q = { from: r.from, to: r.to, attr: attrs, limit: params.get("limit") || "100" };
     for (const f of ["service", "endpoint", "status", "min_duration_ms"]) if (params.get(f)) q[f] = params.get(f);
-    const rows = await ZS.api("/api/v1/traces?" + ZS.qs(q));
+    // From a map edge: requests `service` handled in traces that `caller` is part of.
+    const caller = params.get("caller") || "";
+    const all = await ZS.api("/api/v1/traces?" + ZS.qs(q));
+    const rows = caller ? all.filter((t) => t.services.includes(caller)) : all;
     const chart = h("div", { class: "chart" });
-    const out = [h("h2", {}, "Traces"), form, chart,
+    const out = [h("h2", {}, "Traces"), caller ? h("p", {}, `Calls from ${caller} into ${params.get("service")}: traces with both. `,
+      h("a", { href: ZS.link("/traces", { service: params.get("service") }) }, "All of " + params.get("service"))) : "", form, chart,
       rows.length ? ZS.table([
         { title: "Start", value: (t) => t.start_ms, render: (t) => ZS.fmtTime(t.start_ms) },
         { title: "Root", value: (t) => `${t.root_service}: ${t.root_name}` },

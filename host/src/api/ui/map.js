@@ -54,8 +54,8 @@
       if (!le) continue;
       const callee = byName.get(e.callee);
       const href = callee && callee.kind === "service"
-        ? ZS.link("/traces", { service: e.callee })
-        : ZS.link("/traces", { service: e.caller, attr: "db.system" });
+        ? ZS.link("/traces", { service: e.callee, caller: e.caller })
+        : ZS.link("/traces", { service: e.caller, attr: "db.system=" + e.callee });
       const a = S("a", { href, class: "edge-link", "aria-label": `${e.caller} to ${e.callee}: ${edgeLabel(e)}` },
         S("path", { class: "edge" + (e.errors ? " failing" : ""), d: curve(le.points), fill: "none",
           "stroke-width": 1.2 + Math.min(5, Math.log10(1 + e.count)), "marker-end": "url(#arrow)" }),
