@@ -282,7 +282,9 @@ fn every_page_in_headless_chromium() {
             {"key": "ArrowRight", "keycode": 39, "focus": ".waterfall .row",
              "then": "document.querySelectorAll('.waterfall .row').length === 4"},
             {"click": ".waterfall .row .twisty", "then": "document.querySelectorAll('.waterfall .row').length === 1"}]},
-        {"name": "processes", "hash": "#/processes", "expect": ["Processes", "frontend", "inventory", "traced"]},
+        {"name": "processes", "hash": "#/processes", "expect": ["Processes", "frontend", "inventory", "traced"],
+         // Live: the view renders itself again (every 10 s) without a reload.
+         "actions": [{"then": "(window.zsFirst = window.zsFirst || document.body.dataset.ready) && document.body.dataset.ready !== window.zsFirst && document.body.innerText.includes('frontend')"}]},
         {"name": "sensors", "hash": "#/sensors", "expect": ["Sensors", "gunicorn", "uwsgi"]},
         {"name": "map-narrow", "hash": "#/map", "expect": ["Service map", "frontend"], "width": 480, "height": 800},
     ]);
