@@ -733,3 +733,330 @@ mod http {
         rt.shutdown_background();
     }
 }
+
+/// Charts' time series from the rollups, and trace search by attributes.
+mod series_and_search {
+    use super::*;
+    use zerostep::store::{AttrFilter, AttrOp};
+
+    fn db_call(trace: u128, id: u64, parent: u64, start: u64, query: &str) -> Span {
+        let mut s = span(
+            trace,
+            id,
+            Some(parent),
+            SpanKind::Client,
+            "SELECT",
+            start,
+            2,
+            false,
+        );
+        s.attributes = vec![
+            Attribute::str("db.system", "postgresql"),
+            Attribute::str("db.query.text", query),
+        ];
+        s
+    }
+
+    /// Minute-aligned start `m` minutes before now's minute, plus `off` ms.
+    fn at(m: u64, off: u64) -> u64 {
+        let minute = now_ns() / 60_000_000_000 * 60_000_000_000;
+        minute - m * 60_000_000_000 + off * 1_000_000
+    }
+
+    fn fill(store: &Store) {
+        let mut n = 0u128;
+        // 5 minutes ago: 4 requests to /a (1 failing), 2 to /b; 2 minutes ago: 3 to /a.
+        for (m, route, error, query) in [
+            (5, "/a", false, "SELECT * FROM users WHERE id = $1"),
+            (5, "/a", false, "SELECT * FROM users WHERE id = $1"),
+            (5, "/a", false, "SELECT * FROM users WHERE id = $1"),
+            (5, "/a", true, "UPDATE accounts SET x = 1"),
+            (5, "/b", false, "SELECT 1"),
+            (5, "/b", false, "SELECT 1"),
+            (2, "/a", false, "SELECT * FROM orders"),
+            (2, "/a", false, "SELECT * FROM orders"),
+            (2, "/a", false, "SELECT * FROM orders"),
+        ] {
+            n += 1;
+            let t = at(m, n as u64 * 10);
+            let mut root = span(1000 + n, 1, None, SpanKind::Server, route, t, 20, error);
+            root.attributes
+                .push(Attribute::str("url.path", format!("/api{route}/{n}")));
+            submit(
+                store,
+                "web",
+                vec![root, db_call(1000 + n, 2, 1, t + 1_000_000, query)],
+            );
+        }
+        assert!(store.flush(Duration::from_secs(5)));
+    }
+
+    fn range() -> TimeRange {
+        let now = (now_ns() / 1_000_000) as i64;
+        TimeRange {
+            from_ms: now - 15 * 60_000,
+            to_ms: now + 1,
+        }
+    }
+
+    #[test]
+    fn series_buckets_per_minute_with_filters() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        fill(&store);
+        let s = store.series(range(), Some("web"), None).unwrap();
+        assert_eq!(s.step_ms, 60_000);
+        let total: u64 = s.points.iter().map(|p| p.count).sum();
+        assert_eq!(total, 9);
+        let minute_ms = |m: u64| (at(m, 0) / 1_000_000) as i64;
+        let p5 = s.points.iter().find(|p| p.t_ms == minute_ms(5)).unwrap();
+        assert_eq!((p5.count, p5.errors), (6, 1));
+        assert!((p5.rate_per_min - 6.0).abs() < 1e-9);
+        assert!(
+            p5.p95_ms.is_some_and(|v| (15.0..25.0).contains(&v)),
+            "{p5:?}"
+        );
+        let p2 = s.points.iter().find(|p| p.t_ms == minute_ms(2)).unwrap();
+        assert_eq!((p2.count, p2.errors), (3, 0));
+        // An empty minute is a gap, not a zero latency.
+        let empty = s.points.iter().find(|p| p.t_ms == minute_ms(3)).unwrap();
+        assert_eq!((empty.count, empty.p50_ms), (0, None));
+        // Points are contiguous buckets covering the range.
+        assert!(s.points.windows(2).all(|w| w[1].t_ms - w[0].t_ms == 60_000));
+        assert_eq!(s.histogram.iter().map(|b| b.count).sum::<u64>(), 9);
+
+        let b = store.series(range(), Some("web"), Some("GET /b")).unwrap();
+        assert_eq!(b.points.iter().map(|p| p.count).sum::<u64>(), 2);
+        let all = store.series(range(), None, None).unwrap();
+        assert_eq!(all.points.iter().map(|p| p.count).sum::<u64>(), 9);
+        // The database, as a service of its own: the calls into it.
+        let services = store.services(range()).unwrap();
+        let db_row = services
+            .iter()
+            .find(|s| s.kind != "service")
+            .unwrap_or_else(|| panic!("no database in {services:?}"));
+        let db = store.series(range(), Some(&db_row.name), None).unwrap();
+        let db_total = db.points.iter().map(|p| p.count).sum::<u64>();
+        assert_eq!(db_total, db_row.stats.count);
+        assert_eq!(db_total, 9);
+        assert!(store
+            .series(range(), Some("nope"), None)
+            .unwrap()
+            .points
+            .is_empty());
+        // A day is read from the 10-minute tier.
+        let now = (now_ns() / 1_000_000) as i64;
+        let day = TimeRange {
+            from_ms: now - 86_400_000,
+            to_ms: now + 1,
+        };
+        let d = store.series(day, Some("web"), None).unwrap();
+        assert_eq!(d.step_ms, 600_000);
+        assert_eq!(d.points.iter().map(|p| p.count).sum::<u64>(), 9);
+    }
+
+    #[test]
+    fn traces_found_by_attributes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = open(dir.path());
+        fill(&store);
+        let find = |conds: &[&str], f: &dyn Fn(&mut TraceQuery)| {
+            let mut q = TraceQuery {
+                attributes: conds
+                    .iter()
+                    .map(|c| c.parse::<AttrFilter>().unwrap())
+                    .collect(),
+                from_ms: Some(range().from_ms),
+                to_ms: Some(range().to_ms),
+                limit: 100,
+                ..Default::default()
+            };
+            f(&mut q);
+            let mut ids: Vec<String> = store
+                .traces(&q)
+                .unwrap()
+                .into_iter()
+                .map(|t| t.trace_id)
+                .collect();
+            ids.sort();
+            ids
+        };
+        let id = |n: u128| format!("{:032x}", 1000 + n);
+        assert_eq!(
+            find(&["http.response.status_code=500"], &|_| {}),
+            vec![id(4)]
+        );
+        assert_eq!(
+            find(&["db.query.text~=FROM orders"], &|_| {}),
+            vec![id(7), id(8), id(9)]
+        );
+        assert_eq!(find(&["url.path^=/api/b/"], &|_| {}), vec![id(5), id(6)]);
+        assert_eq!(find(&["db.system"], &|_| {}).len(), 9);
+        // Conditions together; with other filters.
+        assert_eq!(
+            find(&["url.path^=/api/a", "db.query.text~=users"], &|_| {}),
+            vec![id(1), id(2), id(3)]
+        );
+        assert_eq!(
+            find(&["url.path^=/api/a"], &|q| q.status =
+                Some(StatusFilter::Error)),
+            vec![id(4)]
+        );
+        assert!(find(&["db.query.text~=UPDATE"], &|q| q.status =
+            Some(StatusFilter::Ok))
+        .is_empty());
+        assert_eq!(
+            find(&["db.system=postgresql"], &|q| q.endpoint =
+                Some("GET /b".into())),
+            vec![id(5), id(6)]
+        );
+        assert!(find(&["db.system=mysql"], &|_| {}).is_empty());
+        assert!(find(&["no.such.key"], &|_| {}).is_empty());
+        assert!(find(&["db.query.text~=orders"], &|q| q.service =
+            Some("other".into()))
+        .is_empty());
+        assert_eq!(
+            "a~=b".parse::<AttrFilter>().unwrap().op,
+            AttrOp::Contains("b".into())
+        );
+    }
+
+    #[test]
+    fn http_routes_for_series_and_attribute_search() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(open(dir.path()));
+        fill(&store);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let app = zerostep::api::store_routes::router(store.clone());
+        rt.spawn(async move { axum::serve(listener, app).await });
+        let get = |path: &str| {
+            let resp = ureq::get(&format!("{base}{path}"))
+                .config()
+                .http_status_as_error(false)
+                .build()
+                .call()
+                .unwrap();
+            let status = resp.status().as_u16();
+            let text = resp.into_body().read_to_string().unwrap();
+            (
+                status,
+                serde_json::from_str::<serde_json::Value>(&text).unwrap_or_default(),
+            )
+        };
+        let (s, v) = get("/api/v1/series?service=web&endpoint=GET%20%2Fa");
+        assert_eq!(s, 200, "{v}");
+        let count: u64 = v["points"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["count"].as_u64().unwrap())
+            .sum();
+        assert_eq!(count, 7);
+        assert_eq!(v["step_ms"], 60_000);
+        let (s, v) = get(
+            "/api/v1/traces?attr=url.path%5E%3D%2Fapi%2Fa&attr=db.query.text~%3DUPDATE&limit=10",
+        );
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(v.as_array().map(Vec::len), Some(1), "{v}");
+        assert_eq!(v[0]["error"], true);
+        let (s, v) = get("/api/v1/attribute-keys");
+        assert_eq!(s, 200);
+        assert!(
+            v.as_array().unwrap().iter().any(|k| k == "db.query.text"),
+            "{v}"
+        );
+        let (s, v) = get("/api/v1/endpoint-change?service=web&endpoint=GET%20%2Fa");
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(v["requests"], 7, "{v}");
+        assert!(
+            v["operations"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|o| o["name"] == "SELECT"),
+            "{v}"
+        );
+        for bad in [
+            "/api/v1/endpoint-change?service=web",
+            "/api/v1/endpoint-change?service=web&endpoint=x&baseline_from=5&baseline_to=1",
+            "/api/v1/traces?attr=%3Dx",
+            "/api/v1/traces?limit=5&limit=6",
+            "/api/v1/series?from=9&to=3",
+            "/api/v1/series?servce=web",
+        ] {
+            let (s, v) = get(bad);
+            assert_eq!(s, 400, "{bad}: {v}");
+        }
+        rt.shutdown_background();
+    }
+}
+
+/// For an endpoint whose latency jumped, the child operation whose time grew most.
+#[test]
+fn endpoint_change_names_the_operation_that_grew() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path());
+    let now = now_ns();
+    // An hour ago: GET /r takes 10 ms, its db call 2 ms and a cache call 1 ms. In the last
+    // 10 minutes: the db call takes 40 ms; the cache call is unchanged.
+    for (n, (ago_s, db_ms)) in (0..20)
+        .map(|i| (3_000 + i * 10, 2))
+        .chain((0..20).map(|i| (300 + i * 10, 40)))
+        .enumerate()
+    {
+        let trace = 50_000 + n as u128;
+        let t = now - ago_s * 1_000_000_000;
+        let root = span(trace, 1, None, SpanKind::Server, "/r", t, 8 + db_ms, false);
+        let mut db = span(
+            trace,
+            2,
+            Some(1),
+            SpanKind::Client,
+            "SELECT",
+            t + 1_000_000,
+            db_ms,
+            false,
+        );
+        db.attributes = vec![Attribute::str("db.system", "postgresql")];
+        let cache = span(
+            trace,
+            3,
+            Some(1),
+            SpanKind::Client,
+            "GET cache",
+            t + (2 + db_ms) * 1_000_000,
+            1,
+            false,
+        );
+        submit(&store, "web", vec![root, db, cache]);
+    }
+    assert!(store.flush(Duration::from_secs(5)));
+    let now_ms = (now / 1_000_000) as i64;
+    let range = TimeRange {
+        from_ms: now_ms - 600_000,
+        to_ms: now_ms + 1,
+    };
+    let baseline = TimeRange {
+        from_ms: now_ms - 3_600_000,
+        to_ms: now_ms - 600_000,
+    };
+    let c = store
+        .endpoint_change("web", "GET /r", range, baseline)
+        .unwrap();
+    assert_eq!((c.requests, c.baseline_requests), (20, 20));
+    assert!(c.p95_ms > 3.0 * c.baseline_p95_ms, "{c:?}");
+    let top = &c.operations[0];
+    assert_eq!(top.name, "SELECT", "{c:?}");
+    assert!((top.delta_ms - 38.0).abs() < 0.5, "{top:?}");
+    assert!((top.calls_per_request - 1.0).abs() < 1e-9);
+    let cache = c.operations.iter().find(|o| o.name == "GET cache").unwrap();
+    assert!(cache.delta_ms.abs() < 0.5, "{cache:?}");
+}

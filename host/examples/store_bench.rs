@@ -448,6 +448,20 @@ fn main() -> anyhow::Result<()> {
             let (a, b, r) = time(20, || store.endpoints(range, Some("service-03")));
             (a, b, r?.len())
         });
+        report(&format!("series, one endpoint ({label})"), {
+            let (a, b, r) = time(20, || {
+                store.series(
+                    range,
+                    Some("service-03"),
+                    Some("GET /api/v1/resource3/{id}"),
+                )
+            });
+            (a, b, r?.points.len())
+        });
+        report(&format!("series, all services ({label})"), {
+            let (a, b, r) = time(20, || store.series(range, None, None));
+            (a, b, r?.points.len())
+        });
     }
     let base = TraceQuery {
         from_ms: Some(day.from_ms),
@@ -506,6 +520,35 @@ fn main() -> anyhow::Result<()> {
             },
         ),
     ];
+    let attr = |conds: &[&str]| -> Vec<zerostep::store::AttrFilter> {
+        conds.iter().filter_map(|c| c.parse().ok()).collect()
+    };
+    let queries: Vec<(&str, TraceQuery)> = queries
+        .into_iter()
+        .chain([
+            (
+                "traces: attr status_code=500 (day)",
+                TraceQuery {
+                    attributes: attr(&["http.response.status_code=500"]),
+                    ..base.clone()
+                },
+            ),
+            (
+                "traces: attr url.path prefix (day)",
+                TraceQuery {
+                    attributes: attr(&["url.path^=/api/v1/resource3/12"]),
+                    ..base.clone()
+                },
+            ),
+            (
+                "traces: attr rare value, scan budget (day)",
+                TraceQuery {
+                    attributes: attr(&["url.path=/nowhere"]),
+                    ..base.clone()
+                },
+            ),
+        ])
+        .collect();
     let mut some_trace = None;
     for (name, q) in &queries {
         let (a, b, r) = time(20, || store.traces(q));

@@ -6,7 +6,7 @@ PACKAGES=(
   gdb  # the injector benchmark compares against gdb-based injection
   redis-server postgresql
   iproute2 curl util-linux  # containers (unshare, nsenter, ip), services as another user (setpriv)
-  chromium  # the API's browser defences, tried from real pages (tests/api_browser.rs)
+  chromium fonts-dejavu-core  # headless: the API's browser defences (tests/api_browser.rs), the UI (tests/ui_browser.rs)
 )
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -7,7 +7,9 @@ import contextvars
 import os
 import random
 import re
+import sys
 import time
+import traceback
 
 # Span kinds and status codes as the wire carries them (host/src/intake/wire.rs).
 INTERNAL, SERVER, CLIENT, PRODUCER, CONSUMER = 0, 1, 2, 3, 4
@@ -49,6 +51,25 @@ current = contextvars.ContextVar("zerostep_current_span", default=None)
 _current_get = current.get
 
 
+def _stacktrace(t, exc):
+    """The traceback Python would print if the exception went on up from where the tracer saw it:
+    the callers of the instrumented function (outermost first), then the frames the exception came
+    through. The tracer's own frames are left out; the innermost are kept (a value keeps 4 KiB)."""
+    try:
+        try:
+            # 0: here, 1: set_error, 2: the tracer's wrapper that caught it, 3: its caller.
+            outer = traceback.extract_stack(sys._getframe(3), limit=30)
+        except ValueError:
+            outer = []
+        frames = [f for f in list(outer) + list(traceback.extract_tb(exc.__traceback__, limit=30))
+                  if not f.filename.startswith("<zerostep")]
+        text = "".join(["Traceback (most recent call last):\n"] + traceback.format_list(frames)
+                       + traceback.format_exception_only(t, exc))
+    except Exception:
+        return ""
+    return text if len(text) <= 4000 else "...\n" + text[-3990:]
+
+
 class Span(object):
     """A recording span. `parent_id` 0 means root. `sampled` False spans only carry context."""
 
@@ -84,6 +105,7 @@ class Span(object):
                 "exception.type": t.__module__ + "." + t.__qualname__
                 if t.__module__ not in ("builtins", "__main__") else t.__qualname__,
                 "exception.message": self.status_msg,
+                "exception.stacktrace": _stacktrace(t, exc),
             })
         except Exception:
             ev = ("exception", _time_ns(), {})

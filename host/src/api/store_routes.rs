@@ -12,7 +12,9 @@ use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
 
-use crate::store::{StatusFilter, Store, StoreError, TimeRange, TraceQuery, MAX_TRACE_LIMIT};
+use crate::store::{
+    AttrFilter, StatusFilter, Store, StoreError, TimeRange, TraceQuery, MAX_TRACE_LIMIT,
+};
 
 const DEFAULT_RANGE_MS: i64 = 3_600_000;
 
@@ -21,6 +23,9 @@ pub fn router(store: Arc<Store>) -> Router {
         .route("/api/v1/services", get(services))
         .route("/api/v1/edges", get(edges))
         .route("/api/v1/endpoints", get(endpoints))
+        .route("/api/v1/series", get(series))
+        .route("/api/v1/attribute-keys", get(attribute_keys))
+        .route("/api/v1/endpoint-change", get(endpoint_change))
         .route("/api/v1/traces", get(traces))
         .route("/api/v1/traces/{id}", get(trace))
         .with_state(store)
@@ -174,7 +179,88 @@ async fn endpoints(State(store): State<Arc<Store>>, Query(p): Params) -> Respons
     }
 }
 
-fn trace_query(p: &HashMap<String, String>) -> Result<TraceQuery, ApiError> {
+async fn series(State(store): State<Arc<Store>>, Query(p): Params) -> Response {
+    let result = Checked::new(&p, &["service", "endpoint", "from", "to"])
+        .and_then(|c| Ok((c.range()?, c.string("service"), c.string("endpoint"))));
+    match result {
+        Ok((range, service, endpoint)) => {
+            blocking(move || Ok(store.series(range, service.as_deref(), endpoint.as_deref())?))
+                .await
+                .into_response()
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `service` and `endpoint` required; the baseline defaults to the window of the same length
+/// just before the range.
+async fn endpoint_change(State(store): State<Arc<Store>>, Query(p): Params) -> Response {
+    let result = Checked::new(
+        &p,
+        &[
+            "service",
+            "endpoint",
+            "from",
+            "to",
+            "baseline_from",
+            "baseline_to",
+        ],
+    )
+    .and_then(|c| {
+        let range = c.range()?;
+        let len = range.to_ms - range.from_ms;
+        let b_to = c.number::<i64>("baseline_to")?.unwrap_or(range.from_ms);
+        let b_from = c.number::<i64>("baseline_from")?.unwrap_or(b_to - len);
+        if b_from >= b_to || b_from < 0 {
+            return Err(ApiError::bad_request(
+                "baseline_from must be before baseline_to, both unix milliseconds",
+            ));
+        }
+        let (Some(service), Some(endpoint)) = (c.string("service"), c.string("endpoint")) else {
+            return Err(ApiError::bad_request("service and endpoint are required"));
+        };
+        let baseline = TimeRange {
+            from_ms: b_from,
+            to_ms: b_to,
+        };
+        Ok((service, endpoint, range, baseline))
+    });
+    match result {
+        Ok((service, endpoint, range, baseline)) => {
+            blocking(move || Ok(store.endpoint_change(&service, &endpoint, range, baseline)?))
+                .await
+                .into_response()
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn attribute_keys(State(store): State<Arc<Store>>) -> Response {
+    blocking(move || Ok(store.attribute_keys()?))
+        .await
+        .into_response()
+}
+
+/// `attr` may repeat (each is one condition); every other parameter is given once.
+fn trace_query(pairs: &[(String, String)]) -> Result<TraceQuery, ApiError> {
+    let mut attributes = Vec::new();
+    let mut p = HashMap::new();
+    for (k, v) in pairs {
+        if k == "attr" {
+            if !v.is_empty() {
+                let f: AttrFilter = v.parse().map_err(|e: crate::store::BadAttrFilter| {
+                    ApiError::bad_request(e.to_string())
+                })?;
+                attributes.push(f);
+            }
+        } else if p.insert(k.clone(), v.clone()).is_some() {
+            return Err(ApiError::bad_request(format!("{k} given more than once")));
+        }
+    }
+    if attributes.len() > 16 {
+        return Err(ApiError::bad_request("at most 16 attr conditions"));
+    }
+    let p = &p;
     let c = Checked::new(
         p,
         &[
@@ -185,6 +271,7 @@ fn trace_query(p: &HashMap<String, String>) -> Result<TraceQuery, ApiError> {
             "from",
             "to",
             "limit",
+            "attr",
         ],
     )?;
     let status = match c.string("status").as_deref() {
@@ -223,10 +310,14 @@ fn trace_query(p: &HashMap<String, String>) -> Result<TraceQuery, ApiError> {
         from_ms: Some(range.from_ms),
         to_ms: Some(range.to_ms),
         limit,
+        attributes,
     })
 }
 
-async fn traces(State(store): State<Arc<Store>>, Query(p): Params) -> Response {
+async fn traces(
+    State(store): State<Arc<Store>>,
+    Query(p): Query<Vec<(String, String)>>,
+) -> Response {
     match trace_query(&p) {
         Ok(q) => blocking(move || Ok(store.traces(&q)?))
             .await

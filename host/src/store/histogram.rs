@@ -74,6 +74,19 @@ impl Histogram {
         bucket_upper_ns(BUCKETS - 1) / 1e6
     }
 
+    /// The non-empty buckets: (lower bound ms, upper bound ms, count), fastest first.
+    pub fn buckets_ms(&self) -> Vec<(f64, f64, u64)> {
+        self.counts
+            .iter()
+            .enumerate()
+            .filter(|(_, &c)| c > 0)
+            .map(|(b, &c)| {
+                let lower = if b == 0 { 0.0 } else { bucket_upper_ns(b - 1) };
+                (lower / 1e6, bucket_upper_ns(b) / 1e6, c)
+            })
+            .collect()
+    }
+
     /// Sparse encoding: (bucket u8, count as LEB128) for every non-empty bucket.
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(32);

@@ -11,6 +11,8 @@
 //! starts empty, rather than migrated: what it holds ages out within the retention period anyway
 //! (3 days by default), while a migration would re-encode every span of a file of up to gigabytes
 //! before the agent could start, and carry the old decoder forever. Nothing is deleted.
+mod analysis;
+mod change;
 mod chunk;
 mod edges;
 mod encode;
@@ -20,6 +22,8 @@ mod queue;
 mod retention;
 mod rollup;
 mod schema;
+mod search;
+mod series;
 mod tree;
 mod writer;
 
@@ -31,6 +35,8 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use rusqlite::{Connection, OpenFlags};
 
+pub use analysis::{Analysis, ErrorOrigin, SpanShare, TimeBreakdown};
+pub use change::{EndpointChange, OperationChange};
 pub use encode::{MAX_ATTRIBUTES, MAX_EVENTS, MAX_NAME_BYTES, MAX_VALUE_BYTES};
 pub use histogram::Histogram;
 pub use query::{
@@ -41,6 +47,8 @@ pub use query::{
 pub use queue::StoreSink;
 pub use retention::RetentionReport;
 pub use schema::SCHEMA_VERSION;
+pub use search::{AttrFilter, AttrOp, BadAttrFilter, MAX_SCANNED_PARTS};
+pub use series::{HistogramBucket, Series, SeriesPoint};
 pub use writer::{MAX_ENDPOINTS_PER_SERVICE, OVERFLOW_ENDPOINT};
 
 use queue::Queue;
@@ -236,6 +244,33 @@ impl Store {
         service: Option<&str>,
     ) -> Result<Vec<EndpointSummary>, StoreError> {
         query::endpoints(&*self.reader()?, &range, service)
+    }
+
+    /// Rate, errors and latency per bucket for charts (see `series`).
+    pub fn series(
+        &self,
+        range: TimeRange,
+        service: Option<&str>,
+        endpoint: Option<&str>,
+    ) -> Result<Series, StoreError> {
+        series::series(&*self.reader()?, &range, service, endpoint)
+    }
+
+    /// How an endpoint's p95 and its child operations' time per request changed from
+    /// `baseline` to `range` (see `change`).
+    pub fn endpoint_change(
+        &self,
+        service: &str,
+        endpoint: &str,
+        range: TimeRange,
+        baseline: TimeRange,
+    ) -> Result<EndpointChange, StoreError> {
+        change::endpoint_change(&*self.reader()?, service, endpoint, &range, &baseline)
+    }
+
+    /// Attribute keys the store has seen.
+    pub fn attribute_keys(&self) -> Result<Vec<String>, StoreError> {
+        Ok(search::known_keys(&*self.reader()?)?)
     }
 
     pub fn traces(&self, q: &TraceQuery) -> Result<Vec<TraceSummary>, StoreError> {

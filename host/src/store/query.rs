@@ -9,10 +9,12 @@ use std::time::Duration;
 use rusqlite::{params_from_iter, types::Value, Connection, OptionalExtension};
 use serde::Serialize;
 
+use super::analysis::{analyze, Analysis};
 use super::chunk;
 use super::encode::{self, STATUS_ERROR};
 use super::histogram::Histogram;
 use super::rollup::{cover, TIERS};
+use super::search::{self, AttrFilter};
 use super::writer::{trace_bytes, trace_key};
 use super::StoreError;
 use crate::span::{Attribute, Event, SpanKind, StatusCode};
@@ -143,6 +145,8 @@ pub struct TraceQuery {
     pub to_ms: Option<i64>,
     /// 1..=1000; 0 means the default (50).
     pub limit: usize,
+    /// Conditions on span attributes (see `search`); all must hold in one trace part.
+    pub attributes: Vec<AttrFilter>,
 }
 
 pub const DEFAULT_TRACE_LIMIT: usize = 50;
@@ -205,6 +209,8 @@ pub struct TraceDetail {
     /// Ordered by start time.
     pub spans: Vec<StoredSpan>,
     pub culprit: Option<Culprit>,
+    /// Where the error originated and where the time went.
+    pub analysis: Analysis,
 }
 
 struct ServiceRow {
@@ -592,6 +598,14 @@ pub fn traces(conn: &Connection, q: &TraceQuery) -> Result<Vec<TraceSummary>, St
     let min_ns = q
         .min_duration
         .map(|d| d.as_nanos().min(i64::MAX as u128) as i64);
+    if !q.attributes.is_empty() {
+        for id in search::matching_traces(conn, q, (from, to), min_ns, limit)? {
+            if !add(id, true)? {
+                break;
+            }
+        }
+        return Ok(out);
+    }
     if q.service.is_some() || q.endpoint.is_some() {
         for id in matching_entries(conn, q, (from, to), min_ns, limit)? {
             if !add(id, false)? {
@@ -718,7 +732,8 @@ pub fn trace(conn: &Connection, trace_id: u128) -> Result<Option<TraceDetail>, S
         span.depth = *depth;
         span.self_ms = *self_ns as f64 / 1e6;
     }
-    let culprit = culprit(&spans);
+    let analysis = analyze(&spans);
+    let culprit = culprit(&analysis);
     let start = raw.iter().map(|r| r.2).min().unwrap_or(0);
     let end = raw.iter().map(|r| r.3).max().unwrap_or(0);
     let mut names: Vec<String> = spans.iter().map(|s| s.service.clone()).collect();
@@ -736,31 +751,21 @@ pub fn trace(conn: &Connection, trace_id: u128) -> Result<Option<TraceDetail>, S
         services: names,
         spans,
         culprit,
+        analysis,
     }))
 }
 
-/// The deepest failing span (the error's origin, not every ancestor it propagated through), else
-/// the span with the most time of its own.
-fn culprit(spans: &[StoredSpan]) -> Option<Culprit> {
-    let failing = spans
-        .iter()
-        .filter(|s| s.status == StatusCode::Error)
-        .max_by(|a, b| {
-            a.depth
-                .cmp(&b.depth)
-                .then(b.start_ms.total_cmp(&a.start_ms))
-        });
-    if let Some(s) = failing {
+/// The error's origin (see `analysis`), else the span with the most time of its own.
+fn culprit(analysis: &Analysis) -> Option<Culprit> {
+    if let Some(e) = &analysis.error {
         return Some(Culprit {
-            span_id: s.span_id.clone(),
+            span_id: e.span_id.clone(),
             reason: CulpritReason::Error,
         });
     }
-    spans
-        .iter()
-        .max_by(|a, b| a.self_ms.total_cmp(&b.self_ms))
-        .map(|s| Culprit {
-            span_id: s.span_id.clone(),
-            reason: CulpritReason::SelfTime,
-        })
+    let top = analysis.time.as_ref()?.self_time.first()?;
+    Some(Culprit {
+        span_id: top.span_id.clone(),
+        reason: CulpritReason::SelfTime,
+    })
 }
