@@ -21,9 +21,12 @@ use support::*;
 
 const USER: &str = "65534"; // nobody
 const CHROMIUM: &str = "/usr/bin/chromium";
+/// The agent's API token, once it has written it (the API needs a credential: tests/api_auth.rs).
+static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
 
 fn get(port: u16, path: &str) -> Option<Value> {
-    let (status, body) = http_get(port, path).ok()?;
+    let token = TOKEN.get().map(String::as_str).unwrap_or("");
+    let (status, body) = http_get_auth(port, path, token).ok()?;
     (status == 200).then(|| serde_json::from_str(&body).ok())?
 }
 
@@ -161,6 +164,23 @@ fn every_page_in_headless_chromium() {
             .stderr(out),
     );
     let agent_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(
+        wait_until(Duration::from_secs(30), || !api_token(
+            &root.path().join("state")
+        )
+        .is_empty()),
+        "agent did not write its token:\n{}",
+        agent_log()
+    );
+    let _ = TOKEN.set(api_token(&root.path().join("state")));
+    // The browser logs in as an operator would: through the link `zerostep ui` prints.
+    let link = Command::new(zerostep_bin())
+        .args(["ui", "--config"])
+        .arg(&config)
+        .output()
+        .expect("zerostep ui");
+    let link = String::from_utf8_lossy(&link.stdout).trim().to_string();
+    assert!(link.contains("/login#token="), "{link}");
     let pids: Vec<u32> = [a.pid(), b.pid()]
         .into_iter()
         .flat_map(|p| std::iter::once(p).chain(children(p)))
@@ -296,6 +316,7 @@ fn every_page_in_headless_chromium() {
         .arg(format!("http://127.0.0.1:{port}/"))
         .arg(&shots)
         .arg(&plan_file)
+        .arg(&link)
         .output()
         .expect("run browse.py");
     let stdout = String::from_utf8_lossy(&out.stdout);

@@ -177,6 +177,7 @@ def wait_for(browser, expr, timeout):
 
 def main():
     chromium, base, out_dir, plan_file = sys.argv[1:5]
+    login = sys.argv[5] if len(sys.argv) > 5 else None
     with open(plan_file) as f:
         plan = json.load(f)
     os.makedirs(out_dir, exist_ok=True)
@@ -186,6 +187,11 @@ def main():
     try:
         for domain in ("Page", "Runtime", "Log", "Network"):
             b.page(domain + ".enable")
+        if login:
+            # The link `zerostep ui` prints: the login page trades the token for a session.
+            b.page("Page.navigate", url=login)
+            if not wait_for(b, "!!localStorage.getItem('zerostep_session')", 20):
+                raise SystemExit("login through %s gave no session" % login.split("#")[0])
         for p in plan:
             b.page("Emulation.setDeviceMetricsOverride", width=p.get("width", 1280),
                    height=p.get("height", 800), deviceScaleFactor=1, mobile=False)
