@@ -91,10 +91,9 @@ async fn serve(cfg: AgentConfig, registry: Arc<SensorRegistry>) -> Result<()> {
         .context("opening the store")?,
     );
     let mut sinks: Vec<Arc<dyn Sink>> = vec![Arc::new(store.sink())];
-    let otlp = match &cfg.otlp_endpoint {
-        Some(endpoint) => {
-            let mut c = OtlpConfig::new(endpoint.clone());
-            c.headers = cfg.otlp_headers.clone();
+    let otlp = match &cfg.otlp {
+        Some(c) => {
+            let c: OtlpConfig = c.clone();
             let exporter = Arc::new(OtlpExporter::start(c).context("starting the OTLP exporter")?);
             tracing::info!(url = %exporter.url(), "exporting spans as OTLP");
             sinks.push(exporter.clone());
@@ -145,6 +144,7 @@ async fn serve(cfg: AgentConfig, registry: Arc<SensorRegistry>) -> Result<()> {
             pipeline: pipeline.clone(),
             discovery,
             sinks,
+            otlp: otlp.clone(),
         }),
     };
     let app = api::router(state)
