@@ -156,14 +156,32 @@ impl AsyncRead for Conn {
                     Poll::Pending => false,
                 };
                 if refused {
-                    *got_data = true;
-                    counters
-                        .tls_handshake_failures
-                        .fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!("OTLP TLS session refused by the server before any answer");
+                    refuse(got_data, counters);
                 }
                 res
             }
+        }
+    }
+}
+
+fn refuse(got_data: &mut bool, counters: &ConnectCounters) {
+    *got_data = true;
+    counters
+        .tls_handshake_failures
+        .fetch_add(1, Ordering::Relaxed);
+    tracing::debug!("OTLP TLS session refused by the server before any answer");
+}
+
+/// A write that fails before the server said anything: the server dropped the session it had
+/// just completed (a refused client certificate, when its alert is not read first).
+fn refused_on_write<T>(res: &Poll<io::Result<T>>, got_data: &mut bool, counters: &ConnectCounters) {
+    if let Poll::Ready(Err(e)) = res {
+        let dropped = matches!(
+            e.kind(),
+            io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+        );
+        if !*got_data && (dropped || is_tls_error(e)) {
+            refuse(got_data, counters);
         }
     }
 }
@@ -181,14 +199,30 @@ impl AsyncWrite for Conn {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Conn::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Conn::Tls { stream, .. } => Pin::new(stream.as_mut()).poll_write(cx, buf),
+            Conn::Tls {
+                stream,
+                counters,
+                got_data,
+            } => {
+                let res = Pin::new(stream.as_mut()).poll_write(cx, buf);
+                refused_on_write(&res, got_data, counters);
+                res
+            }
         }
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Conn::Plain(s) => Pin::new(s).poll_flush(cx),
-            Conn::Tls { stream, .. } => Pin::new(stream.as_mut()).poll_flush(cx),
+            Conn::Tls {
+                stream,
+                counters,
+                got_data,
+            } => {
+                let res = Pin::new(stream.as_mut()).poll_flush(cx);
+                refused_on_write(&res, got_data, counters);
+                res
+            }
         }
     }
 
@@ -206,7 +240,15 @@ impl AsyncWrite for Conn {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Conn::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            Conn::Tls { stream, .. } => Pin::new(stream.as_mut()).poll_write_vectored(cx, bufs),
+            Conn::Tls {
+                stream,
+                counters,
+                got_data,
+            } => {
+                let res = Pin::new(stream.as_mut()).poll_write_vectored(cx, bufs);
+                refused_on_write(&res, got_data, counters);
+                res
+            }
         }
     }
 

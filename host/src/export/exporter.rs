@@ -344,9 +344,23 @@ impl Worker {
                 None => self.config.timeout,
             };
             let max_retry_after = self.config.retry.max_retry_after;
-            let outcome = self
-                .rt
-                .block_on(self.transport.send(&payload, timeout, max_retry_after));
+            let handshakes_failed = || {
+                self.shared
+                    .counters
+                    .tls_handshake_failures
+                    .load(Ordering::Relaxed)
+            };
+            let failed_before = handshakes_failed();
+            let mut outcome =
+                self.rt
+                    .block_on(self.transport.send(&payload, timeout, max_retry_after));
+            // Say so when TLS was the problem: a refusal after the handshake reads as a mere
+            // closed connection otherwise.
+            if handshakes_failed() > failed_before {
+                if let Outcome::Retry { reason, .. } | Outcome::Fail { reason } = &mut outcome {
+                    *reason = format!("TLS handshake failed or refused (certificates?): {reason}");
+                }
+            }
             {
                 let mut st = self.shared.state.lock();
                 st.stats.requests += 1;
