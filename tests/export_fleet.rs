@@ -693,3 +693,78 @@ fn grpc_endpoint_down_then_up_gets_everything_and_overflow_drops_the_oldest() {
     let expected: Vec<u64> = (0..100).chain(2100..3100).collect();
     assert_eq!(span_ids(&rx.got()), expected);
 }
+
+// ---------------------------------------------------------------- the agent and its environment
+
+/// A config file for an agent that traces nothing (scope: descendants of this test process,
+/// which has no Python children; no sensors).
+fn agent_config(dir: &Path, port: u16) -> PathBuf {
+    std::fs::create_dir_all(dir.join("sensors")).unwrap();
+    let p = dir.join("zerostep.toml");
+    std::fs::write(
+        &p,
+        format!(
+            "listen = \"127.0.0.1:{port}\"\nstate_dir = \"{}\"\nsensors_dir = \"{}\"\n\
+             [scope]\ndescendants_of = [{}]\n",
+            dir.join("state").display(),
+            dir.join("sensors").display(),
+            std::process::id()
+        ),
+    )
+    .unwrap();
+    p
+}
+
+#[test]
+fn the_agent_takes_the_standard_environment_and_refuses_a_bad_ca_file_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let cfg = agent_config(dir.path(), port);
+    let agent = |cmd: &mut Command| {
+        cmd.arg("agent")
+            .arg("--config")
+            .arg(&cfg)
+            .env_remove("RUST_LOG")
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", "https://127.0.0.1:1")
+            .env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc");
+    };
+
+    let missing = dir.path().join("missing-ca.pem");
+    let mut cmd = Command::new(zerostep_bin());
+    agent(&mut cmd);
+    let out = cmd
+        .env("OTEL_EXPORTER_OTLP_CERTIFICATE", &missing)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("CA file") && err.contains(&*missing.to_string_lossy()),
+        "{err}"
+    );
+
+    let mut cmd = Command::new(zerostep_bin());
+    agent(&mut cmd);
+    let log = std::fs::File::create(dir.path().join("agent.log")).unwrap();
+    cmd.stdout(log.try_clone().unwrap()).stderr(log);
+    let _agent = Proc::spawn("zerostep agent", &mut cmd);
+    let metrics = || http_get(port, "/metrics").ok().map(|(_, body)| body);
+    assert!(
+        wait_until(Duration::from_secs(30), || metrics().is_some()),
+        "agent did not come up: {}",
+        std::fs::read_to_string(dir.path().join("agent.log")).unwrap_or_default()
+    );
+    let body = metrics().unwrap();
+    for line in [
+        "zerostep_otlp_spans_dropped_total{reason=\"queue_full\"} 0",
+        "zerostep_otlp_tls_handshake_failures_total 0",
+    ] {
+        assert!(body.contains(line), "{line} not in /metrics:\n{body}");
+    }
+    let log = std::fs::read_to_string(dir.path().join("agent.log")).unwrap();
+    assert!(
+        log.contains("OTLP export started") && log.contains("https://127.0.0.1:1"),
+        "{log}"
+    );
+    assert!(log.contains("grpc"), "{log}");
+}

@@ -257,6 +257,7 @@ fn main() -> Result<()> {
         (Protocol::HttpProtobuf, false, Compression::None),
         (Protocol::HttpProtobuf, false, Compression::Gzip),
         (Protocol::HttpProtobuf, true, Compression::Gzip),
+        (Protocol::Grpc, false, Compression::None),
         (Protocol::Grpc, false, Compression::Gzip),
         (Protocol::Grpc, true, Compression::Gzip),
     ];
