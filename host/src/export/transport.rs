@@ -63,8 +63,8 @@ struct RpcStatus {
 pub(crate) enum Payload {
     /// The protobuf body, compressed as configured.
     Http(Bytes),
-    /// The message; tonic encodes (and gzips) it per attempt.
-    Grpc(ExportTraceServiceRequest),
+    /// The protobuf bytes, uncompressed (tonic gzips them per attempt, when asked).
+    Grpc(Bytes),
 }
 
 impl Payload {
@@ -72,7 +72,7 @@ impl Payload {
     pub fn wire_len(&self) -> usize {
         match self {
             Payload::Http(b) => b.len(),
-            Payload::Grpc(r) => r.encoded_len(),
+            Payload::Grpc(b) => b.len(),
         }
     }
 }
@@ -86,7 +86,7 @@ impl Transport {
     pub fn prepare(&self, req: ExportTraceServiceRequest, compression: Compression) -> Payload {
         match self {
             Transport::Http(_) => Payload::Http(Bytes::from(encode::body(&req, compression))),
-            Transport::Grpc(_) => Payload::Grpc(req),
+            Transport::Grpc(_) => Payload::Grpc(Bytes::from(req.encode_to_vec())),
         }
     }
 
