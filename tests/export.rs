@@ -755,8 +755,10 @@ fn shutdown_with_the_receiver_down_gives_up_at_the_deadline() {
 #[test]
 fn bad_configuration_is_refused_with_the_reason() {
     let err = |c: OtlpConfig| OtlpExporter::start(c).err().unwrap().to_string();
-    assert!(err(OtlpConfig::new("https://collector:4318")).contains("https"));
     assert!(err(OtlpConfig::new("collector:4318")).contains("http://"));
+    let mut c = OtlpConfig::new("http://collector:4318");
+    c.tls.ca_file = Some("/etc/ca.pem".into());
+    assert!(err(c).contains("clear-text"));
     let mut c = OtlpConfig::new("http://collector:4318");
     c.queue_spans = 0;
     assert!(err(c).contains("queue_spans"));

@@ -99,10 +99,9 @@ async fn serve(cfg: AgentConfig, registry: Arc<SensorRegistry>, token: String) -
         .context("opening the store")?,
     );
     let mut sinks: Vec<Arc<dyn Sink>> = vec![Arc::new(store.sink())];
-    let otlp = match &cfg.otlp_endpoint {
-        Some(endpoint) => {
-            let mut c = OtlpConfig::new(endpoint.clone());
-            c.headers = cfg.otlp_headers.clone();
+    let otlp = match &cfg.otlp {
+        Some(c) => {
+            let c: OtlpConfig = c.clone();
             let exporter = Arc::new(OtlpExporter::start(c).context("starting the OTLP exporter")?);
             tracing::info!(url = %exporter.url(), "exporting spans as OTLP");
             sinks.push(exporter.clone());
@@ -155,6 +154,7 @@ async fn serve(cfg: AgentConfig, registry: Arc<SensorRegistry>, token: String) -
             pipeline: pipeline.clone(),
             discovery,
             sinks,
+            otlp: otlp.clone(),
         }),
     };
     // The bound address (port 0 in the configuration becomes a real one), for the Host check.

@@ -90,9 +90,13 @@ pub struct AgentArgs {
     /// Address of the HTTP API and UI [default: 127.0.0.1:7787].
     #[arg(long)]
     pub listen: Option<SocketAddr>,
-    /// Also export spans as OTLP/HTTP protobuf to this base URL (e.g. http://collector:4318).
+    /// Also export spans as OTLP to this URL (e.g. http://collector:4318, or
+    /// https://collector:4317 with --otlp-protocol grpc) [default: OTEL_EXPORTER_OTLP_ENDPOINT].
     #[arg(long)]
     pub otlp_endpoint: Option<String>,
+    /// `grpc` or `http/protobuf` [default: OTEL_EXPORTER_OTLP_PROTOCOL, else http/protobuf].
+    #[arg(long)]
+    pub otlp_protocol: Option<String>,
 }
 
 impl AgentArgs {
@@ -103,6 +107,7 @@ impl AgentArgs {
             state_dir: self.state_dir.clone(),
             sensors_dir: self.sensors_dir.clone(),
             otlp_endpoint: self.otlp_endpoint.clone(),
+            otlp_protocol: self.otlp_protocol.clone(),
         }
     }
 }

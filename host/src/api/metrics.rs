@@ -263,6 +263,61 @@ pub async fn render(State(state): State<ApiState>) -> impl IntoResponse {
         for (name, s) in &sinks {
             o.sample("zerostep_queue_depth", &[("queue", name)], s.queued as f64);
         }
+        if let Some(otlp) = &a.otlp {
+            otlp_metrics(&mut o, &otlp.otlp_stats());
+        }
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], o.0)
+}
+
+/// The OTLP exporter's own counters: why spans were dropped, and what the connection did.
+fn otlp_metrics(o: &mut Out, s: &crate::export::OtlpStats) {
+    o.family(
+        "zerostep_otlp_spans_dropped_total",
+        "counter",
+        "Spans the OTLP exporter dropped, by reason.",
+    );
+    for (reason, v) in [
+        ("queue_full", s.dropped_queue_full),
+        ("refused", s.dropped_refused),
+        ("rejected", s.rejected),
+        ("shutdown", s.dropped_shutdown),
+    ] {
+        o.sample(
+            "zerostep_otlp_spans_dropped_total",
+            &[("reason", reason)],
+            v as f64,
+        );
+    }
+    o.one(
+        "zerostep_otlp_requests_total",
+        "counter",
+        "OTLP export requests, retries included.",
+        s.requests as f64,
+    );
+    o.one(
+        "zerostep_otlp_retries_total",
+        "counter",
+        "OTLP export requests made again after a retryable failure.",
+        s.retries as f64,
+    );
+    o.one(
+        "zerostep_otlp_sent_bytes_total",
+        "counter",
+        "Bytes of OTLP request bodies sent.",
+        s.bytes_sent as f64,
+    );
+    o.one(
+        "zerostep_otlp_connect_failures_total",
+        "counter",
+        "TCP connections to the OTLP endpoint that failed.",
+        s.connect_failures as f64,
+    );
+    o.one(
+        "zerostep_otlp_tls_handshake_failures_total",
+        "counter",
+        "TLS handshakes with the OTLP endpoint that failed (certificate not trusted or not \
+         matching, client certificate refused).",
+        s.tls_handshake_failures as f64,
+    );
 }

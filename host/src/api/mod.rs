@@ -37,6 +37,8 @@ pub struct AgentParts {
     pub pipeline: Arc<Pipeline>,
     pub discovery: Arc<Discovery>,
     pub sinks: Vec<Arc<dyn Sink>>,
+    /// The OTLP exporter too, for its own counters (drops by reason, TLS handshakes).
+    pub otlp: Option<Arc<crate::export::OtlpExporter>>,
 }
 
 pub fn router(state: ApiState) -> Router {

@@ -2,6 +2,7 @@
 //! spans, sends it, and retries it with backoff until it is delivered, refused for good, or the
 //! shutdown deadline passes. While a request is retried new spans keep queueing, so an outage
 //! loses nothing until the queue bound is reached.
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -9,9 +10,13 @@ use std::time::{Duration, Instant};
 use parking_lot::{Condvar, Mutex};
 use serde::Serialize;
 
-use super::config::OtlpConfig;
+use super::config::{OtlpConfig, Protocol};
+use super::connect::{ConnectCounters, Connector};
 use super::encode;
+use super::grpc::GrpcParts;
+use super::http::HttpTransport;
 use super::queue::{Part, SpanQueue};
+use super::tls;
 use super::transport::{Backoff, Outcome, Transport};
 use super::ExportError;
 use crate::pipeline::{EnrichedBatch, Sink, SinkStats};
@@ -21,7 +26,7 @@ use crate::pipeline::{EnrichedBatch, Sink, SinkStats};
 pub struct OtlpStats {
     #[serde(flatten)]
     pub sink: SinkStats,
-    /// HTTP requests made, retries included.
+    /// Requests (HTTP or gRPC calls) made, retries included.
     pub requests: u64,
     /// Requests made again after a retryable failure.
     pub retries: u64,
@@ -29,8 +34,21 @@ pub struct OtlpStats {
     pub rejected: u64,
     /// Requests dropped because the receiver answered with a non-retryable status.
     pub failed_requests: u64,
-    /// Bytes of request bodies sent (after compression), retries included.
+    /// Bytes of request bodies sent (HTTP: after compression; gRPC: before, tonic compresses),
+    /// retries included.
     pub bytes_sent: u64,
+    /// Spans dropped, by why: the queue was full (oldest first), the receiver refused the request
+    /// for good (`failed_requests`), or shutdown came before they could be sent. With
+    /// `rejected` these add up to `sink.dropped`.
+    pub dropped_queue_full: u64,
+    pub dropped_refused: u64,
+    pub dropped_shutdown: u64,
+    /// TCP connections opened, and attempts that failed.
+    pub connects: u64,
+    pub connect_failures: u64,
+    /// TLS handshakes that failed (bad or unknown certificate, name mismatch, client
+    /// certificate refused...). Never retried in clear text.
+    pub tls_handshake_failures: u64,
     /// The most recent failure, cleared by the next delivery.
     pub last_error: Option<String>,
 }
@@ -49,6 +67,14 @@ struct State {
 struct Shared {
     state: Mutex<State>,
     wake: Condvar,
+    counters: Arc<ConnectCounters>,
+}
+
+/// The transport, checked at start and opened in the exporter's thread (the gRPC channel needs
+/// that thread's runtime).
+enum Prepared {
+    Http(HttpTransport),
+    Grpc(Box<GrpcParts>, Connector),
 }
 
 pub struct OtlpExporter {
@@ -62,8 +88,36 @@ impl OtlpExporter {
     /// Checks the configuration and starts the sending thread.
     pub fn start(config: OtlpConfig) -> Result<OtlpExporter, ExportError> {
         config.validate()?;
-        let transport = Transport::new(&config)?;
-        let url = transport.url().to_string();
+        let target = config.target()?;
+        let url = target.url.clone();
+        let tls = if target.tls {
+            Some(tls::client_config(
+                &config.tls,
+                config.protocol,
+                &target.host,
+            )?)
+        } else {
+            None
+        };
+        let counters = Arc::new(ConnectCounters::default());
+        let connector = Connector::new(target.host.clone(), target.port, tls, counters.clone());
+        let prepared = match config.protocol {
+            Protocol::HttpProtobuf => Prepared::Http(HttpTransport::new(
+                &target,
+                connector,
+                &config.headers,
+                config.compression,
+            )?),
+            Protocol::Grpc => Prepared::Grpc(
+                Box::new(GrpcParts::new(
+                    &target,
+                    &config.headers,
+                    config.compression,
+                    config.timeout,
+                )?),
+                connector,
+            ),
+        };
         let max_batch_spans = config.max_batch_spans;
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
@@ -74,18 +128,56 @@ impl OtlpExporter {
                 stats: OtlpStats::default(),
             }),
             wake: Condvar::new(),
+            counters,
         });
-        let worker = Worker {
-            shared: shared.clone(),
-            transport,
-            config,
-            logged_error: None,
-        };
+        let worker_shared = shared.clone();
+        let worker_url = url.clone();
+        let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
+        let protocol = config.protocol;
         let handle = std::thread::Builder::new()
             .name("otlp-export".into())
-            .spawn(move || worker.run())
+            .spawn(move || {
+                // One small runtime of its own: the exporter's I/O never waits behind (or
+                // holds up) the agent's API and pipeline tasks.
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(e));
+                        return;
+                    }
+                };
+                let transport = match prepared {
+                    Prepared::Http(t) => Transport::Http(t),
+                    Prepared::Grpc(parts, connector) => {
+                        let _guard = rt.enter();
+                        Transport::Grpc((*parts).open(connector))
+                    }
+                };
+                let _ = ready_tx.send(Ok(()));
+                Worker {
+                    shared: worker_shared,
+                    transport,
+                    rt,
+                    url: worker_url,
+                    config,
+                    logged_error: None,
+                }
+                .run();
+            })
             .map_err(ExportError::Thread)?;
-        tracing::info!(%url, "OTLP export started");
+        match ready_rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(ExportError::Thread(e)),
+            Err(_) => {
+                return Err(ExportError::Thread(std::io::Error::other(
+                    "the export thread ended at start",
+                )))
+            }
+        }
+        tracing::info!(%url, protocol = protocol.as_str(), "OTLP export started");
         Ok(OtlpExporter {
             shared,
             worker: Mutex::new(Some(handle)),
@@ -103,6 +195,11 @@ impl OtlpExporter {
         let st = self.shared.state.lock();
         let mut stats = st.stats.clone();
         stats.sink.queued = (st.queue.len() + st.in_flight) as u64;
+        drop(st);
+        let c = &self.shared.counters;
+        stats.connects = c.connects.load(Ordering::Relaxed);
+        stats.connect_failures = c.connect_failures.load(Ordering::Relaxed);
+        stats.tls_handshake_failures = c.tls_handshake_failures.load(Ordering::Relaxed);
         stats
     }
 
@@ -150,11 +247,13 @@ impl Sink for OtlpExporter {
         st.stats.sink.accepted += n;
         if st.deadline.is_some() {
             st.stats.sink.dropped += n;
+            st.stats.dropped_shutdown += n;
             return;
         }
         let was_empty = st.queue.is_empty();
         let dropped = st.queue.push(batch) as u64;
         st.stats.sink.dropped += dropped;
+        st.stats.dropped_queue_full += dropped;
         if was_empty {
             st.oldest_at = Some(Instant::now());
         }
@@ -174,6 +273,8 @@ impl Sink for OtlpExporter {
 struct Worker {
     shared: Arc<Shared>,
     transport: Transport,
+    rt: tokio::runtime::Runtime,
+    url: String,
     config: OtlpConfig,
     /// The last failure logged at warn level: the same reason again is logged at debug.
     logged_error: Option<String>,
@@ -189,6 +290,7 @@ impl Worker {
         if left > 0 {
             st.queue.take(usize::MAX);
             st.stats.sink.dropped += left;
+            st.stats.dropped_shutdown += left;
             tracing::warn!(spans = left, "OTLP export stopped with spans unsent");
         }
     }
@@ -226,7 +328,10 @@ impl Worker {
 
     fn deliver(&mut self, parts: &[Part]) {
         let spans = parts.iter().map(Part::len).sum::<usize>() as u64;
-        let body = encode::body(&encode::request(parts), self.config.compression);
+        let payload = self
+            .transport
+            .prepare(encode::request(parts), self.config.compression);
+        let wire_len = payload.wire_len() as u64;
         let mut backoff = Backoff::new(self.config.retry.clone());
         let mut failures = 0u32;
         loop {
@@ -234,17 +339,32 @@ impl Worker {
             let timeout = match deadline {
                 Some(d) => match d.checked_duration_since(Instant::now()) {
                     Some(left) if !left.is_zero() => left.min(self.config.timeout),
-                    _ => return self.finish(spans, 0, spans),
+                    _ => return self.finish_shutdown(spans),
                 },
                 None => self.config.timeout,
             };
-            let outcome = self
-                .transport
-                .send(&body, timeout, self.config.retry.max_retry_after);
+            let max_retry_after = self.config.retry.max_retry_after;
+            let handshakes_failed = || {
+                self.shared
+                    .counters
+                    .tls_handshake_failures
+                    .load(Ordering::Relaxed)
+            };
+            let failed_before = handshakes_failed();
+            let mut outcome =
+                self.rt
+                    .block_on(self.transport.send(&payload, timeout, max_retry_after));
+            // Say so when TLS was the problem: a refusal after the handshake reads as a mere
+            // closed connection otherwise.
+            if handshakes_failed() > failed_before {
+                if let Outcome::Retry { reason, .. } | Outcome::Fail { reason } = &mut outcome {
+                    *reason = format!("TLS handshake failed or refused (certificates?): {reason}");
+                }
+            }
             {
                 let mut st = self.shared.state.lock();
                 st.stats.requests += 1;
-                st.stats.bytes_sent += body.len() as u64;
+                st.stats.bytes_sent += wire_len;
             }
             match outcome {
                 Outcome::Delivered { rejected, message } => {
@@ -268,6 +388,7 @@ impl Worker {
                     self.note_error(format!("{reason} (not retryable; spans dropped)"), spans);
                     let mut st = self.shared.state.lock();
                     st.stats.failed_requests += 1;
+                    st.stats.dropped_refused += spans;
                     st.stats.sink.errors += 1;
                     drop(st);
                     return self.finish(spans, 0, spans);
@@ -293,7 +414,7 @@ impl Worker {
                     }
                     if st.deadline.is_some_and(|d| Instant::now() >= d) {
                         drop(st);
-                        return self.finish(spans, 0, spans);
+                        return self.finish_shutdown(spans);
                     }
                     st.stats.retries += 1;
                 }
@@ -310,10 +431,16 @@ impl Worker {
         st.stats.sink.dropped += dropped;
     }
 
+    /// The request in flight is given up because shutdown's deadline has come.
+    fn finish_shutdown(&self, spans: u64) {
+        self.shared.state.lock().stats.dropped_shutdown += spans;
+        self.finish(spans, 0, spans);
+    }
+
     /// Records a failure's reason; logs it at warn level only when it differs from the last one.
     fn note_error(&mut self, reason: String, spans: u64) {
         self.shared.state.lock().stats.last_error = Some(reason.clone());
-        let url = self.transport.url();
+        let url = &self.url;
         if self.logged_error.as_deref() == Some(reason.as_str()) {
             tracing::debug!(%url, spans, "OTLP export: {reason}");
         } else {

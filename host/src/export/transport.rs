@@ -1,25 +1,27 @@
-//! One OTLP/HTTP request and what its answer means under the OTLP spec: delivered (perhaps
-//! partly), worth retrying (429/502/503/504, connection errors, timeouts; with the receiver's
-//! `Retry-After`), or not (any other status: the data is dropped).
-//!
-//! ureq (already a dependency, blocking): the exporter sends one request at a time from its own
-//! thread, so an async client would add a runtime hop and nothing else.
+//! What an OTLP answer means under the OTLP spec, for both transports: delivered (perhaps
+//! partly), worth retrying (HTTP 429/502/503/504, the retryable gRPC codes, connection errors,
+//! timeouts; with the receiver's `Retry-After` or gRPC `RetryInfo`), or not (the data is
+//! dropped). `Transport` sends one request with whichever protocol is configured.
 use std::time::{Duration, SystemTime};
 
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
+use bytes::Bytes;
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
 use prost::Message;
 
-use super::config::{Compression, OtlpConfig, RetryPolicy};
-use super::ExportError;
+use super::config::{Compression, RetryPolicy};
+use super::encode;
+use super::grpc::GrpcTransport;
+use super::http::HttpTransport;
 
-/// How much of a response body we read: enough for any status message.
-const MAX_RESPONSE_BYTES: u64 = 64 * 1024;
 /// How much of a plain-text error body ends up in a log line.
 const MAX_REASON_CHARS: usize = 200;
 
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Outcome {
-    /// 2xx. `rejected` spans were refused by the receiver (partial success), for `message`.
+    /// 2xx / gRPC OK. `rejected` spans were refused by the receiver (partial success), for
+    /// `message`.
     Delivered {
         rejected: u64,
         message: String,
@@ -33,6 +35,21 @@ pub(crate) enum Outcome {
     },
 }
 
+impl Outcome {
+    pub(crate) fn delivered(response: Option<ExportTraceServiceResponse>) -> Outcome {
+        match response.and_then(|r| r.partial_success) {
+            Some(p) => Outcome::Delivered {
+                rejected: u64::try_from(p.rejected_spans).unwrap_or(0),
+                message: p.error_message,
+            },
+            None => Outcome::Delivered {
+                rejected: 0,
+                message: String::new(),
+            },
+        }
+    }
+}
+
 /// `google.rpc.Status`, the body OTLP/HTTP receivers send with an error status.
 #[derive(Clone, PartialEq, prost::Message)]
 struct RpcStatus {
@@ -42,97 +59,65 @@ struct RpcStatus {
     message: String,
 }
 
-pub(crate) struct Transport {
-    agent: ureq::Agent,
-    url: String,
-    headers: Vec<(String, String)>,
-    compression: Compression,
+/// One batch, encoded once for all its attempts.
+pub(crate) enum Payload {
+    /// The protobuf body, compressed as configured.
+    Http(Bytes),
+    /// The protobuf bytes, uncompressed (tonic gzips them per attempt, when asked).
+    Grpc(Bytes),
+}
+
+impl Payload {
+    /// Bytes on the wire per attempt (for gRPC before compression: tonic compresses inside).
+    pub fn wire_len(&self) -> usize {
+        match self {
+            Payload::Http(b) => b.len(),
+            Payload::Grpc(b) => b.len(),
+        }
+    }
+}
+
+pub(crate) enum Transport {
+    Http(HttpTransport),
+    Grpc(GrpcTransport),
 }
 
 impl Transport {
-    pub fn new(config: &OtlpConfig) -> Result<Self, ExportError> {
-        let agent = ureq::Agent::new_with_config(
-            ureq::Agent::config_builder()
-                .http_status_as_error(false)
-                .max_redirects(0)
-                .timeout_global(Some(config.timeout))
-                .user_agent(concat!("zerostep/", env!("CARGO_PKG_VERSION")))
-                .build(),
-        );
-        Ok(Self {
-            agent,
-            url: config.traces_url()?,
-            headers: config.headers.clone(),
-            compression: config.compression,
-        })
+    pub fn prepare(&self, req: ExportTraceServiceRequest, compression: Compression) -> Payload {
+        match self {
+            Transport::Http(_) => Payload::Http(Bytes::from(encode::body(&req, compression))),
+            Transport::Grpc(_) => Payload::Grpc(Bytes::from(req.encode_to_vec())),
+        }
     }
 
-    pub fn url(&self) -> &str {
-        &self.url
-    }
-
-    /// Sends `body` (already compressed as configured) within `timeout`.
-    pub fn send(&self, body: &[u8], timeout: Duration, max_retry_after: Duration) -> Outcome {
-        let mut req = self
-            .agent
-            .post(&self.url)
-            .config()
-            .timeout_global(Some(timeout))
-            .build()
-            .header("Content-Type", "application/x-protobuf");
-        if self.compression == Compression::Gzip {
-            req = req.header("Content-Encoding", "gzip");
-        }
-        for (k, v) in &self.headers {
-            req = req.header(k, v);
-        }
-        let mut resp = match req.send(body) {
-            Ok(resp) => resp,
-            Err(e) => {
-                return Outcome::Retry {
-                    reason: format!("POST {}: {e}", self.url),
-                    after: None,
-                }
+    /// One attempt within `timeout`.
+    pub async fn send(
+        &mut self,
+        payload: &Payload,
+        timeout: Duration,
+        max_retry_after: Duration,
+    ) -> Outcome {
+        match (self, payload) {
+            (Transport::Http(t), Payload::Http(body)) => {
+                t.send(body, timeout, max_retry_after).await
             }
-        };
-        let status = resp.status().as_u16();
-        let retry_after = resp
-            .headers()
-            .get("retry-after")
-            .and_then(|v| v.to_str().ok())
-            .and_then(parse_retry_after)
-            .map(|d| d.min(max_retry_after));
-        let is_protobuf = resp
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|ct| ct.starts_with("application/x-protobuf"));
-        // A body we cannot read is treated as empty: the status alone decides.
-        let bytes = resp
-            .body_mut()
-            .with_config()
-            .limit(MAX_RESPONSE_BYTES)
-            .read_to_vec()
-            .unwrap_or_default();
-        classify(status, &bytes, is_protobuf, retry_after)
+            (Transport::Grpc(t), Payload::Grpc(req)) => t.send(req, timeout, max_retry_after).await,
+            _ => Outcome::Fail {
+                reason: "internal: payload prepared for the other protocol".into(),
+            },
+        }
     }
 }
 
-fn classify(status: u16, body: &[u8], is_protobuf: bool, retry_after: Option<Duration>) -> Outcome {
+/// An OTLP/HTTP answer.
+pub(crate) fn classify(
+    status: u16,
+    body: &[u8],
+    is_protobuf: bool,
+    retry_after: Option<Duration>,
+) -> Outcome {
     if (200..300).contains(&status) {
-        let partial = ExportTraceServiceResponse::decode(body)
-            .ok()
-            .and_then(|r| r.partial_success);
-        return match partial {
-            Some(p) => Outcome::Delivered {
-                rejected: u64::try_from(p.rejected_spans).unwrap_or(0),
-                message: p.error_message,
-            },
-            None => Outcome::Delivered {
-                rejected: 0,
-                message: String::new(),
-            },
-        };
+        return Outcome::delivered(ExportTraceServiceResponse::decode(body).ok());
     }
     let detail = if is_protobuf {
         RpcStatus::decode(body)
