@@ -748,7 +748,14 @@ fn the_agent_takes_the_standard_environment_and_refuses_a_bad_ca_file_at_start()
     let log = std::fs::File::create(dir.path().join("agent.log")).unwrap();
     cmd.stdout(log.try_clone().unwrap()).stderr(log);
     let _agent = Proc::spawn("zerostep agent", &mut cmd);
-    let metrics = || http_get(port, "/metrics").ok().map(|(_, body)| body);
+    // /metrics needs the API token (tests/api_auth.rs), which the agent writes at start.
+    let state = dir.path().join("state");
+    let metrics = || {
+        http_get_auth(port, "/metrics", &api_token(&state))
+            .ok()
+            .filter(|(status, _)| *status == 200)
+            .map(|(_, body)| body)
+    };
     assert!(
         wait_until(Duration::from_secs(30), || metrics().is_some()),
         "agent did not come up: {}",
