@@ -1,4 +1,4 @@
-//! `zerostep sensors check` and `zerostep sensors list`.
+//! `zerostep sensors check`, `zerostep sensors list` and `zerostep sensors rollback`.
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::ExitCode;
@@ -20,6 +20,20 @@ pub fn check(file: &Path) -> Result<ExitCode> {
             println!("  contract:      zerostep:sensor@{}", i.contract_version);
             println!("  technologies:  {}", i.technologies.join(", "));
             println!("  sha256:        {}", sensor.sha256);
+            for b in &sensor.bundles {
+                println!(
+                    "  bundle:        {} {} ({:?}, triggers: {}, tracer API {})",
+                    b.name,
+                    b.version,
+                    b.scope,
+                    if b.triggers.is_empty() {
+                        "none".to_string()
+                    } else {
+                        b.triggers.join(", ")
+                    },
+                    b.tracer_api
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Err(err) => {
@@ -27,6 +41,33 @@ pub fn check(file: &Path) -> Result<ExitCode> {
             Ok(ExitCode::from(EXIT_REFUSED))
         }
     }
+}
+
+pub fn rollback(agent: SocketAddr, name: &str) -> Result<ExitCode> {
+    let body = serde_json::json!({ "name": name });
+    let resp = ureq::post(&format!("http://{agent}/api/v1/sensors/rollback"))
+        .config()
+        .http_status_as_error(false)
+        .build()
+        .send_json(&body)
+        .with_context(|| format!("asking the agent at {agent} (is `zerostep agent` running?)"))?;
+    let status = resp.status();
+    let mut resp = resp;
+    let text = resp
+        .body_mut()
+        .read_to_string()
+        .context("reading the agent's answer")?;
+    if !status.is_success() {
+        eprintln!("rollback refused: {}", text.trim_end());
+        return Ok(ExitCode::from(EXIT_REFUSED));
+    }
+    let r: crate::api::RollbackResponse =
+        serde_json::from_str(&text).context("decoding the agent's answer")?;
+    println!(
+        "{}: {} -> {} (processes get it in place)",
+        r.name, r.from, r.to
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 pub fn list(agent: SocketAddr, json: bool) -> Result<ExitCode> {
@@ -65,6 +106,13 @@ pub fn list(agent: SocketAddr, json: bool) -> Result<ExitCode> {
                 &q.sha256[..q.sha256.len().min(12)],
                 q.reason
             );
+        }
+        if let Some(v) = &s.serving {
+            if v.contract_version != "0.1.0" || !v.bundles.is_empty() {
+                for b in &v.bundles {
+                    println!("  bundle {} {} ({:?})", b.name, b.version, b.scope);
+                }
+            }
         }
         if let Some(r) = &s.last_refused {
             println!(
