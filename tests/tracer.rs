@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use support::*;
 use zerostep::intake::{self, Intake, IntakeAddress, IntakeConfig, PeerRegistry, SpanBatch};
+use zerostep::sensors::{QuarantinePolicy, SandboxEngine, SandboxLimits, SensorRegistry};
 use zerostep::span::{AttrValue, Span, SpanKind, StatusCode};
 
 const FIXTURES: &[&str] = &[
@@ -53,6 +54,10 @@ impl Env {
             let _g = rt.enter();
             Intake::start(cfg, PeerRegistry::new()).expect("intake")
         };
+        // The instrumentations come from the real sensors' bundles, as the agent hands them out;
+        // every process here gets all of them (each acts only once its library is imported).
+        let bundles = sensor_bundles();
+        intake.set_bundle_source(std::sync::Arc::new(move |_pid| bundles.clone()));
         std::fs::write(dir.path().join("bootstrap.py"), intake.bootstrap_code())
             .expect("write bootstrap");
         Env {
@@ -136,6 +141,30 @@ impl Env {
         }
         out
     }
+}
+
+/// The bundles of the sensors `make sensors` built (gunicorn, uwsgi, libraries).
+fn sensor_bundles() -> Vec<zerostep::sensors::Bundle> {
+    let engine = std::sync::Arc::new(
+        SandboxEngine::new(SandboxLimits::default(), None).expect("sandbox engine"),
+    );
+    let registry = SensorRegistry::new(engine, QuarantinePolicy::default());
+    for name in ["gunicorn", "uwsgi", "libraries"] {
+        let path = repo_root().join(format!("target/sensors/{name}.wasm"));
+        assert!(
+            path.exists(),
+            "{} missing: run `make sensors`",
+            path.display()
+        );
+        let outcome = registry.load_path(&path);
+        assert!(
+            matches!(outcome, zerostep::sensors::LoadOutcome::Activated { .. }),
+            "{name}: {outcome:?}"
+        );
+    }
+    let bundles = registry.all_bundles();
+    assert_eq!(bundles.len(), 3, "one bundle per sensor");
+    bundles
 }
 
 impl Drop for Env {

@@ -217,18 +217,17 @@ fn handle(frame: PeerFrame, shared: &Shared, pid: u32, root_pid: u32, id: u64) {
             version,
             installed,
         } => {
+            // The bundles are looked up before the peers' lock is taken (the source asks the
+            // sensors' directory, which must never wait for the intake).
+            let config = (role == PeerRole::Bootstrap).then(|| shared.tracer_config_for(pid));
             let mut peers = shared.peers.lock();
             let Some(entry) = peers.get_mut(&pid).filter(|e| e.id == id) else {
                 return;
             };
             entry.info.python = python;
             entry.info.tracer_version = version.or(installed);
-            if role == PeerRole::Bootstrap {
-                let msg = wire::load_message(
-                    TRACER_VERSION,
-                    TRACER_MODULES,
-                    &shared.config.tracer_config,
-                );
+            if let Some(config) = config {
+                let msg = wire::load_message(TRACER_VERSION, TRACER_MODULES, &config);
                 if entry.commands.try_send(wire::encode(&msg)).is_ok() {
                     c.modules_served.fetch_add(1, Ordering::Relaxed);
                     entry.info.tracer_version = Some(TRACER_VERSION.to_string());

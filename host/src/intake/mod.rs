@@ -155,10 +155,28 @@ struct Shared {
     next_id: AtomicU64,
     /// Extra listeners inside containers' network namespaces.
     netns: Mutex<netns::NsListeners>,
+    bundles: parking_lot::RwLock<Option<BundleSource>>,
     runtime: tokio::runtime::Handle,
     /// Differs per intake, so the injector's run-once marker (a hash of the code) lets a new
     /// agent run bootstrap a process again (e.g. one detached by the previous run).
     run_id: String,
+}
+
+/// Which instrumentation bundles a process gets: asked when its bootstrap says hello and when a
+/// command carries the config (the agent's answer comes from the sensors that matched the pid).
+pub type BundleSource = Arc<dyn Fn(u32) -> Vec<crate::sensors::Bundle> + Send + Sync>;
+
+impl Shared {
+    /// The tracer config for one process: the intake's, plus that process's bundles.
+    fn tracer_config_for(&self, pid: u32) -> serde_json::Value {
+        let mut cfg = self.config.tracer_config.clone();
+        let source = self.bundles.read().clone();
+        let bundles = source.map(|f| f(pid)).unwrap_or_default();
+        if let serde_json::Value::Object(map) = &mut cfg {
+            map.insert("bundles".into(), wire::bundles_json(&bundles));
+        }
+        cfg
+    }
 }
 
 /// The running intake. Dropping it stops accepting; connected peers are closed.
@@ -187,6 +205,7 @@ impl Intake {
             peers: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             netns: Mutex::new(netns::NsListeners::default()),
+            bundles: parking_lot::RwLock::new(None),
             runtime: tokio::runtime::Handle::current(),
             run_id: {
                 let mut b = [0u8; 8];
@@ -267,14 +286,19 @@ impl Intake {
         self.shared.queue.clone()
     }
 
+    /// Where the bundles of each process come from (none set: no bundles, the bare core).
+    pub fn set_bundle_source(&self, source: BundleSource) {
+        *self.shared.bundles.write() = Some(source);
+    }
+
     /// Sends a command to the tracer connected as `pid`. Does not wait for it to act.
     pub fn send(&self, pid: u32, command: &Command) -> Result<(), IntakeError> {
-        let cfg = &self.shared.config.tracer_config;
+        let cfg = self.shared.tracer_config_for(pid);
         let frame = wire::encode(&wire::command_message(
             command,
             TRACER_VERSION,
             TRACER_MODULES,
-            cfg,
+            &cfg,
         ));
         let peers = self.shared.peers.lock();
         let entry = peers.get(&pid).ok_or(IntakeError::NoSuchPeer(pid))?;

@@ -1,5 +1,6 @@
-//! The in-process tracer, embedded at build time from host/python/, and the bootstrap the injector
-//! runs in a target to fetch it.
+//! The in-process tracer's generic core, embedded at build time from host/python/, and the bootstrap
+//! the injector runs in a target to fetch it. The instrumentations are not here: they come from
+//! sensors as bundles (`config.bundles` of the load message, see [`super::BundleSource`]).
 use serde_json::Value;
 
 /// The tracer's version, as `_zerostep.VERSION` says; a bootstrap that finds a different one
@@ -30,18 +31,9 @@ pub const MODULES: &[(&str, &str)] = &[
         include_str!("../../python/zerostep/wsgi.py"),
     ),
     (
-        "_zerostep.servers",
-        include_str!("../../python/zerostep/servers.py"),
+        "_zerostep.bundles",
+        include_str!("../../python/zerostep/bundles.py"),
     ),
-    (
-        "_zerostep.frameworks",
-        include_str!("../../python/zerostep/frameworks.py"),
-    ),
-    (
-        "_zerostep.clients",
-        include_str!("../../python/zerostep/clients.py"),
-    ),
-    ("_zerostep.db", include_str!("../../python/zerostep/db.py")),
 ];
 
 const BOOTSTRAP: &str = include_str!("../../python/bootstrap.py");
