@@ -41,10 +41,17 @@ impl Agent {
     fn start(dir: &Path) -> Agent {
         let sensors = repo_root().join("target/sensors");
         assert!(
-            sensors.join("gunicorn.wasm").exists() && sensors.join("uwsgi.wasm").exists(),
+            ["gunicorn", "uwsgi", "libraries"]
+                .iter()
+                .all(|s| sensors.join(format!("{s}.wasm")).exists()),
             "{} has no sensors: run `make sensors`",
             sensors.display()
         );
+        Agent::start_with(dir, &sensors)
+    }
+
+    /// An agent reading its sensors from `sensors`.
+    fn start_with(dir: &Path, sensors: &Path) -> Agent {
         let port = free_port();
         let config = dir.join("zerostep.toml");
         std::fs::write(
@@ -160,11 +167,12 @@ impl Agent {
 fn app_dir(root: &Path, name: &str) -> PathBuf {
     let d = root.join(name);
     std::fs::create_dir_all(&d).expect("app dir");
-    std::fs::copy(
-        repo_root().join("tests/e2e_apps").join(name).join("app.py"),
-        d.join("app.py"),
-    )
-    .expect("copy app");
+    for f in std::fs::read_dir(repo_root().join("tests/e2e_apps").join(name)).expect("app source") {
+        let f = f.expect("app file").path();
+        if f.extension().is_some_and(|e| e == "py") {
+            std::fs::copy(&f, d.join(f.file_name().expect("file name"))).expect("copy app");
+        }
+    }
     d
 }
 
@@ -589,4 +597,221 @@ fn a_service_in_a_container_is_traced() {
         .collect();
     assert!(tmp.is_empty(), "written into the container: {tmp:?}");
     drop((agent, container));
+}
+
+fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Puts a sensor into the agent's directory the way an operator would: write aside, rename.
+fn drop_sensor(dir: &Path, from: &Path, name: &str) {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::copy(from, &tmp).expect("copy sensor");
+    std::fs::rename(&tmp, dir.join(name)).expect("rename sensor");
+}
+
+/// `(pid of the server span, x of its probe.run child)` of the traces since `from_ms`, and how
+/// many server spans there were.
+fn probe_spans(agent: &Agent, service: &str, from_ms: i64) -> (usize, Vec<(u64, i64)>) {
+    let traces = agent.traces(&format!("service={service}&from={from_ms}&limit=40"));
+    let mut out = Vec::new();
+    for t in &traces {
+        let spans = agent.trace_spans(&id_of(&t["trace_id"]));
+        for s in spans.iter().filter(|s| s["name"] == "probe.run") {
+            let x = s["attributes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|a| a["key"] == "x")
+                .and_then(|a| a["value"]["value"].as_i64())
+                .unwrap_or(-1);
+            // The probe span's parent is the server span, in the same process.
+            assert!(
+                spans
+                    .iter()
+                    .any(|p| p["span_id"] == s["parent_span_id"] && p["pid"] == s["pid"]),
+                "probe.run without its server span: {spans:?}"
+            );
+            out.push((s["pid"].as_u64().unwrap_or(0), x));
+        }
+    }
+    (traces.len(), out)
+}
+
+/// Requests until the traces since `from_ms` show probe spans with only `want` as x (or, with
+/// `want` None, server spans and no probe span); returns the pids seen. Every request must succeed.
+fn until_probe(
+    agent: &Agent,
+    port: u16,
+    service: &str,
+    from_ms: i64,
+    want: Option<i64>,
+    failed: &mut usize,
+) -> std::collections::BTreeSet<u64> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = (0, Vec::new());
+    while Instant::now() < deadline {
+        for _ in 0..10 {
+            match http_get(port, "/work") {
+                Ok((200, _)) => {}
+                _ => *failed += 1,
+            }
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        last = probe_spans(agent, service, from_ms);
+        let (servers, probes) = &last;
+        let done = match want {
+            None => *servers >= 5 && probes.is_empty(),
+            Some(x) => probes.len() >= 5 && probes.iter().all(|(_, px)| *px == x),
+        };
+        if done {
+            return probes.iter().map(|(pid, _)| *pid).collect();
+        }
+    }
+    panic!(
+        "no traces with probe x={want:?} since {from_ms}: {last:?}\n{}",
+        agent.log()
+    );
+}
+
+/// Sensors carry the technology: a service started before any sensor knows it is traced once
+/// its sensor is dropped (re-matching); a sensor for a library the agent has never heard of,
+/// dropped while the app runs, makes that library's spans appear; a new version of it replaces
+/// the old in the same processes, `zerostep sensors rollback` brings the old one back; and a
+/// sensor removed detaches its processes, which keep serving. No restart of anything.
+#[test]
+fn sensors_dropped_while_a_service_runs_change_its_processes_in_place() {
+    let _turn = one_agent_at_a_time();
+    let root = tempfile::Builder::new()
+        .prefix("zs-lifecycle-")
+        .tempdir()
+        .expect("tempdir");
+    std::fs::set_permissions(
+        root.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
+    let built = repo_root().join("target/sensors");
+    let test_sensors = repo_root().join("target/test-sensors");
+    for p in [
+        built.join("gunicorn.wasm"),
+        built.join("libraries.wasm"),
+        test_sensors.join("probe-1.wasm"),
+        test_sensors.join("probe-2.wasm"),
+    ] {
+        assert!(
+            p.exists(),
+            "{} missing: run `make sensors test-sensors`",
+            p.display()
+        );
+    }
+    let app = app_dir(root.path(), "probe");
+    chown_nobody(&app);
+    let sensors = root.path().join("sensors");
+    std::fs::create_dir(&sensors).expect("sensors dir");
+    drop_sensor(&sensors, &built.join("libraries.wasm"), "libraries.wasm");
+
+    let port = free_port();
+    let log = root.path().join("probe.log");
+    let mut cmd = as_service_user(&venv_bin("e2e", "gunicorn"), &app, &log);
+    cmd.args(["-w", "2", "-b", &format!("127.0.0.1:{port}"), "app:app"]);
+    let server = Proc::spawn("probe app (gunicorn)", &mut cmd);
+    assert!(
+        wait_for_port(port, Duration::from_secs(20)),
+        "app did not start"
+    );
+    let pids = server_pids(server.pid(), 2);
+    let agent = Agent::start_with(root.path(), &sensors);
+
+    // 1. No sensor knows gunicorn yet: seen, not traced.
+    assert!(
+        wait_until(Duration::from_secs(20), || agent
+            .state_of(&pids)
+            .values()
+            .all(|s| s.contains("no sensor matched"))),
+        "{:?}",
+        agent.state_of(&pids)
+    );
+    // 2. The gunicorn sensor arrives: the processes already seen are matched again and traced.
+    let t = Instant::now();
+    drop_sensor(&sensors, &built.join("gunicorn.wasm"), "gunicorn.wasm");
+    assert!(
+        wait_until(Duration::from_secs(40), || agent.all_traced(&pids)),
+        "{:?}\n{}",
+        agent.state_of(&pids),
+        agent.log()
+    );
+    eprintln!(
+        "re-matched and traced {:.1} s after the sensor was dropped",
+        t.elapsed().as_secs_f64()
+    );
+    let service = agent
+        .processes()
+        .iter()
+        .find(|p| p["pid"].as_u64() == Some(u64::from(pids[0])))
+        .and_then(|p| p["service"].as_str().map(str::to_string))
+        .expect("service name");
+    let mut failed = 0;
+    until_probe(&agent, port, &service, unix_ms(), None, &mut failed);
+
+    // 3. A sensor for zs_probe_lib, a module no part of the agent knows: its spans appear.
+    let (mark, t) = (unix_ms(), Instant::now());
+    drop_sensor(&sensors, &test_sensors.join("probe-1.wasm"), "probe.wasm");
+    let v1 = until_probe(&agent, port, &service, mark, Some(1), &mut failed);
+    eprintln!(
+        "probe v1 spans {:.1} s after the drop, pids {v1:?}",
+        t.elapsed().as_secs_f64()
+    );
+    // 4. Its next version replaces it in place.
+    let (mark, t) = (unix_ms(), Instant::now());
+    drop_sensor(&sensors, &test_sensors.join("probe-2.wasm"), "probe.wasm");
+    let v2 = until_probe(&agent, port, &service, mark, Some(2), &mut failed);
+    eprintln!(
+        "probe v2 spans {:.1} s after the drop, pids {v2:?}",
+        t.elapsed().as_secs_f64()
+    );
+    // 5. Rolled back: x=1 again, in the same processes.
+    let mark = unix_ms();
+    let out = agent.cli(&["sensors", "rollback", "probe"]);
+    assert!(out.contains("2.0.0 -> 1.0.0"), "{out}");
+    let back = until_probe(&agent, port, &service, mark, Some(1), &mut failed);
+    let workers: std::collections::BTreeSet<u64> =
+        pids[1..].iter().map(|p| u64::from(*p)).collect();
+    for seen in [&v1, &v2, &back] {
+        assert!(
+            seen.is_subset(&workers),
+            "spans from other pids: {seen:?} vs {workers:?}"
+        );
+    }
+    assert_eq!(
+        server_pids(server.pid(), 2),
+        pids,
+        "the app's processes changed"
+    );
+
+    // 6. The gunicorn sensor removed: its processes are detached and keep serving.
+    std::fs::remove_file(sensors.join("gunicorn.wasm")).expect("remove sensor");
+    assert!(
+        wait_until(Duration::from_secs(30), || agent
+            .state_of(&pids)
+            .values()
+            .all(|s| s.contains("no longer matches"))),
+        "{:?}",
+        agent.state_of(&pids)
+    );
+    for _ in 0..20 {
+        match http_get(port, "/work") {
+            Ok((200, _)) => {}
+            _ => failed += 1,
+        }
+    }
+    assert_eq!(failed, 0, "requests failed while sensors changed");
+    assert!(
+        new_log_errors(&log, 0).is_empty(),
+        "the app logged: {:?}",
+        new_log_errors(&log, 0)
+    );
 }

@@ -103,6 +103,15 @@ pub enum SensorsCommand {
         /// The sensor component.
         file: PathBuf,
     },
+    /// Return a sensor of the running agent to the version that served before the current one,
+    /// in the agent and in every process it traces (its bundles are replaced in place).
+    Rollback {
+        /// The sensor's name (`zerostep sensors list`).
+        name: String,
+        /// The agent's API address.
+        #[arg(long, default_value = DEFAULT_LISTEN)]
+        agent: SocketAddr,
+    },
     /// List the sensors of the running agent (asks its API).
     List {
         /// The agent's API address.
@@ -150,6 +159,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Sensors(SensorsCommand::Check { file }) => crate::sensors::cli::check(&file),
         Command::Sensors(SensorsCommand::List { agent, json }) => {
             crate::sensors::cli::list(agent, json)
+        }
+        Command::Sensors(SensorsCommand::Rollback { name, agent }) => {
+            crate::sensors::cli::rollback(agent, &name)
         }
         Command::Inject(args) => crate::inject::cli::run(args),
     }

@@ -51,6 +51,9 @@ struct RawFrame {
     spans: Vec<WireSpan>,
     #[serde(default)]
     instrumentations: Option<Value>,
+    /// Contract-0.2 bundles: `{name: {version, state, reason, instrumentations}}`.
+    #[serde(default)]
+    bundles: Option<Value>,
     #[serde(default)]
     sent: u64,
 }
@@ -139,6 +142,7 @@ pub fn decode(body: &[u8]) -> Result<PeerFrame, WireError> {
         "status" => Ok(PeerFrame::Status {
             status: serde_json::json!({
                 "instrumentations": raw.instrumentations.unwrap_or(Value::Null),
+                "bundles": raw.bundles.unwrap_or(Value::Null),
                 "version": raw.version,
                 "python": raw.python,
                 "pid": raw.pid,

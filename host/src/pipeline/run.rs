@@ -23,6 +23,7 @@ struct Counters {
     spans_out: AtomicU64,
     enrich_calls: AtomicU64,
     enrich_failures: AtomicU64,
+    redacted_natively: AtomicU64,
     unattributed_spans: AtomicU64,
 }
 
@@ -34,6 +35,8 @@ pub struct PipelineStats {
     pub enrich_calls: u64,
     /// Groups whose enrichment failed; their spans went on un-enriched rather than being lost.
     pub enrich_failures: u64,
+    /// Spans whose secrets the native baseline redaction removed (their sensor did not enrich them).
+    pub redacted_natively: u64,
     /// Spans from a process nobody matched (should stay 0; the intake only admits injected ones).
     pub unattributed_spans: u64,
     pub queue_depth: u64,
@@ -84,6 +87,7 @@ impl Pipeline {
             spans_out: c.spans_out.load(Ordering::Relaxed),
             enrich_calls: c.enrich_calls.load(Ordering::Relaxed),
             enrich_failures: c.enrich_failures.load(Ordering::Relaxed),
+            redacted_natively: c.redacted_natively.load(Ordering::Relaxed),
             unattributed_spans: c.unattributed_spans.load(Ordering::Relaxed),
             queue_depth: self.queue.len() as u64,
         }
@@ -169,7 +173,18 @@ impl Worker {
                 self.counters
                     .enrich_failures
                     .fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(pid = key.0, error = %e, "enrichment failed; spans go on as they came");
+                // Fail closed: no sensor redacted these, so the host's own rules do.
+                let declared: Vec<_> = self
+                    .sensors
+                    .rules()
+                    .into_iter()
+                    .map(|(_, r)| r.redaction)
+                    .collect();
+                let n = super::baseline::redact_spans(&mut spans, &declared);
+                self.counters
+                    .redacted_natively
+                    .fetch_add(n as u64, Ordering::Relaxed);
+                tracing::debug!(pid = key.0, error = %e, "enrichment failed; spans go on with the native baseline redaction");
             }
             self.counters
                 .spans_out
