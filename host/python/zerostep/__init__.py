@@ -33,6 +33,7 @@ class _State(object):
         self.reporter.status_fn = self.status
         watched = set(t for b in self.bundles for t in b.triggers)
         self.hook = patch.ImportHook(watched, self.on_import)
+        self.unsettled = set()
 
     def activate(self, bundle):
         """Runs a triggered bundle and applies what it returned."""
@@ -41,8 +42,12 @@ class _State(object):
         bundle.insts = insts
         for i in insts:
             i.on_trip = self._tripped
-            self.hook.watched.update(i.modules)
-            self.hook.watched.update(getattr(i, "extra_modules", ()))
+            mods = tuple(i.modules) + tuple(getattr(i, "extra_modules", ()))
+            self.hook.watched.update(mods)
+            # Activated from inside an import (the trigger imported by a module still executing,
+            # e.g. gunicorn.workers.sync importing .base): the hook never sees the outer import
+            # finish, so it is settled later (after the next fork) like a mid-import install.
+            self.unsettled.update(m for m in mods if _initializing(sys.modules.get(m)))
         self.insts.extend(insts)
         for i in insts:
             self.try_apply(i)
@@ -126,7 +131,7 @@ class _State(object):
         # Injected while the process was importing a watched module (a master still loading
         # gunicorn, say), the module is in sys.modules half-executed and the import hook never
         # sees an import already under way; `settle` finishes the job once it has completed.
-        self.unsettled = set(m for m in self.hook.watched if _initializing(sys.modules.get(m)))
+        self.unsettled.update(m for m in self.hook.watched if _initializing(sys.modules.get(m)))
         self.reporter.start_thread()
         self.reporter.flush()  # the status now: a process without our thread may not flush again
         try:

@@ -13,7 +13,15 @@ use zerostep_rules::component::BundleSpec;
 const BUNDLES: &[BundleSpec] = &[BundleSpec {
     name: "gunicorn",
     every_process: false,
-    triggers: &["gunicorn.workers.base"],
+    // Every module the bundle patches: a worker module's import starts before (and ends after)
+    // that of gunicorn.workers.base, which it imports, so it must be watched from the start.
+    triggers: &[
+        "gunicorn.workers.base",
+        "gunicorn.workers.sync",
+        "gunicorn.workers.gthread",
+        "gunicorn.workers.base_async",
+        "gunicorn.arbiter",
+    ],
     modules: &[("server", include_str!("../python/server.py"))],
     entry: "server:instrumentations",
     tracer_api: ">=1.0,<2",
