@@ -125,6 +125,62 @@ class BundleTest(unittest.TestCase):
         self.assertIs(zs_probe_lib.Worker.__dict__["run"], original)
         self.assertFalse([k for k in sys.modules if k.startswith("_zerostep.bundles.probe")])
 
+    def test_upgrades_under_load_leave_no_call_untraced_or_traced_twice(self):
+        import threading
+        import zs_probe_lib
+        self.set_bundles([probe_bundle(1)])
+        stop = threading.Event()
+        paths = []
+
+        def load():
+            n = 0
+            while not stop.is_set():
+                n += 1
+                paths.append("/load-%d" % n)
+                self.request_no_flush(paths[-1])
+
+        t = threading.Thread(target=load)
+        t.start()
+        try:
+            for v in range(2, 22):
+                self.set_bundles([probe_bundle(v % 2 + 1, version="v%d" % v)])
+                time.sleep(0.005)
+        finally:
+            stop.set()
+            t.join()
+        flush()
+        self.intake.wait_spans(lambda s: s[9].get("url.path") == paths[-1])
+        spans = self.intake.spans()
+        servers = {s[1]: s[9]["url.path"] for s in spans if s[9].get("url.path", "").startswith("/load-")}
+        probes = {}
+        for s in spans:
+            if s[3] == "probe.run":
+                probes[s[2]] = probes.get(s[2], 0) + 1
+        self.assertGreater(len(servers), 20)
+        self.assertEqual(len(servers), len(paths), "every request has its server span")
+        counts = [probes.get(sid, 0) for sid in servers]
+        self.assertEqual(set(counts), {1}, "exactly one probe span per request")
+        self.assertNotIn("__zerostep_patch__", dir(zs_probe_lib.Worker.__dict__["run"].__zerostep_original__))
+
+    def request_no_flush(self, path):
+        import zs_probe_lib
+
+        def app(environ, start_response):
+            zs_probe_lib.Worker().run(21)
+            return hello_app(environ, start_response)
+
+        call(lambda e, s: self.srv.call(app, e, s), path)
+
+    def test_a_refused_new_version_leaves_the_old_one_serving(self):
+        import zs_probe_lib  # noqa: F401  (the trigger)
+        self.set_bundles([probe_bundle(1)])
+        self.set_bundles([probe_bundle(2, source="raise ImportError('broken v2')\n")])
+        b = self.bundle("probe")
+        self.assertEqual((b.version, b.state), ("v1", "active"))
+        self.assertIn("broken v2", b.reason)
+        self.request("/kept")
+        self.assertEqual([s[9]["x"] for s in self.probe_spans("/kept")], [1])
+
     def test_unchanged_bundles_are_kept_not_reloaded(self):
         self.set_bundles([probe_bundle(1)])
         lib = self.bundle("libraries")

@@ -54,23 +54,20 @@ class _State(object):
         self.reporter.pending_status = True
 
     def set_bundles(self, specs):
-        """The agent's current bundles for this process: new and changed ones replace the old
-        (the old one's patches restored first), removed ones are restored and forgotten."""
+        """The agent's current bundles for this process. Unchanged ones stay; a changed one's new
+        version is applied first (taking over its patch points in place: see patch.patch), then
+        the old one is retired (whatever it patched that the new one does not is restored);
+        removed ones are restored. The context variable, reporter and fork hooks are the core's,
+        so in-flight requests keep their spans and parents across versions."""
         new = [bundles.Bundle(b) for b in specs or ()]
         keep = {(b.name, b.version) for b in new}
-        kept = {}
+        kept, retired = {}, []
         for b in self.bundles:
             if (b.name, b.version) in keep:
                 kept[b.name] = b
-                continue
-            for i in b.insts:
-                try:
-                    i.restore()
-                except Exception:
-                    pass
-                if i in self.insts:
-                    self.insts.remove(i)
-            b.forget()
+            else:
+                retired.append(b)
+                b.forget()  # sys.modules only: the new version's modules take these names
         self.bundles = [kept.get(b.name) or b for b in new]
         self.config["bundles"] = list(specs or ())
         for b in self.bundles:
@@ -79,6 +76,24 @@ class _State(object):
             self.hook.watched.update(b.triggers)
             if b.triggered():
                 self.activate(b)
+        # A new version this process refused leaves the previous one serving, with the reason.
+        for old in list(retired):
+            if old.state != "active":
+                continue
+            for n, b in enumerate(self.bundles):
+                if b.name == old.name and b.state == "refused":
+                    old.reason = "version %s refused: %s" % (b.version, b.reason)
+                    self.bundles[n] = old
+                    retired.remove(old)
+                    break
+        for b in retired:
+            for i in b.insts:
+                try:
+                    i.restore()
+                except Exception:
+                    pass
+                if i in self.insts:
+                    self.insts.remove(i)
         self.reporter.pending_status = True
 
     def status(self):

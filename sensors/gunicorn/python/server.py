@@ -10,6 +10,8 @@ class _TracedApp(object):
     """Stands in for a gunicorn worker's `wsgi` attribute; unwrapped again on uninstall."""
 
     __slots__ = ("app", "server", "__weakref__")
+    # Marks every version's class: an upgraded bundle unwraps an earlier version's stand-in.
+    __zerostep_traced_app__ = True
 
     def __init__(self, app, server):
         self.app = app
@@ -83,6 +85,8 @@ class Gunicorn(patch.Instrumentation):
             try:
                 app = worker.__dict__.get("wsgi")
                 if app is not None and type(app) is not _TracedApp and not inst.tripped:
+                    if getattr(type(app), "__zerostep_traced_app__", False):
+                        app = app.app  # the previous version's, replaced in place
                     worker.wsgi = _TracedApp(app, server)
                     inst.workers.add(worker)
             except Exception as e:

@@ -27,7 +27,7 @@ class Uwsgi(patch.Instrumentation):
         patch.Instrumentation.__init__(self, tracer, config)
         self.server = wsgi.WsgiServer(self, tracer, reporter)
         self.reporter = reporter
-        self.swapped = []  # (function, original code)
+        self.swapped = []  # (function, original code, trampoline code)
         self.classes = set()
         self.prev_post_fork = None
         self.hooked = False
@@ -80,7 +80,9 @@ class Uwsgi(patch.Instrumentation):
                 # hook: had our thread the GIL at that instant, the worker would block forever
                 # in uWSGI's post-fork GIL acquire. Workers start their own after the fork.
                 self.reporter.forbid_thread()
-            self.prev_post_fork = getattr(u, "post_fork_hook", None)
+            prev = getattr(u, "post_fork_hook", None)
+            # An earlier version's hook (a bundle upgraded in place) is replaced, not chained.
+            self.prev_post_fork = getattr(prev, "__zerostep_prev__", prev)
             inst = self
 
             def post_fork_hook():
@@ -92,6 +94,7 @@ class Uwsgi(patch.Instrumentation):
                 if prev is not None:
                     prev()
 
+            post_fork_hook.__zerostep_prev__ = self.prev_post_fork
             u.post_fork_hook = post_fork_hook
             self.post_fork_hook = post_fork_hook
         self.wrap_apps()
@@ -126,9 +129,10 @@ class Uwsgi(patch.Instrumentation):
                 self.fail(e)
 
     def _swap_code(self, fn):
-        if any(f is fn for f, _ in self.swapped):
+        if any(f is fn for f, _, _ in self.swapped):
             return
-        code = fn.__code__
+        # An earlier version's trampoline (a bundle upgraded in place): swap from the app's code.
+        code = getattr(fn, "__zerostep_code__", None) or fn.__code__
         if code.co_argcount != 2 or code.co_freevars:
             return
         original = types.FunctionType(code, fn.__globals__, fn.__name__, fn.__defaults__)
@@ -144,13 +148,16 @@ class Uwsgi(patch.Instrumentation):
         consts = tuple(call if c == "__zerostep_call__" else c for c in tcode.co_consts)
         tcode = tcode.replace(co_consts=consts, co_name=code.co_name,
                               co_varnames=code.co_varnames[:2], co_firstlineno=code.co_firstlineno)
+        fn.__zerostep_code__ = code
         fn.__code__ = tcode
-        self.swapped.append((fn, code))
+        self.swapped.append((fn, code, tcode))
 
     def undo(self):
-        for fn, code in self.swapped:
+        for fn, code, tcode in self.swapped:
             try:
-                fn.__code__ = code
+                if fn.__code__ is tcode:  # else a newer version swapped it: not ours to undo
+                    fn.__code__ = code
+                    del fn.__zerostep_code__
             except Exception:
                 pass
         self.swapped = []
