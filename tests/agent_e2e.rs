@@ -815,3 +815,239 @@ fn sensors_dropped_while_a_service_runs_change_its_processes_in_place() {
         new_log_errors(&log, 0)
     );
 }
+
+/// Paced requests to `path` on each port, `threads` threads per port of `per_thread` requests a
+/// second each, until `stop`.
+struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<(u64, u64)>>,
+}
+
+impl Load {
+    fn start(ports: &[u16], path: &'static str, threads: usize, per_thread: u32) -> Load {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut handles = Vec::new();
+        let interval = Duration::from_secs(1) / per_thread.max(1);
+        for &port in ports {
+            for _ in 0..threads {
+                let stop = stop.clone();
+                handles.push(std::thread::spawn(move || {
+                    let (mut ok, mut failed) = (0u64, 0u64);
+                    let mut next = Instant::now();
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        match http_get(port, path) {
+                            Ok((200, _)) => ok += 1,
+                            _ => failed += 1,
+                        }
+                        next += interval;
+                        if let Some(wait) = next.checked_duration_since(Instant::now()) {
+                            std::thread::sleep(wait);
+                        }
+                    }
+                    (ok, failed)
+                }));
+            }
+        }
+        Load {
+            stop,
+            threads: handles,
+        }
+    }
+
+    /// (succeeded, failed) per thread, in start order.
+    fn stop(self) -> Vec<(u64, u64)> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.threads
+            .into_iter()
+            .map(|t| t.join().expect("load thread"))
+            .collect()
+    }
+}
+
+/// Seconds from `since` until every pid in `pids` showed a probe span with `x` in the traces of
+/// `services` since `from_ms`: (first pid, last pid). Panics after 30 s.
+fn rollout(agent: &Agent, services: &[String], pids: &[u32], from_ms: i64, x: i64) -> (f64, f64) {
+    let since = Instant::now();
+    let mut first_at: BTreeMap<u64, f64> = BTreeMap::new();
+    while since.elapsed() < Duration::from_secs(30) {
+        for service in services {
+            let (_, probes) = probe_spans(agent, service, from_ms);
+            for (pid, px) in probes {
+                if px == x {
+                    first_at.entry(pid).or_insert(since.elapsed().as_secs_f64());
+                }
+            }
+        }
+        if pids.iter().all(|p| first_at.contains_key(&u64::from(*p))) {
+            let first = first_at.values().cloned().fold(f64::MAX, f64::min);
+            let last = first_at.values().cloned().fold(0.0, f64::max);
+            return (first, last);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!(
+        "x={x} reached only {first_at:?} of {pids:?}\n{}",
+        agent.log()
+    );
+}
+
+/// Successful requests to `path` the agent recorded (server spans), summed over `services`.
+fn recorded(agent: &Agent, services: &[String], path: &str) -> u64 {
+    services
+        .iter()
+        .flat_map(|s| {
+            agent
+                .get(&format!("/api/v1/endpoints?service={s}"))
+                .and_then(|v| v.as_array().cloned())
+                .unwrap_or_default()
+        })
+        .filter(|e| e["endpoint"].as_str().is_some_and(|n| n.contains(path)))
+        .map(|e| e["count"].as_u64().unwrap_or(0))
+        .sum()
+}
+
+/// Under steady load to a gunicorn and a uWSGI service, a new version of a bundle replaces the old
+/// in the same processes with no failed request and no request without its server span, and a
+/// rollback does the same back. Prints the rollout timeline (drop → first process → all).
+#[test]
+fn a_bundle_upgrade_and_rollback_under_load_lose_no_request() {
+    let _turn = one_agent_at_a_time();
+    let root = tempfile::Builder::new()
+        .prefix("zs-upgrade-")
+        .tempdir()
+        .expect("tempdir");
+    std::fs::set_permissions(
+        root.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
+    let built = repo_root().join("target/sensors");
+    let test_sensors = repo_root().join("target/test-sensors");
+    let sensors = root.path().join("sensors");
+    std::fs::create_dir(&sensors).expect("sensors dir");
+    for s in ["gunicorn", "uwsgi", "libraries"] {
+        drop_sensor(
+            &sensors,
+            &built.join(format!("{s}.wasm")),
+            &format!("{s}.wasm"),
+        );
+    }
+    drop_sensor(&sensors, &test_sensors.join("probe-1.wasm"), "probe.wasm");
+    let gapp = app_dir(root.path(), "probe");
+    let uapp = root.path().join("probe-uwsgi");
+    std::fs::create_dir(&uapp).expect("uwsgi app dir");
+    for f in ["app.py", "zs_probe_lib.py"] {
+        std::fs::copy(gapp.join(f), uapp.join(f)).expect("copy app");
+    }
+    chown_nobody(&gapp);
+    chown_nobody(&uapp);
+
+    let (gport, uport) = (free_port(), free_port());
+    let (glog, ulog) = (root.path().join("g.log"), root.path().join("u.log"));
+    let mut cmd = as_service_user(&venv_bin("e2e", "gunicorn"), &gapp, &glog);
+    cmd.args(["-w", "2", "-b", &format!("127.0.0.1:{gport}"), "app:app"]);
+    let g = Proc::spawn("probe app (gunicorn)", &mut cmd);
+    let mut cmd = as_service_user(&venv_bin("e2e", "uwsgi"), &uapp, &ulog);
+    cmd.args([
+        "--http-socket",
+        &format!("127.0.0.1:{uport}"),
+        "--master",
+        "--processes",
+        "2",
+        "--wsgi-file",
+        "app.py",
+        "--callable",
+        "app",
+        "--die-on-term",
+    ]);
+    let u = Proc::spawn("probe app (uWSGI)", &mut cmd);
+    assert!(
+        wait_for_port(gport, Duration::from_secs(20)),
+        "gunicorn did not start"
+    );
+    assert!(
+        wait_for_port(uport, Duration::from_secs(20)),
+        "uWSGI did not start"
+    );
+    let gpids = server_pids(g.pid(), 2);
+    let upids = server_pids(u.pid(), 2);
+    let all: Vec<u32> = gpids.iter().chain(&upids).copied().collect();
+    let workers: Vec<u32> = gpids[1..].iter().chain(&upids[1..]).copied().collect();
+    let agent = Agent::start_with(root.path(), &sensors);
+    assert!(
+        wait_until(Duration::from_secs(40), || agent.all_traced(&all)),
+        "{:?}",
+        agent.state_of(&all)
+    );
+    let services: Vec<String> = agent
+        .processes()
+        .iter()
+        .filter(|p| all.contains(&(p["pid"].as_u64().unwrap_or(0) as u32)))
+        .filter_map(|p| p["service"].as_str().map(str::to_string))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    assert_eq!(services.len(), 2, "{services:?}");
+
+    // Warm: every worker serves x=1 (under load, so every worker gets requests).
+    let load = Load::start(&[gport, uport], "/warm", 2, 70);
+    let mark = unix_ms();
+    let (_, warm) = rollout(&agent, &services, &workers, mark - 60_000, 1);
+    drop(load.stop());
+    eprintln!("v1 in every worker {warm:.1} s after the agent traced them");
+
+    let mut report = Vec::new();
+    for (phase, x) in [("upgrade", 2), ("rollback", 1)] {
+        let path: &'static str = if x == 2 { "/upgrade" } else { "/rollback" };
+        // 2 services x 2 threads x 70/s: about 280 requests a second in all.
+        let load = Load::start(&[gport, uport], path, 2, 70);
+        std::thread::sleep(Duration::from_secs(1));
+        let mark = unix_ms();
+        let t = Instant::now();
+        if x == 2 {
+            drop_sensor(&sensors, &test_sensors.join("probe-2.wasm"), "probe.wasm");
+        } else {
+            let out = agent.cli(&["sensors", "rollback", "probe"]);
+            assert!(out.contains("-> 1.0.0"), "{out}");
+        }
+        let (first, last) = rollout(&agent, &services, &workers, mark, x);
+        eprintln!("{phase}: x={x} in the first worker {first:.1} s, in all {last:.1} s");
+        std::thread::sleep(Duration::from_secs(1));
+        let secs = t.elapsed().as_secs_f64() + 1.0;
+        let counts = load.stop();
+        let ok: u64 = counts.iter().map(|c| c.0).sum();
+        let failed: u64 = counts.iter().map(|c| c.1).sum();
+        assert_eq!(failed, 0, "{phase}: failed requests");
+        // Every successful request has its server span (recorded by the endpoints view).
+        let mut seen = 0;
+        assert!(
+            wait_until(Duration::from_secs(20), || {
+                seen = recorded(&agent, &services, path);
+                seen >= ok
+            }),
+            "{phase}: {ok} requests succeeded, {seen} server spans recorded; dropped in the \
+             processes: {:?}",
+            agent.get("/metrics").map(|m| m
+                .to_string()
+                .lines()
+                .filter(|l| l.contains("dropped"))
+                .collect::<Vec<_>>()
+                .join("; "))
+        );
+        assert_eq!(seen, ok, "{phase}: more server spans than requests");
+        report.push(format!(
+            "{phase}: drop -> first process {first:.1} s -> all {last:.1} s; {ok} requests \
+             ({:.0}/s), {failed} failed",
+            ok as f64 / secs
+        ));
+    }
+    for r in &report {
+        eprintln!("{r}");
+    }
+    assert_eq!(
+        server_pids(g.pid(), 2),
+        gpids,
+        "gunicorn's processes changed"
+    );
+    assert_eq!(server_pids(u.pid(), 2), upids, "uWSGI's processes changed");
+}
