@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 
 use support::*;
 use zerostep::intake::{self, Intake, IntakeAddress, IntakeConfig, PeerRegistry, SpanBatch};
-use zerostep::sensors::{QuarantinePolicy, SandboxEngine, SandboxLimits, SensorRegistry};
 use zerostep::span::{AttrValue, Span, SpanKind, StatusCode};
 
 const FIXTURES: &[&str] = &[
@@ -141,30 +140,6 @@ impl Env {
         }
         out
     }
-}
-
-/// The bundles of the sensors `make sensors` built (gunicorn, uwsgi, libraries).
-fn sensor_bundles() -> Vec<zerostep::sensors::Bundle> {
-    let engine = std::sync::Arc::new(
-        SandboxEngine::new(SandboxLimits::default(), None).expect("sandbox engine"),
-    );
-    let registry = SensorRegistry::new(engine, QuarantinePolicy::default());
-    for name in ["gunicorn", "uwsgi", "libraries"] {
-        let path = repo_root().join(format!("target/sensors/{name}.wasm"));
-        assert!(
-            path.exists(),
-            "{} missing: run `make sensors`",
-            path.display()
-        );
-        let outcome = registry.load_path(&path);
-        assert!(
-            matches!(outcome, zerostep::sensors::LoadOutcome::Activated { .. }),
-            "{name}: {outcome:?}"
-        );
-    }
-    let bundles = registry.all_bundles();
-    assert_eq!(bundles.len(), 3, "one bundle per sensor");
-    bundles
 }
 
 impl Drop for Env {
