@@ -722,6 +722,7 @@ fn redaction_fails_closed_when_the_sensor_fails_or_is_gone() {
             spans: secret_spans(n),
             dropped_in_process: 0,
             received_at: std::time::SystemTime::now(),
+            tracer_version: None,
         })
     };
     // 1. The sensor panics on these spans; 2. the sensor's file is gone (no sensor serves).

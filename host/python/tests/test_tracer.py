@@ -66,7 +66,7 @@ def bootstrap_code(address):
 
 
 class FakeIntake(object):
-    def __init__(self, version="0.1.0"):
+    def __init__(self, version="0.2.0"):
         self.dir = tempfile.mkdtemp(prefix="zs-intake-")
         self.path = os.path.join(self.dir, "intake.sock")
         self.srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -299,7 +299,7 @@ class TracerTest(unittest.TestCase):
         self.assertFalse("_zerostep" in sys.modules)
 
     def test_upgrade_in_place(self):
-        self.intake.version = "0.2.0"
+        self.intake.version = "0.3.0"
         exec(bootstrap_code(self.intake.path), {})
         new = sys.modules["_zerostep"]
         self.assertIsNot(new, self.zs)
@@ -328,7 +328,7 @@ class TracerTest(unittest.TestCase):
     def test_upgrade_command_keeps_the_connection(self):
         old_sock = self.zs._state.reporter.sock
         for c in self.intake.conns:
-            FakeIntake.send(c, {"v": 1, "t": "upgrade", "version": "0.2.0", "modules": modules(),
+            FakeIntake.send(c, {"v": 1, "t": "upgrade", "version": "0.3.0", "modules": modules(),
                                 "config": tracer_config()})
         deadline = time.time() + 5
         while time.time() < deadline and (sys.modules.get("_zerostep") is self.zs or getattr(

@@ -15,7 +15,7 @@ import threading
 
 from _zerostep import bundles, patch, report, trace
 
-VERSION = "0.1.0"
+VERSION = "0.2.0"
 NAME = "_zerostep"
 
 _state = None

@@ -241,9 +241,11 @@ fn handle(frame: PeerFrame, shared: &Shared, pid: u32, root_pid: u32, id: u64) {
         } => {
             c.batches.fetch_add(1, Ordering::Relaxed);
             c.spans.fetch_add(spans.len() as u64, Ordering::Relaxed);
+            let mut tracer_version = None;
             if let Some(entry) = shared.peers.lock().get_mut(&pid) {
                 entry.info.spans += spans.len() as u64;
                 entry.info.dropped_in_process = dropped_in_process;
+                tracer_version = entry.info.tracer_version.as_deref().map(Arc::from);
             }
             if !spans.is_empty() {
                 shared.queue.push(SpanBatch {
@@ -252,6 +254,7 @@ fn handle(frame: PeerFrame, shared: &Shared, pid: u32, root_pid: u32, id: u64) {
                     spans,
                     dropped_in_process,
                     received_at: SystemTime::now(),
+                    tracer_version,
                 });
             }
         }

@@ -146,12 +146,16 @@ impl Worker {
         // Group by sending process, keeping each process's frames in arrival order.
         let mut order: Vec<(u32, u32)> = Vec::new();
         let mut groups: HashMap<(u32, u32), Vec<crate::span::Span>> = HashMap::new();
+        let mut versions: HashMap<(u32, u32), std::sync::Arc<str>> = HashMap::new();
         for f in frames {
             self.counters.batches_in.fetch_add(1, Ordering::Relaxed);
             self.counters
                 .spans_in
                 .fetch_add(f.spans.len() as u64, Ordering::Relaxed);
             let key = (f.pid, f.root_pid);
+            if let Some(v) = f.tracer_version {
+                versions.insert(key, v);
+            }
             match groups.get_mut(&key) {
                 Some(v) => v.extend(f.spans),
                 None => {
@@ -189,10 +193,16 @@ impl Worker {
             self.counters
                 .spans_out
                 .fetch_add(spans.len() as u64, Ordering::Relaxed);
-            let batch = Arc::new(EnrichedBatch {
-                resource: attr.resource.clone(),
-                spans,
-            });
+            // Labelled with the tracer the process runs (an older one until it is upgraded).
+            let resource = match versions.get(&key) {
+                Some(v) if **v != *attr.resource.tracer_version => {
+                    let mut r = (*attr.resource).clone();
+                    r.tracer_version = v.to_string();
+                    Arc::new(r)
+                }
+                _ => attr.resource.clone(),
+            };
+            let batch = Arc::new(EnrichedBatch { resource, spans });
             for sink in &self.sinks {
                 sink.submit(batch.clone());
             }
