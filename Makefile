@@ -62,6 +62,9 @@ test-sensors: setup
 	  PROBE_X=$$x PROBE_VERSION=$$x.0.0 $(CARGO) build -q --target wasm32-wasip2 --profile sensor -p zerostep-sensor-probe; \
 	  cp $(CARGO_OUT)/wasm32-wasip2/sensor/zerostep_sensor_probe.wasm $(TEST_SENSORS_OUT)/probe-$$x.wasm; \
 	done
+	@# And a version whose bundle raises at import (ValueError): refused in the canary process.
+	PROBE_X="int('bad')" PROBE_VERSION=3.0.0 $(CARGO) build -q --target wasm32-wasip2 --profile sensor -p zerostep-sensor-probe
+	@cp $(CARGO_OUT)/wasm32-wasip2/sensor/zerostep_sensor_probe.wasm $(TEST_SENSORS_OUT)/probe-bad.wasm
 	@ls $(TEST_SENSORS_OUT)
 
 run: build sensors

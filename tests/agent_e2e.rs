@@ -792,7 +792,43 @@ fn sensors_dropped_while_a_service_runs_change_its_processes_in_place() {
         "the app's processes changed"
     );
 
-    // 6. The gunicorn sensor removed: its processes are detached and keep serving.
+    // 6. A version whose bundle raises at import: the canary process refuses it, the sensor is
+    // rolled back by itself, and the other worker never ran it.
+    drop_sensor(&sensors, &test_sensors.join("probe-bad.wasm"), "probe.wasm");
+    let serving = |agent: &Agent| -> (String, String) {
+        let list = agent.get("/api/v1/sensors").unwrap_or(Value::Null);
+        let probe = list
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|s| s["name"] == "probe")
+            .cloned()
+            .unwrap_or(Value::Null);
+        (
+            id_of(&probe["serving"]["version"]),
+            id_of(&probe["rolled_back"]["reason"]),
+        )
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            let (v, why) = serving(&agent);
+            v == "1.0.0" && why.contains("3.0.0") && why.contains("refused")
+        }),
+        "not rolled back: {:?}\n{}",
+        serving(&agent),
+        agent.log()
+    );
+    let versions: Vec<String> = agent
+        .processes()
+        .iter()
+        .filter(|p| workers.contains(&p["pid"].as_u64().unwrap_or(0)))
+        .map(|p| id_of(&p["bundles"]["probe"]["version"]))
+        .collect();
+    assert_eq!(versions, ["1.0.0", "1.0.0"], "every worker runs v1");
+    let mark = unix_ms();
+    until_probe(&agent, port, &service, mark, Some(1), &mut failed);
+
+    // 7. The gunicorn sensor removed: its processes are detached and keep serving.
     std::fs::remove_file(sensors.join("gunicorn.wasm")).expect("remove sensor");
     assert!(
         wait_until(Duration::from_secs(30), || agent

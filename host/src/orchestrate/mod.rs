@@ -7,6 +7,7 @@
 //! back through a channel, so no lock is held across an injection.
 mod directory;
 mod rematch;
+mod rollout;
 mod state;
 
 use std::collections::{HashMap, HashSet};
@@ -61,6 +62,9 @@ pub struct OrchestratorConfig {
     pub pending_grace: Duration,
     /// Services never injected (config `exclude.services`).
     pub excluded_services: Vec<String>,
+    /// A bundle change goes to one process per service first; after this long without a
+    /// regression (bundle refused, breaker tripped, tracer lost), to the rest.
+    pub canary_watch: Duration,
     /// Users whose processes are never injected (config `exclude.users`).
     pub excluded_uids: Vec<u32>,
     /// When not empty, only descendants of these pids are considered (config `scope`).
@@ -77,6 +81,7 @@ impl Default for OrchestratorConfig {
             inherit_grace: Duration::from_secs(2),
             connect_grace: Duration::from_secs(5),
             pending_grace: Duration::from_secs(60),
+            canary_watch: Duration::from_secs(2),
             excluded_services: Vec::new(),
             excluded_uids: Vec::new(),
             descendants_of: Vec::new(),
@@ -218,6 +223,10 @@ struct Core {
     stats: OrchestratorStats,
     /// The sensors' generation the processes were last matched against.
     sensors_generation: u64,
+    /// A bundle change on its way: canaries first.
+    rollout: Option<rollout::Rollout>,
+    /// The next sensors change is an automatic rollback: sent to everyone at once.
+    rolling_back: bool,
 }
 
 /// Starts the orchestrator task on the current runtime.
@@ -243,6 +252,8 @@ pub fn start(
         done_tx,
         stats: OrchestratorStats::default(),
         sensors_generation: 0,
+        rollout: None,
+        rolling_back: false,
     };
     core.sensors_generation = core.sensors.generation();
     tokio::spawn(async move {
@@ -420,6 +431,7 @@ impl Core {
 
     fn on_tick(&mut self) {
         self.rematch_if_sensors_changed();
+        self.advance_rollout();
         let now = Instant::now();
         let awaiting = self
             .procs

@@ -24,8 +24,13 @@ impl Core {
     }
 
     fn rematch(&mut self) {
-        let connected: std::collections::HashSet<u32> =
-            self.intake.peers().iter().map(|p| p.pid).collect();
+        let peers = self.intake.peers();
+        let connected: std::collections::HashSet<u32> = peers.iter().map(|p| p.pid).collect();
+        let loaded: std::collections::HashMap<u32, _> = peers
+            .iter()
+            .map(|p| (p.pid, super::rollout::loaded_bundles(p.status.as_ref())))
+            .collect();
+        let mut changed = Vec::new();
         let pids: Vec<u32> = self.procs.keys().copied().collect();
         let (mut reconsidered, mut detached, mut updated) = (0, 0, 0);
         for pid in pids {
@@ -58,6 +63,9 @@ impl Core {
                             detached += 1;
                         }
                         Some((sensor, m)) => {
+                            let want = connected
+                                .contains(&pid)
+                                .then(|| self.sensors.bundles_for(&sensor, &m));
                             if t.matched.as_ref() != Some(&(sensor.clone(), m.clone())) {
                                 self.directory.insert(
                                     pid,
@@ -73,13 +81,24 @@ impl Core {
                                 );
                                 t.matched = Some((sensor, m));
                             }
-                            if connected.contains(&pid) {
-                                // Idempotent in the tracer: unchanged bundles stay as they are.
-                                match self.intake.send(pid, &Command::Bundles) {
-                                    Ok(()) => updated += 1,
-                                    Err(e) => {
-                                        tracing::warn!(pid, error = %e, "bundles not sent")
+                            if let Some(want) = want {
+                                // What the sensors now say against what the tracer runs; the
+                                // differing bundles' sensors, for a rollback.
+                                let have = loaded.get(&pid).cloned().unwrap_or_default();
+                                let mut owners = std::collections::BTreeMap::new();
+                                for b in &want {
+                                    if have.get(&b.name) != Some(&b.version) {
+                                        owners.insert(
+                                            b.name.clone(),
+                                            (b.sensor.clone(), b.version.clone()),
+                                        );
                                     }
+                                }
+                                let removed =
+                                    have.keys().any(|n| !want.iter().any(|b| &b.name == n));
+                                if !owners.is_empty() || removed {
+                                    changed.push((pid, owners));
+                                    updated += 1;
                                 }
                             }
                         }
@@ -87,10 +106,11 @@ impl Core {
                 }
             }
         }
+        self.start_rollout(changed);
         tracing::info!(
             reconsidered,
             detached,
-            bundles_sent = updated,
+            bundles_changed = updated,
             "sensors changed: processes re-evaluated"
         );
     }

@@ -162,7 +162,14 @@ pub fn load_bytes(
     let (bundles, rules) = sensor
         .bundles_and_rules(&stats)
         .map_err(CanaryError::Bundles)?;
-    sensor.bundles = bundles;
+    let owner = sensor.info.name.clone();
+    sensor.bundles = bundles
+        .into_iter()
+        .map(|mut b| {
+            b.sensor = owner.clone();
+            b
+        })
+        .collect();
     sensor.rules = rules;
     self_check(&sensor, &stats)?;
     Ok(sensor)

@@ -114,6 +114,9 @@ pub fn list(agent: SocketAddr, json: bool) -> Result<ExitCode> {
                 }
             }
         }
+        if let Some(r) = &s.rolled_back {
+            println!("  rolled back from {}", r.reason);
+        }
         if let Some(r) = &s.last_refused {
             println!(
                 "  refused {}: {}",

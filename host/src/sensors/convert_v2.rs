@@ -154,6 +154,7 @@ pub fn bundles(raw: Vec<wit2::Bundle>, limits: &SandboxLimits) -> Result<Vec<Bun
             limits,
         )?;
         out.push(Bundle {
+            sensor: String::new(),
             name: b.name,
             version: b.version,
             scope: match b.scope {

@@ -70,6 +70,9 @@ pub enum BundleScope {
 /// An instrumentation bundle (contract 0.2): Python the tracer runs in a matched process.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Bundle {
+    /// The sensor that carries it (set by the host, not by the sensor).
+    #[serde(default)]
+    pub sensor: String,
     pub name: String,
     pub version: String,
     pub scope: BundleScope,

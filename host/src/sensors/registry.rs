@@ -85,6 +85,9 @@ pub struct SensorStatus {
     pub quarantined: Option<Refusal>,
     /// The last file content refused by the canary (the serving version, if any, was kept).
     pub last_refused: Option<Refusal>,
+    /// The last rollback (by the operator, or automatic after a regression in a canary process).
+    #[serde(default)]
+    pub rolled_back: Option<Refusal>,
     #[serde(flatten)]
     pub calls: CallStatsSnapshot,
 }
@@ -104,6 +107,8 @@ struct SlotState {
     /// Contents an operator rolled back from: a rescan of the unchanged file does not bring
     /// them back (new content does).
     rolled_back_shas: Vec<String>,
+    /// The last rollback: which version was left and why.
+    rolled_back: Option<Refusal>,
     last_refused: Option<Refusal>,
     failures: VecDeque<Instant>,
 }
@@ -179,6 +184,7 @@ impl SensorRegistry {
                         quarantined: None,
                         quarantined_shas: Vec::new(),
                         rolled_back_shas: Vec::new(),
+                        rolled_back: None,
                         last_refused: None,
                         failures: VecDeque::new(),
                     }),
@@ -287,6 +293,15 @@ impl SensorRegistry {
     /// `zerostep sensors rollback NAME`: the version that served before the current one serves
     /// again (and its bundles go back into the processes). Returns (from, to) versions.
     pub fn rollback(&self, name: &str) -> Result<(String, String), RegistryError> {
+        self.rollback_because(name, "rolled back by the operator")
+    }
+
+    /// A rollback with its reason (the orchestrator's, when a canary process regressed).
+    pub fn rollback_because(
+        &self,
+        name: &str,
+        reason: &str,
+    ) -> Result<(String, String), RegistryError> {
         let slot = self
             .slots
             .read()
@@ -312,6 +327,11 @@ impl SensorRegistry {
             st.rolled_back_shas.remove(0);
         }
         st.rolled_back_shas.push(old.sha256.clone());
+        st.rolled_back = Some(Refusal {
+            sha256: old.sha256.clone(),
+            reason: format!("{} {}: {reason}", old.info.name, old.info.version),
+            at_unix_ms: unix_ms(SystemTime::now()),
+        });
         st.state = SensorState::Active;
         st.failures.clear();
         drop(st);
@@ -549,6 +569,7 @@ impl SensorRegistry {
                     }),
                     quarantined: st.quarantined.clone(),
                     last_refused: st.last_refused.clone(),
+                    rolled_back: st.rolled_back.clone(),
                     calls: slot.stats.snapshot(),
                 }
             })
