@@ -238,3 +238,91 @@ pub fn rules(r: wit2::Rules, limits: &SandboxLimits) -> Result<Rules, OutputErro
             .collect(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bundle(name: &str, entry: &str) -> wit2::Bundle {
+        wit2::Bundle {
+            name: name.into(),
+            version: "1".into(),
+            scope: wit2::BundleScope::Matched,
+            triggers: vec!["flask.ctx".into()],
+            modules: vec![wit2::PythonModule {
+                name: "main".into(),
+                source: "def go(api, settings):\n    return []\n".into(),
+            }],
+            entry: entry.into(),
+            tracer_api: ">=1.0,<2".into(),
+            settings: vec![],
+        }
+    }
+
+    #[test]
+    fn a_valid_bundle_crosses_unchanged() {
+        let b = bundles(vec![bundle("web", "main:go")], &SandboxLimits::default()).unwrap();
+        assert_eq!(b[0].name, "web");
+        assert_eq!(b[0].entry, "main:go");
+        assert_eq!(b[0].triggers, ["flask.ctx"]);
+    }
+
+    #[test]
+    fn bad_bundles_are_refused_with_a_reason() {
+        let limits = SandboxLimits::default();
+        for (b, why) in [
+            (vec![bundle("Web", "main:go")], "bundle name"),
+            (vec![bundle("web", "other:go")], "names no module"),
+            (vec![bundle("web", "main")], "bundle entry"),
+            (
+                vec![bundle("web", "main:go"), bundle("web", "main:go")],
+                "same name",
+            ),
+            (
+                {
+                    let mut b = bundle("web", "main:go");
+                    b.triggers = vec!["../etc".into()];
+                    vec![b]
+                },
+                "trigger",
+            ),
+            (
+                {
+                    let mut b = bundle("web", "main:go");
+                    b.modules[0].source = "x".repeat(limits.max_modules_bytes + 1);
+                    vec![b]
+                },
+                "over the limit",
+            ),
+        ] {
+            let err = bundles(b, &limits).unwrap_err().to_string();
+            assert!(err.contains(why), "{why}: {err}");
+        }
+    }
+
+    #[test]
+    fn rules_are_bounded_and_checked() {
+        let limits = SandboxLimits::default();
+        let rules_with = |rate: f64, pattern: &str| wit2::Rules {
+            redaction: wit2::RedactionRules {
+                secret_attributes: vec!["app.card".into()],
+                url_attributes: vec![],
+                sql_attributes: vec![],
+                sensitive_words: vec!["PIN".into()],
+            },
+            routes: vec![wit2::RouteTemplate {
+                pattern: pattern.into(),
+                template: "/a/{id}".into(),
+            }],
+            sampling: vec![wit2::SamplingRule {
+                service: "*".into(),
+                rate,
+            }],
+        };
+        let ok = rules(rules_with(0.5, "/a/*"), &limits).unwrap();
+        assert_eq!(ok.redaction.sensitive_words, ["pin"]);
+        assert!(rules(rules_with(1.5, "/a/*"), &limits).is_err());
+        assert!(rules(rules_with(f64::NAN, "/a/*"), &limits).is_err());
+        assert!(rules(rules_with(0.5, "a/*"), &limits).is_err());
+    }
+}
