@@ -8,7 +8,7 @@ use std::borrow::Cow;
 
 use zerostep_rules::enrich::{self as rules, redact, sql, OwnedValue, Value};
 
-use crate::sensors::RedactionRules;
+use crate::sensors::{RedactionRules, RouteTemplate};
 use crate::span::{AttrValue, Attribute, Span};
 
 /// Redacts `spans` in place; returns how many spans changed.
@@ -22,6 +22,62 @@ pub fn redact_spans(spans: &mut [Span], declared: &[RedactionRules]) -> usize {
         changed += usize::from(touched);
     }
     changed
+}
+
+/// A sensor's declared route templates, for server spans that have no `http.route` yet (the
+/// sensor would have set one): the first template whose pattern matches `url.path` gives the
+/// route and the span name `METHOD route`. Returns how many spans got a route.
+pub fn apply_routes(spans: &mut [Span], templates: &[RouteTemplate]) -> usize {
+    if templates.is_empty() {
+        return 0;
+    }
+    let mut n = 0;
+    for span in spans.iter_mut() {
+        if span.kind != crate::span::SpanKind::Server
+            || span.attributes.iter().any(|a| a.key == "http.route")
+        {
+            continue;
+        }
+        let path = span
+            .attributes
+            .iter()
+            .find_map(|a| match (&*a.key, &a.value) {
+                ("url.path", AttrValue::Str(p)) => Some(p.clone()),
+                _ => None,
+            });
+        let Some(path) = path else { continue };
+        let Some(t) = templates.iter().find(|t| route_matches(&t.pattern, &path)) else {
+            continue;
+        };
+        let method = span
+            .attributes
+            .iter()
+            .find_map(|a| match (&*a.key, &a.value) {
+                ("http.request.method", AttrValue::Str(m)) => Some(m.clone()),
+                _ => None,
+            });
+        span.set_attr(Attribute::str("http.route", t.template.clone()));
+        if let Some(m) = method {
+            span.name = format!("{m} {}", t.template);
+        }
+        n += 1;
+    }
+    n
+}
+
+/// Segments are literal, `*` (any one segment) or `**` (the rest, at least one segment).
+fn route_matches(pattern: &str, path: &str) -> bool {
+    let mut p = pattern.trim_matches('/').split('/');
+    let mut s = path.trim_matches('/').split('/');
+    loop {
+        match (p.next(), s.next()) {
+            (Some("**"), Some(_)) => return true,
+            (Some("*"), Some(seg)) if !seg.is_empty() => {}
+            (Some(lit), Some(seg)) if lit == seg => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
 }
 
 fn builtin(span: &mut Span) -> bool {
@@ -148,6 +204,43 @@ mod tests {
             assert!(!all.contains(secret), "{secret} left in {all}");
         }
         assert!(all.contains("page=2"), "{all}");
+    }
+
+    #[test]
+    fn declared_route_templates_name_server_spans_without_a_route() {
+        let templates = vec![
+            RouteTemplate {
+                pattern: "/api/*/items/*".into(),
+                template: "/api/{tenant}/items/{id}".into(),
+            },
+            RouteTemplate {
+                pattern: "/static/**".into(),
+                template: "/static/{path}".into(),
+            },
+        ];
+        let mut spans = vec![
+            span(vec![
+                Attribute::str("http.request.method", "GET"),
+                Attribute::str("url.path", "/api/acme/items/42"),
+            ]),
+            span(vec![Attribute::str("url.path", "/static/css/a.css")]),
+            span(vec![Attribute::str("url.path", "/api/acme/items")]),
+            span(vec![
+                Attribute::str("url.path", "/api/acme/items/42"),
+                Attribute::str("http.route", "/api/<t>/items/<int:id>"),
+            ]),
+        ];
+        assert_eq!(apply_routes(&mut spans, &templates), 2);
+        assert_eq!(spans[0].name, "GET /api/{tenant}/items/{id}");
+        assert!(text(&spans[1]).contains("/static/{path}"));
+        assert!(
+            !text(&spans[2]).contains("http.route"),
+            "no template matches"
+        );
+        assert!(
+            text(&spans[3]).contains("<int:id>"),
+            "a route the app gave is kept"
+        );
     }
 
     #[test]

@@ -185,6 +185,10 @@ impl Worker {
                     .map(|(_, r)| r.redaction)
                     .collect();
                 let n = super::baseline::redact_spans(&mut spans, &declared);
+                // The matched sensor's own declared route templates, if it still serves.
+                if let Some(rules) = self.sensors.rules_of(&attr.sensor) {
+                    super::baseline::apply_routes(&mut spans, &rules.routes);
+                }
                 self.counters
                     .redacted_natively
                     .fetch_add(n as u64, Ordering::Relaxed);
