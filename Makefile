@@ -31,16 +31,21 @@ setup:
 build: setup
 	$(CARGO) build --release -p zerostep
 
+# The sensors a host needs: one per server (gunicorn, uwsgi) and the libraries sensor, whose bundle
+# every traced process loads. Each carries its Python bundles (sensors/NAME/python) inside its wasm.
+SENSORS := gunicorn uwsgi libraries
+
 sensors: setup
-	$(CARGO) build --target wasm32-wasip2 --profile sensor -p zerostep-sensor-gunicorn -p zerostep-sensor-uwsgi
+	$(CARGO) build --target wasm32-wasip2 --profile sensor $(foreach s,$(SENSORS),-p zerostep-sensor-$(s))
 	@mkdir -p $(SENSORS_OUT)
-	@for s in gunicorn uwsgi; do \
+	@for s in $(SENSORS); do \
 	  cp $(CARGO_OUT)/wasm32-wasip2/sensor/zerostep_sensor_$$s.wasm $(SENSORS_OUT)/$$s.wasm.tmp; \
 	  mv $(SENSORS_OUT)/$$s.wasm.tmp $(SENSORS_OUT)/$$s.wasm; \
 	done
 	@ls -l $(SENSORS_OUT)
 
-# Misbehaving sensors for the host tests, one per behaviour, plus two versions of a good one.
+# Misbehaving sensors for the host tests (contract 0.1, so 0.1 keeps loading), one per behaviour,
+# plus two versions of a good one; and two versions of the contract-0.2 probe sensor.
 test-sensors: setup
 	@mkdir -p $(TEST_SENSORS_OUT)
 	@for v in $(HOSTILE_VARIANTS); do \
@@ -52,6 +57,14 @@ test-sensors: setup
 	  HOSTILE_VERSION=$$ver $(CARGO) build -q --target wasm32-wasip2 --profile sensor -p zerostep-sensor-hostile --features slow-enrich; \
 	  cp $(CARGO_OUT)/wasm32-wasip2/sensor/zerostep_sensor_hostile.wasm $(TEST_SENSORS_OUT)/versioned-$$ver.wasm; \
 	done
+	@# A contract-0.2 sensor for a test-only module, in two versions (attribute x=1, x=2).
+	@for x in 1 2; do \
+	  PROBE_X=$$x PROBE_VERSION=$$x.0.0 $(CARGO) build -q --target wasm32-wasip2 --profile sensor -p zerostep-sensor-probe; \
+	  cp $(CARGO_OUT)/wasm32-wasip2/sensor/zerostep_sensor_probe.wasm $(TEST_SENSORS_OUT)/probe-$$x.wasm; \
+	done
+	@# And a version whose bundle raises at import (ValueError): refused in the canary process.
+	PROBE_X="int('bad')" PROBE_VERSION=3.0.0 $(CARGO) build -q --target wasm32-wasip2 --profile sensor -p zerostep-sensor-probe
+	@cp $(CARGO_OUT)/wasm32-wasip2/sensor/zerostep_sensor_probe.wasm $(TEST_SENSORS_OUT)/probe-bad.wasm
 	@ls $(TEST_SENSORS_OUT)
 
 run: build sensors
@@ -62,12 +75,12 @@ test-deps: setup
 	@for s in tests/setup/[0-9]*.sh; do bash "$$s"; done
 
 test: test-deps sensors test-sensors
-	$(CARGO) test --workspace --exclude zerostep-sensor-gunicorn --exclude zerostep-sensor-uwsgi --exclude zerostep-sensor-hostile -- --test-threads=2
+	$(CARGO) test --workspace $(foreach s,$(SENSORS),--exclude zerostep-sensor-$(s)) --exclude zerostep-sensor-hostile --exclude zerostep-sensor-probe -- --test-threads=2
 
 lint: setup
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
-	$(CARGO) clippy --target wasm32-wasip2 -p zerostep-sensor-gunicorn -p zerostep-sensor-uwsgi -p zerostep-sensor-hostile -- -D warnings
+	$(CARGO) clippy --target wasm32-wasip2 $(foreach s,$(SENSORS),-p zerostep-sensor-$(s)) -p zerostep-sensor-hostile -p zerostep-sensor-probe -- -D warnings
 
 bench: test-deps sensors
 	@for b in bench/[0-9]*.sh; do echo "== $$b"; bash "$$b"; done
@@ -80,7 +93,7 @@ demo: build sensors
 install: build sensors
 	install -D -s -m 0755 target/release/zerostep $(DESTDIR)$(PREFIX)/bin/zerostep
 	install -d -m 0700 $(DESTDIR)/var/lib/zerostep
-	install -D -m 0644 -t $(DESTDIR)/var/lib/zerostep/sensors $(SENSORS_OUT)/gunicorn.wasm $(SENSORS_OUT)/uwsgi.wasm
+	install -D -m 0644 -t $(DESTDIR)/var/lib/zerostep/sensors $(foreach s,$(SENSORS),$(SENSORS_OUT)/$(s).wasm)
 	sed 's|/usr/local/bin/zerostep|$(PREFIX)/bin/zerostep|' deploy/zerostep.service > zerostep.service.tmp
 	install -D -m 0644 zerostep.service.tmp $(DESTDIR)/etc/systemd/system/zerostep.service
 	rm -f zerostep.service.tmp

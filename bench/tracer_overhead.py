@@ -80,8 +80,9 @@ def wrap(variant, app):
         exec(test_tracer.bootstrap_code(os.environ["BENCH_INTAKE"]), {})
         zs = sys.modules["_zerostep"]
         gun = [i for i in zs._state.insts if i.name == "gunicorn"][0]
-        from _zerostep import servers
-        return servers._TracedApp(app, gun.server)
+        # The gunicorn bundle's module (sensors/gunicorn/python/server.py), as the tracer loaded it.
+        server = sys.modules["_zerostep.bundles.gunicorn.server"]
+        return server._TracedApp(app, gun.server)
     if variant == "otel":
         from opentelemetry import trace
         from opentelemetry.instrumentation.requests import RequestsInstrumentor

@@ -42,10 +42,17 @@ impl Agent {
     fn start(dir: &Path) -> Agent {
         let sensors = repo_root().join("target/sensors");
         assert!(
-            sensors.join("gunicorn.wasm").exists() && sensors.join("uwsgi.wasm").exists(),
+            ["gunicorn", "uwsgi", "libraries"]
+                .iter()
+                .all(|s| sensors.join(format!("{s}.wasm")).exists()),
             "{} has no sensors: run `make sensors`",
             sensors.display()
         );
+        Agent::start_with(dir, &sensors)
+    }
+
+    /// An agent reading its sensors from `sensors`.
+    fn start_with(dir: &Path, sensors: &Path) -> Agent {
         let port = free_port();
         let config = dir.join("zerostep.toml");
         std::fs::write(
@@ -164,11 +171,12 @@ impl Agent {
 fn app_dir(root: &Path, name: &str) -> PathBuf {
     let d = root.join(name);
     std::fs::create_dir_all(&d).expect("app dir");
-    std::fs::copy(
-        repo_root().join("tests/e2e_apps").join(name).join("app.py"),
-        d.join("app.py"),
-    )
-    .expect("copy app");
+    for f in std::fs::read_dir(repo_root().join("tests/e2e_apps").join(name)).expect("app source") {
+        let f = f.expect("app file").path();
+        if f.extension().is_some_and(|e| e == "py") {
+            std::fs::copy(&f, d.join(f.file_name().expect("file name"))).expect("copy app");
+        }
+    }
     d
 }
 
@@ -930,4 +938,493 @@ fn services_on_cpython_3_14_in_a_chroot_are_traced() {
 #[test]
 fn services_on_cpython_3_15_in_a_chroot_are_traced() {
     sid_services_traced(15);
+}
+
+fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Puts a sensor into the agent's directory the way an operator would: write aside, rename.
+fn drop_sensor(dir: &Path, from: &Path, name: &str) {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::copy(from, &tmp).expect("copy sensor");
+    std::fs::rename(&tmp, dir.join(name)).expect("rename sensor");
+}
+
+/// `(pid of the server span, x of its probe.run child)` of the traces since `from_ms`, and how
+/// many server spans there were.
+fn probe_spans(agent: &Agent, service: &str, from_ms: i64) -> (usize, Vec<(u64, i64)>) {
+    let traces = agent.traces(&format!("service={service}&from={from_ms}&limit=40"));
+    let mut out = Vec::new();
+    for t in &traces {
+        let spans = agent.trace_spans(&id_of(&t["trace_id"]));
+        for s in spans.iter().filter(|s| s["name"] == "probe.run") {
+            let x = s["attributes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|a| a["key"] == "x")
+                .and_then(|a| a["value"]["value"].as_i64())
+                .unwrap_or(-1);
+            // The probe span's parent is the server span, in the same process.
+            assert!(
+                spans
+                    .iter()
+                    .any(|p| p["span_id"] == s["parent_span_id"] && p["pid"] == s["pid"]),
+                "probe.run without its server span: {spans:?}"
+            );
+            out.push((s["pid"].as_u64().unwrap_or(0), x));
+        }
+    }
+    (traces.len(), out)
+}
+
+/// Requests until the traces since `from_ms` show probe spans with only `want` as x (or, with
+/// `want` None, server spans and no probe span); returns the pids seen. Every request must succeed.
+fn until_probe(
+    agent: &Agent,
+    port: u16,
+    service: &str,
+    from_ms: i64,
+    want: Option<i64>,
+    failed: &mut usize,
+) -> std::collections::BTreeSet<u64> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = (0, Vec::new());
+    while Instant::now() < deadline {
+        for _ in 0..10 {
+            match http_get(port, "/work") {
+                Ok((200, _)) => {}
+                _ => *failed += 1,
+            }
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        last = probe_spans(agent, service, from_ms);
+        let (servers, probes) = &last;
+        let done = match want {
+            None => *servers >= 5 && probes.is_empty(),
+            Some(x) => probes.len() >= 5 && probes.iter().all(|(_, px)| *px == x),
+        };
+        if done {
+            return probes.iter().map(|(pid, _)| *pid).collect();
+        }
+    }
+    panic!(
+        "no traces with probe x={want:?} since {from_ms}: {last:?}\n{}",
+        agent.log()
+    );
+}
+
+/// Sensors carry the technology: a service started before any sensor knows it is traced once
+/// its sensor is dropped (re-matching); a sensor for a library the agent has never heard of,
+/// dropped while the app runs, makes that library's spans appear; a new version of it replaces
+/// the old in the same processes, `zerostep sensors rollback` brings the old one back; and a
+/// sensor removed detaches its processes, which keep serving. No restart of anything.
+#[test]
+fn sensors_dropped_while_a_service_runs_change_its_processes_in_place() {
+    let _turn = one_agent_at_a_time();
+    let root = tempfile::Builder::new()
+        .prefix("zs-lifecycle-")
+        .tempdir()
+        .expect("tempdir");
+    std::fs::set_permissions(
+        root.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
+    let built = repo_root().join("target/sensors");
+    let test_sensors = repo_root().join("target/test-sensors");
+    for p in [
+        built.join("gunicorn.wasm"),
+        built.join("libraries.wasm"),
+        test_sensors.join("probe-1.wasm"),
+        test_sensors.join("probe-2.wasm"),
+    ] {
+        assert!(
+            p.exists(),
+            "{} missing: run `make sensors test-sensors`",
+            p.display()
+        );
+    }
+    let app = app_dir(root.path(), "probe");
+    chown_nobody(&app);
+    let sensors = root.path().join("sensors");
+    std::fs::create_dir(&sensors).expect("sensors dir");
+    drop_sensor(&sensors, &built.join("libraries.wasm"), "libraries.wasm");
+
+    let port = free_port();
+    let log = root.path().join("probe.log");
+    let mut cmd = as_service_user(&venv_bin("e2e", "gunicorn"), &app, &log);
+    cmd.args(["-w", "2", "-b", &format!("127.0.0.1:{port}"), "app:app"]);
+    let server = Proc::spawn("probe app (gunicorn)", &mut cmd);
+    assert!(
+        wait_for_port(port, Duration::from_secs(20)),
+        "app did not start"
+    );
+    let pids = server_pids(server.pid(), 2);
+    let agent = Agent::start_with(root.path(), &sensors);
+
+    // 1. No sensor knows gunicorn yet: seen, not traced.
+    assert!(
+        wait_until(Duration::from_secs(20), || agent
+            .state_of(&pids)
+            .values()
+            .all(|s| s.contains("no sensor matched"))),
+        "{:?}",
+        agent.state_of(&pids)
+    );
+    // 2. The gunicorn sensor arrives: the processes already seen are matched again and traced.
+    let t = Instant::now();
+    drop_sensor(&sensors, &built.join("gunicorn.wasm"), "gunicorn.wasm");
+    assert!(
+        wait_until(Duration::from_secs(40), || agent.all_traced(&pids)),
+        "{:?}\n{}",
+        agent.state_of(&pids),
+        agent.log()
+    );
+    eprintln!(
+        "re-matched and traced {:.1} s after the sensor was dropped",
+        t.elapsed().as_secs_f64()
+    );
+    let service = agent
+        .processes()
+        .iter()
+        .find(|p| p["pid"].as_u64() == Some(u64::from(pids[0])))
+        .and_then(|p| p["service"].as_str().map(str::to_string))
+        .expect("service name");
+    let mut failed = 0;
+    until_probe(&agent, port, &service, unix_ms(), None, &mut failed);
+
+    // 3. A sensor for zs_probe_lib, a module no part of the agent knows: its spans appear.
+    let (mark, t) = (unix_ms(), Instant::now());
+    drop_sensor(&sensors, &test_sensors.join("probe-1.wasm"), "probe.wasm");
+    let v1 = until_probe(&agent, port, &service, mark, Some(1), &mut failed);
+    eprintln!(
+        "probe v1 spans {:.1} s after the drop, pids {v1:?}",
+        t.elapsed().as_secs_f64()
+    );
+    // 4. Its next version replaces it in place.
+    let (mark, t) = (unix_ms(), Instant::now());
+    drop_sensor(&sensors, &test_sensors.join("probe-2.wasm"), "probe.wasm");
+    let v2 = until_probe(&agent, port, &service, mark, Some(2), &mut failed);
+    eprintln!(
+        "probe v2 spans {:.1} s after the drop, pids {v2:?}",
+        t.elapsed().as_secs_f64()
+    );
+    // 5. Rolled back: x=1 again, in the same processes.
+    let mark = unix_ms();
+    let out = agent.cli(&["sensors", "rollback", "probe"]);
+    assert!(out.contains("2.0.0 -> 1.0.0"), "{out}");
+    let back = until_probe(&agent, port, &service, mark, Some(1), &mut failed);
+    let workers: std::collections::BTreeSet<u64> =
+        pids[1..].iter().map(|p| u64::from(*p)).collect();
+    for seen in [&v1, &v2, &back] {
+        assert!(
+            seen.is_subset(&workers),
+            "spans from other pids: {seen:?} vs {workers:?}"
+        );
+    }
+    assert_eq!(
+        server_pids(server.pid(), 2),
+        pids,
+        "the app's processes changed"
+    );
+
+    // 6. A version whose bundle raises at import: the canary process refuses it, the sensor is
+    // rolled back by itself, and the other worker never ran it.
+    drop_sensor(&sensors, &test_sensors.join("probe-bad.wasm"), "probe.wasm");
+    let serving = |agent: &Agent| -> (String, String) {
+        let list = agent.get("/api/v1/sensors").unwrap_or(Value::Null);
+        let probe = list
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|s| s["name"] == "probe")
+            .cloned()
+            .unwrap_or(Value::Null);
+        (
+            id_of(&probe["serving"]["version"]),
+            id_of(&probe["rolled_back"]["reason"]),
+        )
+    };
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            let (v, why) = serving(&agent);
+            v == "1.0.0" && why.contains("3.0.0") && why.contains("refused")
+        }),
+        "not rolled back: {:?}\n{}",
+        serving(&agent),
+        agent.log()
+    );
+    let versions: Vec<String> = agent
+        .processes()
+        .iter()
+        .filter(|p| workers.contains(&p["pid"].as_u64().unwrap_or(0)))
+        .map(|p| id_of(&p["bundles"]["probe"]["version"]))
+        .collect();
+    assert_eq!(versions, ["1.0.0", "1.0.0"], "every worker runs v1");
+    let mark = unix_ms();
+    until_probe(&agent, port, &service, mark, Some(1), &mut failed);
+
+    // 7. The gunicorn sensor removed: its processes are detached and keep serving.
+    std::fs::remove_file(sensors.join("gunicorn.wasm")).expect("remove sensor");
+    assert!(
+        wait_until(Duration::from_secs(30), || agent
+            .state_of(&pids)
+            .values()
+            .all(|s| s.contains("no longer matches"))),
+        "{:?}",
+        agent.state_of(&pids)
+    );
+    for _ in 0..20 {
+        match http_get(port, "/work") {
+            Ok((200, _)) => {}
+            _ => failed += 1,
+        }
+    }
+    assert_eq!(failed, 0, "requests failed while sensors changed");
+    assert!(
+        new_log_errors(&log, 0).is_empty(),
+        "the app logged: {:?}",
+        new_log_errors(&log, 0)
+    );
+}
+
+/// Paced requests to `path` on each port, `threads` threads per port of `per_thread` requests a
+/// second each, until `stop`.
+struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<(u64, u64)>>,
+}
+
+impl Load {
+    fn start(ports: &[u16], path: &'static str, threads: usize, per_thread: u32) -> Load {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut handles = Vec::new();
+        let interval = Duration::from_secs(1) / per_thread.max(1);
+        for &port in ports {
+            for _ in 0..threads {
+                let stop = stop.clone();
+                handles.push(std::thread::spawn(move || {
+                    let (mut ok, mut failed) = (0u64, 0u64);
+                    let mut next = Instant::now();
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        match http_get(port, path) {
+                            Ok((200, _)) => ok += 1,
+                            _ => failed += 1,
+                        }
+                        next += interval;
+                        if let Some(wait) = next.checked_duration_since(Instant::now()) {
+                            std::thread::sleep(wait);
+                        }
+                    }
+                    (ok, failed)
+                }));
+            }
+        }
+        Load {
+            stop,
+            threads: handles,
+        }
+    }
+
+    /// (succeeded, failed) per thread, in start order.
+    fn stop(self) -> Vec<(u64, u64)> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.threads
+            .into_iter()
+            .map(|t| t.join().expect("load thread"))
+            .collect()
+    }
+}
+
+/// Seconds from `since` until every pid in `pids` showed a probe span with `x` in the traces of
+/// `services` since `from_ms`: (first pid, last pid). Panics after 30 s.
+fn rollout(agent: &Agent, services: &[String], pids: &[u32], from_ms: i64, x: i64) -> (f64, f64) {
+    let since = Instant::now();
+    let mut first_at: BTreeMap<u64, f64> = BTreeMap::new();
+    while since.elapsed() < Duration::from_secs(30) {
+        for service in services {
+            let (_, probes) = probe_spans(agent, service, from_ms);
+            for (pid, px) in probes {
+                if px == x {
+                    first_at.entry(pid).or_insert(since.elapsed().as_secs_f64());
+                }
+            }
+        }
+        if pids.iter().all(|p| first_at.contains_key(&u64::from(*p))) {
+            let first = first_at.values().cloned().fold(f64::MAX, f64::min);
+            let last = first_at.values().cloned().fold(0.0, f64::max);
+            return (first, last);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!(
+        "x={x} reached only {first_at:?} of {pids:?}\n{}",
+        agent.log()
+    );
+}
+
+/// Successful requests to `path` the agent recorded (server spans), summed over `services`.
+fn recorded(agent: &Agent, services: &[String], path: &str) -> u64 {
+    services
+        .iter()
+        .flat_map(|s| {
+            agent
+                .get(&format!("/api/v1/endpoints?service={s}"))
+                .and_then(|v| v.as_array().cloned())
+                .unwrap_or_default()
+        })
+        .filter(|e| e["endpoint"].as_str().is_some_and(|n| n.contains(path)))
+        .map(|e| e["count"].as_u64().unwrap_or(0))
+        .sum()
+}
+
+/// Under steady load to a gunicorn and a uWSGI service, a new version of a bundle replaces the old
+/// in the same processes with no failed request and no request without its server span, and a
+/// rollback does the same back. Prints the rollout timeline (drop → first process → all).
+#[test]
+fn a_bundle_upgrade_and_rollback_under_load_lose_no_request() {
+    let _turn = one_agent_at_a_time();
+    let root = tempfile::Builder::new()
+        .prefix("zs-upgrade-")
+        .tempdir()
+        .expect("tempdir");
+    std::fs::set_permissions(
+        root.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
+    let built = repo_root().join("target/sensors");
+    let test_sensors = repo_root().join("target/test-sensors");
+    let sensors = root.path().join("sensors");
+    std::fs::create_dir(&sensors).expect("sensors dir");
+    for s in ["gunicorn", "uwsgi", "libraries"] {
+        drop_sensor(
+            &sensors,
+            &built.join(format!("{s}.wasm")),
+            &format!("{s}.wasm"),
+        );
+    }
+    drop_sensor(&sensors, &test_sensors.join("probe-1.wasm"), "probe.wasm");
+    let gapp = app_dir(root.path(), "probe");
+    let uapp = root.path().join("probe-uwsgi");
+    std::fs::create_dir(&uapp).expect("uwsgi app dir");
+    for f in ["app.py", "zs_probe_lib.py"] {
+        std::fs::copy(gapp.join(f), uapp.join(f)).expect("copy app");
+    }
+    chown_nobody(&gapp);
+    chown_nobody(&uapp);
+
+    let (gport, uport) = (free_port(), free_port());
+    let (glog, ulog) = (root.path().join("g.log"), root.path().join("u.log"));
+    let mut cmd = as_service_user(&venv_bin("e2e", "gunicorn"), &gapp, &glog);
+    cmd.args(["-w", "2", "-b", &format!("127.0.0.1:{gport}"), "app:app"]);
+    let g = Proc::spawn("probe app (gunicorn)", &mut cmd);
+    let mut cmd = as_service_user(&venv_bin("e2e", "uwsgi"), &uapp, &ulog);
+    cmd.args([
+        "--http-socket",
+        &format!("127.0.0.1:{uport}"),
+        "--master",
+        "--processes",
+        "2",
+        "--wsgi-file",
+        "app.py",
+        "--callable",
+        "app",
+        "--die-on-term",
+    ]);
+    let u = Proc::spawn("probe app (uWSGI)", &mut cmd);
+    assert!(
+        wait_for_port(gport, Duration::from_secs(20)),
+        "gunicorn did not start"
+    );
+    assert!(
+        wait_for_port(uport, Duration::from_secs(20)),
+        "uWSGI did not start"
+    );
+    let gpids = server_pids(g.pid(), 2);
+    let upids = server_pids(u.pid(), 2);
+    let all: Vec<u32> = gpids.iter().chain(&upids).copied().collect();
+    let workers: Vec<u32> = gpids[1..].iter().chain(&upids[1..]).copied().collect();
+    let agent = Agent::start_with(root.path(), &sensors);
+    assert!(
+        wait_until(Duration::from_secs(40), || agent.all_traced(&all)),
+        "{:?}",
+        agent.state_of(&all)
+    );
+    let services: Vec<String> = agent
+        .processes()
+        .iter()
+        .filter(|p| all.contains(&(p["pid"].as_u64().unwrap_or(0) as u32)))
+        .filter_map(|p| p["service"].as_str().map(str::to_string))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    assert_eq!(services.len(), 2, "{services:?}");
+
+    // Warm: every worker serves x=1 (under load, so every worker gets requests).
+    let load = Load::start(&[gport, uport], "/warm", 2, 70);
+    let mark = unix_ms();
+    let (_, warm) = rollout(&agent, &services, &workers, mark - 60_000, 1);
+    drop(load.stop());
+    eprintln!("v1 in every worker {warm:.1} s after the agent traced them");
+
+    let mut report = Vec::new();
+    for (phase, x) in [("upgrade", 2), ("rollback", 1)] {
+        let path: &'static str = if x == 2 { "/upgrade" } else { "/rollback" };
+        // 2 services x 2 threads x 70/s: about 280 requests a second in all.
+        let load = Load::start(&[gport, uport], path, 2, 70);
+        std::thread::sleep(Duration::from_secs(1));
+        let mark = unix_ms();
+        let t = Instant::now();
+        if x == 2 {
+            drop_sensor(&sensors, &test_sensors.join("probe-2.wasm"), "probe.wasm");
+        } else {
+            let out = agent.cli(&["sensors", "rollback", "probe"]);
+            assert!(out.contains("-> 1.0.0"), "{out}");
+        }
+        let (first, last) = rollout(&agent, &services, &workers, mark, x);
+        eprintln!("{phase}: x={x} in the first worker {first:.1} s, in all {last:.1} s");
+        std::thread::sleep(Duration::from_secs(1));
+        let secs = t.elapsed().as_secs_f64() + 1.0;
+        let counts = load.stop();
+        let ok: u64 = counts.iter().map(|c| c.0).sum();
+        let failed: u64 = counts.iter().map(|c| c.1).sum();
+        assert_eq!(failed, 0, "{phase}: failed requests");
+        // Every successful request has its server span (recorded by the endpoints view).
+        let mut seen = 0;
+        assert!(
+            wait_until(Duration::from_secs(20), || {
+                seen = recorded(&agent, &services, path);
+                seen >= ok
+            }),
+            "{phase}: {ok} requests succeeded, {seen} server spans recorded; dropped in the \
+             processes: {:?}",
+            agent.get("/metrics").map(|m| m
+                .to_string()
+                .lines()
+                .filter(|l| l.contains("dropped"))
+                .collect::<Vec<_>>()
+                .join("; "))
+        );
+        assert_eq!(seen, ok, "{phase}: more server spans than requests");
+        report.push(format!(
+            "{phase}: drop -> first process {first:.1} s -> all {last:.1} s; {ok} requests \
+             ({:.0}/s), {failed} failed",
+            ok as f64 / secs
+        ));
+    }
+    for r in &report {
+        eprintln!("{r}");
+    }
+    assert_eq!(
+        server_pids(g.pid(), 2),
+        gpids,
+        "gunicorn's processes changed"
+    );
+    assert_eq!(server_pids(u.pid(), 2), upids, "uWSGI's processes changed");
 }

@@ -118,6 +118,9 @@ fn gunicorn_in_a_container_reaches_the_intake() {
         let _g = rt.enter();
         Intake::start(cfg, PeerRegistry::new()).expect("intake")
     };
+    // The instrumentations come from the sensors' bundles, as the agent hands them out.
+    let bundles = sensor_bundles();
+    intake.set_bundle_source(std::sync::Arc::new(move |_pid| bundles.clone()));
     let (_d, mut rx) = discovery();
 
     // A host process shares the agent's namespaces: the main address.

@@ -65,6 +65,7 @@ fn any_match() -> Match {
         service_name: "svc".into(),
         service_name_source: "test".into(),
         instrumentations: vec![],
+        injection: Default::default(),
     }
 }
 
@@ -653,4 +654,155 @@ fn sensor_files_others_can_write_are_refused() {
         matches!(reg.load_path(&file), LoadOutcome::Activated { .. }),
         "loads once only root can write it"
     );
+}
+
+/// A sink that keeps what it gets, for the redaction test.
+#[derive(Default)]
+struct Collect(std::sync::Mutex<Vec<Span>>);
+
+impl zerostep::pipeline::Sink for Collect {
+    fn name(&self) -> &'static str {
+        "collect"
+    }
+    fn submit(&self, batch: Arc<zerostep::pipeline::EnrichedBatch>) {
+        self.0.lock().unwrap().extend(batch.spans.iter().cloned());
+    }
+    fn stats(&self) -> zerostep::pipeline::SinkStats {
+        Default::default()
+    }
+}
+
+/// Secrets of every kind the baseline knows, on spans named "trigger" (the hostile sensor
+/// misbehaves on those).
+fn secret_spans(n: u64) -> Vec<Span> {
+    let base = Span {
+        trace_id: 7,
+        span_id: n * 10,
+        parent_span_id: None,
+        name: "trigger".into(),
+        kind: SpanKind::Server,
+        start_unix_nano: 1,
+        end_unix_nano: 2,
+        status: Default::default(),
+        attributes: vec![
+            Attribute::str(
+                "url.full",
+                "https://alice:s3cr3tpw@api.example/cb?access_token=tok9z",
+            ),
+            Attribute::str("url.query", "page=1&api_key=apik3y"),
+            Attribute::str("http.request.header.authorization", "Bearer b3arer"),
+        ],
+        events: vec![],
+    };
+    let db = Span {
+        span_id: n * 10 + 1,
+        parent_span_id: Some(n * 10),
+        kind: SpanKind::Client,
+        attributes: vec![
+            Attribute::str("db.system", "postgresql"),
+            Attribute::str(
+                "db.query.text",
+                "UPDATE users SET pw = 'hunter22' WHERE id = 31337",
+            ),
+        ],
+        ..base.clone()
+    };
+    vec![base, db]
+}
+
+const SECRETS: &[&str] = &["s3cr3tpw", "tok9z", "apik3y", "b3arer", "hunter22", "31337"];
+
+#[test]
+fn redaction_fails_closed_when_the_sensor_fails_or_is_gone() {
+    use zerostep::intake::{SpanBatch, SpanQueue};
+    use zerostep::orchestrate::{Attribution, ProcessDirectory};
+    use zerostep::pipeline::{Pipeline, Resource, Sink};
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = install(dir.path(), "panic");
+    let reg = Arc::new(SensorRegistry::new(
+        Arc::new(SandboxEngine::new(SandboxLimits::default(), None).expect("engine")),
+        // Never quarantined here: every batch fails in the sensor itself.
+        QuarantinePolicy {
+            failures: 1000,
+            window: Duration::from_secs(60),
+        },
+    ));
+    assert!(matches!(
+        reg.load_path(&path),
+        LoadOutcome::Activated { .. }
+    ));
+    let directory = ProcessDirectory::default();
+    directory.insert(
+        4242,
+        Attribution {
+            sensor: SensorRef(path.clone()),
+            matched: any_match(),
+            resource: Arc::new(Resource {
+                service_name: "svc".into(),
+                host_name: "h".into(),
+                pid: 4242,
+                executable: String::new(),
+                command_line: String::new(),
+                runtime_version: String::new(),
+                technology: "test".into(),
+                role: "standalone".into(),
+                tracer_version: String::new(),
+            }),
+        },
+    );
+    let queue = SpanQueue::new(64);
+    let sink = Arc::new(Collect::default());
+    let sinks: Vec<Arc<dyn Sink>> = vec![sink.clone()];
+    let pipeline = Pipeline::start(
+        queue.clone(),
+        directory,
+        reg.clone(),
+        sinks,
+        rt.handle().clone(),
+    )
+    .expect("pipeline");
+    let push = |n: u64| {
+        queue.push(SpanBatch {
+            pid: 4242,
+            root_pid: 4242,
+            spans: secret_spans(n),
+            dropped_in_process: 0,
+            received_at: std::time::SystemTime::now(),
+            tracer_version: None,
+        })
+    };
+    // 1. The sensor panics on these spans; 2. the sensor's file is gone (no sensor serves).
+    push(1);
+    assert!(
+        wait_until(Duration::from_secs(10), || sink.0.lock().unwrap().len()
+            >= 2),
+        "spans of a failed enrichment still reach the sinks"
+    );
+    assert!(pipeline.stats().enrich_failures >= 1);
+    assert!(reg.remove_path(&path));
+    push(2);
+    assert!(
+        wait_until(Duration::from_secs(10), || sink.0.lock().unwrap().len()
+            >= 4),
+        "spans with no serving sensor still reach the sinks"
+    );
+    let stored = format!("{:?}", sink.0.lock().unwrap());
+    for secret in SECRETS {
+        assert!(
+            !stored.contains(secret),
+            "{secret} reached a sink: {stored}"
+        );
+    }
+    // What is not secret is kept, so the baseline did not just blank everything.
+    assert!(
+        stored.contains("api.example") && stored.contains("page=1"),
+        "{stored}"
+    );
+    assert_eq!(pipeline.stats().redacted_natively, 4);
 }

@@ -53,6 +53,10 @@ impl Env {
             let _g = rt.enter();
             Intake::start(cfg, PeerRegistry::new()).expect("intake")
         };
+        // The instrumentations come from the real sensors' bundles, as the agent hands them out;
+        // every process here gets all of them (each acts only once its library is imported).
+        let bundles = sensor_bundles();
+        intake.set_bundle_source(std::sync::Arc::new(move |_pid| bundles.clone()));
         std::fs::write(dir.path().join("bootstrap.py"), intake.bootstrap_code())
             .expect("write bootstrap");
         Env {

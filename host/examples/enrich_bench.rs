@@ -162,6 +162,7 @@ fn main() -> Result<()> {
         service_name: "bench".into(),
         service_name_source: "bench".into(),
         instrumentations: vec![],
+        injection: Default::default(),
     };
     // Both paths must produce the same spans.
     let mut a: Vec<Span> = (0..64).map(sample_span).collect();

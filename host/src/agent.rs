@@ -83,6 +83,14 @@ async fn serve(cfg: AgentConfig, registry: Arc<SensorRegistry>, token: String) -
     let intake =
         Arc::new(Intake::start(intake_cfg, PeerRegistry::new()).context("starting the intake")?);
     let directory = ProcessDirectory::default();
+    {
+        // Each process gets the bundles of the sensor that matched it (and every-process ones).
+        let (directory, registry) = (directory.clone(), registry.clone());
+        intake.set_bundle_source(Arc::new(move |pid| match directory.lookup(pid, pid) {
+            Some(a) => registry.bundles_for(&a.sensor, &a.matched),
+            None => Vec::new(),
+        }));
+    }
     let store = Arc::new(
         Store::open(
             &cfg.state_dir,

@@ -120,6 +120,14 @@ pub enum SensorsCommand {
         /// The sensor component.
         file: PathBuf,
     },
+    /// Return a sensor of the running agent to the version that served before the current one,
+    /// in the agent and in every process it traces (its bundles are replaced in place).
+    Rollback {
+        /// The sensor's name (`zerostep sensors list`).
+        name: String,
+        #[command(flatten)]
+        agent: AgentAddr,
+    },
     /// List the sensors of the running agent (asks its API).
     List {
         #[command(flatten)]
@@ -167,6 +175,9 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Sensors(SensorsCommand::Check { file }) => crate::sensors::cli::check(&file),
         Command::Sensors(SensorsCommand::List { agent, json }) => {
             crate::sensors::cli::list(&agent.client()?, json)
+        }
+        Command::Sensors(SensorsCommand::Rollback { name, agent }) => {
+            crate::sensors::cli::rollback(&agent.client()?, &name)
         }
         Command::Inject(args) => crate::inject::cli::run(args),
     }

@@ -185,6 +185,19 @@ pub fn ps(agent: &ApiClient, json: bool) -> Result<ExitCode> {
             if p.connected { "yes" } else { "no" },
             detail
         );
+        // A bundle this process refused, and why (the app serves on without it).
+        if let Some(serde_json::Value::Object(bundles)) = &p.bundles {
+            for (name, b) in bundles {
+                if b["state"] == "refused" {
+                    println!(
+                        "{:>7} bundle {name} {} refused: {}",
+                        "",
+                        b["version"].as_str().unwrap_or("?"),
+                        b["reason"].as_str().unwrap_or("")
+                    );
+                }
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

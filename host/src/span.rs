@@ -1,5 +1,5 @@
 //! The span as the agent carries it from intake to the sinks. Mirrors the sensor contract's `span`
-//! record (wit/sensor.wit); the sensors module converts between the two at the sandbox boundary.
+//! record (wit/v0.1/sensor.wit, used unchanged by 0.2); the sensors module converts between the two at the sandbox boundary.
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

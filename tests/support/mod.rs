@@ -348,3 +348,29 @@ pub fn outside_tmp_dir(prefix: &str) -> tempfile::TempDir {
     .expect("chmod");
     d
 }
+
+/// The bundles of the sensors `make sensors` built (gunicorn, uwsgi, libraries): the
+/// instrumentations, for tests that run the intake without the agent.
+pub fn sensor_bundles() -> Vec<zerostep::sensors::Bundle> {
+    use zerostep::sensors::{QuarantinePolicy, SandboxEngine, SandboxLimits, SensorRegistry};
+    let engine = std::sync::Arc::new(
+        SandboxEngine::new(SandboxLimits::default(), None).expect("sandbox engine"),
+    );
+    let registry = SensorRegistry::new(engine, QuarantinePolicy::default());
+    for name in ["gunicorn", "uwsgi", "libraries"] {
+        let path = repo_root().join(format!("target/sensors/{name}.wasm"));
+        assert!(
+            path.exists(),
+            "{} missing: run `make sensors`",
+            path.display()
+        );
+        let outcome = registry.load_path(&path);
+        assert!(
+            matches!(outcome, zerostep::sensors::LoadOutcome::Activated { .. }),
+            "{name}: {outcome:?}"
+        );
+    }
+    let bundles = registry.all_bundles();
+    assert_eq!(bundles.len(), 3, "one bundle per sensor");
+    bundles
+}

@@ -18,8 +18,18 @@ import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PKG = os.path.join(os.path.dirname(HERE), "zerostep")
+SENSORS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(HERE))), "sensors")
 # Same order as host/src/intake/tracer_source.rs: the package first, then its modules by dependency.
-MODULE_ORDER = ["trace", "patch", "report", "wsgi", "servers", "frameworks", "clients", "db"]
+MODULE_ORDER = ["trace", "patch", "report", "wsgi", "bundles"]
+# The bundles the sensors carry, as their crates declare them (sensors/*/src/lib.rs), but without
+# the servers' triggers: these tests drive the server instrumentations' span code directly, in a
+# process that imports neither gunicorn nor uWSGI (each instrumentation still patches nothing
+# until its library is imported). Triggers have their own test.
+BUNDLES = [
+    ("gunicorn", [], ["server"], "server:instrumentations"),
+    ("uwsgi", [], ["server"], "server:instrumentations"),
+    ("libraries", [], ["frameworks", "clients", "db", "libraries"], "libraries:instrumentations"),
+]
 
 
 def modules():
@@ -31,6 +41,22 @@ def modules():
     return out
 
 
+def bundles():
+    out = []
+    for name, triggers, mods, entry in BUNDLES:
+        sources = []
+        for m in mods:
+            with open(os.path.join(SENSORS, name, "python", m + ".py")) as f:
+                sources.append([m, f.read()])
+        out.append({"name": name, "version": "test", "triggers": triggers, "modules": sources,
+                    "entry": entry, "tracer_api": ">=1.0,<2", "settings": {}})
+    return out
+
+
+def tracer_config():
+    return {"flush_interval": 0.05, "bundles": bundles()}
+
+
 def bootstrap_code(address):
     with open(os.path.join(os.path.dirname(HERE), "bootstrap.py")) as f:
         src = f.read()
@@ -40,7 +66,7 @@ def bootstrap_code(address):
 
 
 class FakeIntake(object):
-    def __init__(self, version="0.1.0"):
+    def __init__(self, version="0.2.0"):
         self.dir = tempfile.mkdtemp(prefix="zs-intake-")
         self.path = os.path.join(self.dir, "intake.sock")
         self.srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -84,7 +110,7 @@ class FakeIntake(object):
                 buf = buf[4 + n:]
                 if msg.get("t") == "hello" and msg.get("role") == "bootstrap":
                     self.send(c, {"v": 1, "t": "load", "version": self.version,
-                                  "modules": modules(), "config": {"flush_interval": 0.05}})
+                                  "modules": modules(), "config": tracer_config()})
                 with self.cond:
                     self.frames.append(msg)
                     self.cond.notify_all()
@@ -273,7 +299,7 @@ class TracerTest(unittest.TestCase):
         self.assertFalse("_zerostep" in sys.modules)
 
     def test_upgrade_in_place(self):
-        self.intake.version = "0.2.0"
+        self.intake.version = "0.3.0"
         exec(bootstrap_code(self.intake.path), {})
         new = sys.modules["_zerostep"]
         self.assertIsNot(new, self.zs)
@@ -302,8 +328,8 @@ class TracerTest(unittest.TestCase):
     def test_upgrade_command_keeps_the_connection(self):
         old_sock = self.zs._state.reporter.sock
         for c in self.intake.conns:
-            FakeIntake.send(c, {"v": 1, "t": "upgrade", "version": "0.2.0", "modules": modules(),
-                                "config": {"flush_interval": 0.05}})
+            FakeIntake.send(c, {"v": 1, "t": "upgrade", "version": "0.3.0", "modules": modules(),
+                                "config": tracer_config()})
         deadline = time.time() + 5
         while time.time() < deadline and (sys.modules.get("_zerostep") is self.zs or getattr(
                 sys.modules.get("_zerostep"), "_state", None) is None):
@@ -487,7 +513,7 @@ class TracerTest(unittest.TestCase):
         self.assertEqual(db[3][7], 2, "the failed statement has error status")
         self.assertEqual(db[3][10][0][0], "exception")
         # Outside SQLAlchemy the sqlite3 span is back.
-        self.assertIsNone(sys.modules["_zerostep.db"]._orm_span.get())
+        self.assertIsNone(sys.modules["_zerostep.bundles.libraries.db"]._orm_span.get())
         self.zs.uninstall()
         from sqlalchemy.engine import Engine
         for name in ("before_cursor_execute", "after_cursor_execute", "handle_error"):

@@ -1,6 +1,11 @@
 """zerostep's in-process tracer. Loaded from memory by the bootstrap (host/python/bootstrap.py) under
 the private package name `_zerostep`; never on sys.path, never importing the app's packages.
 
+This is the generic core: span and context API (trace), reporter (report), patch and import-hook
+toolkit with the breaker (patch), WSGI server spans (wsgi) and fork handling (here). What makes a
+technology traceable comes from sensors as bundles (bundles.py), in the config the agent sends
+(`config["bundles"]`), replaced live by a `bundles` command.
+
 install() is idempotent; uninstall() restores every patch; upgrade arrives as a command carrying
 the new modules and swaps them in place, keeping the agent connection.
 """
@@ -8,9 +13,9 @@ import os
 import sys
 import threading
 
-from _zerostep import clients, db, frameworks, patch, report, servers, trace
+from _zerostep import bundles, patch, report, trace
 
-VERSION = "0.1.0"
+VERSION = "0.2.0"
 NAME = "_zerostep"
 
 _state = None
@@ -22,38 +27,96 @@ class _State(object):
         self.config = config
         self.reporter = report.Reporter(address, sock, config, _on_command)
         self.tracer = trace.Tracer(self.reporter.add, float(config.get("sample_rate", 1.0)))
-        r, t, c = self.reporter, self.tracer, config
-        self.insts = [
-            servers.Gunicorn(t, c, r), servers.Uwsgi(t, c, r), frameworks.Flask(t, c),
-            frameworks.Django(t, c), clients.HttpClient(t, c), db.Sqlite3(t, c),
-            db.Psycopg2(t, c), db.PyMySQL(t, c), db.Redis(t, c), db.SQLAlchemy(t, c),
-        ]
-        disabled = set(config.get("disable", ()))
-        self.insts = [i for i in self.insts if i.name not in disabled]
+        self.api = bundles.Api(self.tracer, self.reporter, config)
+        self.insts = []
+        self.bundles = [bundles.Bundle(b) for b in config.get("bundles") or ()]
         self.reporter.status_fn = self.status
-        for i in self.insts:
-            i.on_trip = self._tripped
-        watched = set()
-        for i in self.insts:
-            watched.update(i.modules)
-            watched.update(getattr(i, "extra_modules", ()))
+        watched = set(t for b in self.bundles for t in b.triggers)
         self.hook = patch.ImportHook(watched, self.on_import)
+        self.unsettled = set()
+
+    def activate(self, bundle):
+        """Runs a triggered bundle and applies what it returned."""
+        disabled = set(self.config.get("disable", ()))
+        insts = [i for i in bundle.activate(self.api) if i.name not in disabled]
+        bundle.insts = insts
+        for i in insts:
+            i.on_trip = self._tripped
+            mods = tuple(i.modules) + tuple(getattr(i, "extra_modules", ()))
+            self.hook.watched.update(mods)
+            # Activated from inside an import (the trigger imported by a module still executing,
+            # e.g. gunicorn.workers.sync importing .base): the hook never sees the outer import
+            # finish, so it is settled later (after the next fork) like a mid-import install.
+            self.unsettled.update(m for m in mods if _initializing(sys.modules.get(m)))
+        self.insts.extend(insts)
+        for i in insts:
+            self.try_apply(i)
+        self.reporter.pending_status = True
+
+    def set_bundles(self, specs):
+        """The agent's current bundles for this process. Unchanged ones stay; a changed one's new
+        version is applied first (taking over its patch points in place: see patch.patch), then
+        the old one is retired (whatever it patched that the new one does not is restored);
+        removed ones are restored. The context variable, reporter and fork hooks are the core's,
+        so in-flight requests keep their spans and parents across versions."""
+        new = [bundles.Bundle(b) for b in specs or ()]
+        keep = {(b.name, b.version) for b in new}
+        kept, retired = {}, []
+        for b in self.bundles:
+            if (b.name, b.version) in keep:
+                kept[b.name] = b
+            else:
+                retired.append(b)
+                b.forget()  # sys.modules only: the new version's modules take these names
+        self.bundles = [kept.get(b.name) or b for b in new]
+        self.config["bundles"] = list(specs or ())
+        for b in self.bundles:
+            if b.name in kept:
+                continue
+            self.hook.watched.update(b.triggers)
+            if b.triggered():
+                self.activate(b)
+        # A new version this process refused leaves the previous one serving, with the reason.
+        for old in list(retired):
+            if old.state != "active":
+                continue
+            for n, b in enumerate(self.bundles):
+                if b.name == old.name and b.state == "refused":
+                    old.reason = "version %s refused: %s" % (b.version, b.reason)
+                    self.bundles[n] = old
+                    retired.remove(old)
+                    break
+        for b in retired:
+            for i in b.insts:
+                try:
+                    i.restore()
+                except Exception:
+                    pass
+                if i in self.insts:
+                    self.insts.remove(i)
+        self.reporter.pending_status = True
 
     def status(self):
         return {"version": VERSION, "python": sys.version.split()[0],
                 "instrumentations": {i.name: i.status() for i in self.insts},
+                "bundles": {b.name: b.status() for b in self.bundles},
                 "sent": self.reporter.sent}
 
     def _tripped(self, inst):
         self.reporter.pending_status = True  # the agent learns of it with the next flush
 
     def on_import(self, name):
-        for i in self.insts:
+        # A bundle this import triggers applies its own instrumentations as it activates.
+        insts = list(self.insts)
+        for b in self.bundles:
+            if b.state == "waiting" and name in b.triggers:
+                self.activate(b)
+        for i in insts:
             if name in i.modules or name in getattr(i, "extra_modules", ()):
                 self.try_apply(i)
-            elif isinstance(i, servers.Uwsgi) and i.applied and name in i.watched_modules():
-                # uWSGI --lazy-apps: the app module is imported in the worker, after the fork.
-                i.wrap_apps()
+            elif i.applied and hasattr(i, "on_watched_import") and name in i.watched_modules():
+                # e.g. uWSGI --lazy-apps: the app module is imported in the worker, after the fork.
+                i.on_watched_import(name)
 
     def try_apply(self, inst):
         if inst.tripped:
@@ -70,18 +133,20 @@ class _State(object):
         except Exception as e:
             inst.restore()
             inst.fail(e)
-        if isinstance(inst, servers.Uwsgi):
-            self.hook.watched.update(inst.watched_modules())
+        watched_modules = getattr(inst, "watched_modules", None)
+        if watched_modules is not None:
+            self.hook.watched.update(watched_modules())
         self.reporter.pending_status = True
 
     def start(self):
         sys.meta_path.insert(0, self.hook)
-        for i in self.insts:
-            self.try_apply(i)
+        for b in self.bundles:
+            if b.triggered():
+                self.activate(b)
         # Injected while the process was importing a watched module (a master still loading
         # gunicorn, say), the module is in sys.modules half-executed and the import hook never
         # sees an import already under way; `settle` finishes the job once it has completed.
-        self.unsettled = set(m for m in self.hook.watched if _initializing(sys.modules.get(m)))
+        self.unsettled.update(m for m in self.hook.watched if _initializing(sys.modules.get(m)))
         self.reporter.start_thread()
         self.reporter.flush()  # the status now: a process without our thread may not flush again
         try:
@@ -236,6 +301,11 @@ def _on_command(cmd):
             st.config.update(cfg)
     elif t == "upgrade":
         upgrade(cmd.get("modules") or [], cmd.get("config"))
+    elif t == "bundles":
+        with _lock:
+            st = _state
+            if st is not None:
+                st.set_bundles(cmd.get("bundles") or [])
     elif t == "status":
         st = _state
         if st is not None:

@@ -28,22 +28,35 @@ class Instrumentation(object):
         self.last_error = ""
 
     def patch(self, owner, attr, make_wrapper):
-        """Replaces `owner.attr` (a class attribute) by `make_wrapper(original)`; undone by `restore`."""
+        """Replaces `owner.attr` (a class attribute) by `make_wrapper(original)`; undone by `restore`.
+
+        A patch point is installed once: when `owner.attr` is already the wrapper of an
+        instrumentation of the same name (its previous version, a bundle being upgraded in place),
+        the new wrapper wraps what that one wrapped and replaces it in one attribute store, so no
+        call runs untraced or traced twice; the old version's `restore` then leaves it alone."""
         had_own = attr in owner.__dict__
-        original = owner.__dict__[attr] if had_own else getattr(owner, attr)
-        wrapper = make_wrapper(original if had_own else getattr(owner, attr))
+        current = owner.__dict__[attr] if had_own else getattr(owner, attr)
+        prior = getattr(current, "__zerostep_patch__", None) if had_own else None
+        if type(prior) is tuple and len(prior) == 3 and prior[0] == self.name:
+            _, original, had_own = prior
+        else:
+            original = current
+        wrapper = make_wrapper(original)
         try:
             wrapper.__zerostep_original__ = original
+            wrapper.__zerostep_patch__ = (self.name, original, had_own)
         except Exception:
             pass
         setattr(owner, attr, wrapper)
-        self._patches.append((owner, attr, original, had_own))
+        self._patches.append((owner, attr, original, had_own, wrapper))
         return wrapper
 
     def restore(self):
         while self._patches:
-            owner, attr, original, had_own = self._patches.pop()
+            owner, attr, original, had_own, wrapper = self._patches.pop()
             try:
+                if owner.__dict__.get(attr) is not wrapper:
+                    continue  # taken over by a newer version (or replaced by the app): not ours
                 if had_own:
                     setattr(owner, attr, original)
                 else:

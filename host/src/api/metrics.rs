@@ -178,8 +178,14 @@ pub async fn render(State(state): State<ApiState>) -> impl IntoResponse {
         o.one(
             "zerostep_enrich_failures_total",
             "counter",
-            "Enrichment calls that failed (the spans went on un-enriched).",
+            "Enrichment calls that failed (the spans went on with the native baseline redaction).",
             p.enrich_failures as f64,
+        );
+        o.one(
+            "zerostep_pipeline_redacted_natively_total",
+            "counter",
+            "Spans the native baseline redaction changed (their sensor did not enrich them).",
+            p.redacted_natively as f64,
         );
         o.family(
             "zerostep_intake_cutoffs_total",

@@ -44,6 +44,7 @@ pub struct AgentParts {
 pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/api/v1/sensors", get(sensors))
+        .route("/api/v1/sensors/rollback", post(rollback))
         .route("/api/v1/health", get(|| async { "ok\n" }))
         .route("/api/v1/processes", get(processes))
         .route("/api/v1/detach", post(detach))
@@ -64,6 +65,39 @@ pub fn secured(app: Router, access: Arc<auth::ApiAuth>) -> Router {
 async fn sensors(State(state): State<ApiState>) -> Json<Vec<SensorStatus>> {
     // Status reads take short locks only; no sensor code runs here.
     Json(state.sensors.status())
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RollbackRequest {
+    pub name: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct RollbackResponse {
+    pub name: String,
+    pub from: String,
+    pub to: String,
+}
+
+/// The sensor's previous version serves again; the orchestrator sends its bundles to every
+/// process it matched (it sees the registry change).
+async fn rollback(
+    State(state): State<ApiState>,
+    Json(req): Json<RollbackRequest>,
+) -> axum::response::Response {
+    use crate::sensors::RegistryError;
+    match state.sensors.rollback(&req.name) {
+        Ok((from, to)) => Json(RollbackResponse {
+            name: req.name,
+            from,
+            to,
+        })
+        .into_response(),
+        Err(e @ RegistryError::NoSuchSensor(_)) => {
+            (StatusCode::NOT_FOUND, format!("{e}\n")).into_response()
+        }
+        Err(e) => (StatusCode::CONFLICT, format!("{e}\n")).into_response(),
+    }
 }
 
 async fn processes(State(state): State<ApiState>) -> Json<Vec<ProcessView>> {

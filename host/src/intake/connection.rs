@@ -273,18 +273,17 @@ fn handle(frame: PeerFrame, shared: &Shared, pid: u32, root_pid: u32, id: u64) {
                 (PeerRole::Bootstrap, Some(n)) => agent_proof(shared, pid, root_pid, &n, root),
                 _ => None,
             };
+            // The bundles are looked up before the peers' lock is taken (the source asks the
+            // sensors' directory, which must never wait for the intake).
+            let config = (role == PeerRole::Bootstrap).then(|| shared.tracer_config_for(pid));
             let mut peers = shared.peers.lock();
             let Some(entry) = peers.get_mut(&pid).filter(|e| e.id == id) else {
                 return;
             };
             entry.info.python = python;
             entry.info.tracer_version = version.or(installed);
-            if role == PeerRole::Bootstrap {
-                let mut msg = wire::load_message(
-                    TRACER_VERSION,
-                    TRACER_MODULES,
-                    &shared.config.tracer_config,
-                );
+            if let Some(config) = config {
+                let mut msg = wire::load_message(TRACER_VERSION, TRACER_MODULES, &config);
                 if let Some(p) = proof {
                     msg["proof"] = p.into();
                 }
@@ -301,9 +300,11 @@ fn handle(frame: PeerFrame, shared: &Shared, pid: u32, root_pid: u32, id: u64) {
         } => {
             c.batches.fetch_add(1, Ordering::Relaxed);
             c.spans.fetch_add(spans.len() as u64, Ordering::Relaxed);
+            let mut tracer_version = None;
             if let Some(entry) = shared.peers.lock().get_mut(&pid) {
                 entry.info.spans += spans.len() as u64;
                 entry.info.dropped_in_process = dropped_in_process;
+                tracer_version = entry.info.tracer_version.as_deref().map(Arc::from);
             }
             if !spans.is_empty() {
                 shared.queue.push(SpanBatch {
@@ -312,6 +313,7 @@ fn handle(frame: PeerFrame, shared: &Shared, pid: u32, root_pid: u32, id: u64) {
                     spans,
                     dropped_in_process,
                     received_at: SystemTime::now(),
+                    tracer_version,
                 });
             }
         }

@@ -184,6 +184,7 @@ struct Shared {
     next_id: AtomicU64,
     /// Extra listeners inside containers' network namespaces.
     netns: Mutex<netns::NsListeners>,
+    bundles: parking_lot::RwLock<Option<BundleSource>>,
     runtime: tokio::runtime::Handle,
     key: auth::IntakeKey,
     /// Roots (pid → start time) whose bootstrap carried a secret: their peers must prove they
@@ -194,6 +195,10 @@ struct Shared {
     run_id: String,
 }
 
+/// Which instrumentation bundles a process gets: asked when its bootstrap says hello and when a
+/// command carries the config (the agent's answer comes from the sensors that matched the pid).
+pub type BundleSource = Arc<dyn Fn(u32) -> Vec<crate::sensors::Bundle> + Send + Sync>;
+
 impl Shared {
     /// Marks a tree as one whose peers must show its secret. Bounded: past 4096 entries, those
     /// of processes that are gone are forgotten.
@@ -203,6 +208,17 @@ impl Shared {
             roots.retain(|p, s| auth::process_root(*p).is_some_and(|r| r.1 == *s));
         }
         roots.insert(pid, start);
+    }
+
+    /// The tracer config for one process: the intake's, plus that process's bundles.
+    fn tracer_config_for(&self, pid: u32) -> serde_json::Value {
+        let mut cfg = self.config.tracer_config.clone();
+        let source = self.bundles.read().clone();
+        let bundles = source.map(|f| f(pid)).unwrap_or_default();
+        if let serde_json::Value::Object(map) = &mut cfg {
+            map.insert("bundles".into(), wire::bundles_json(&bundles));
+        }
+        cfg
     }
 }
 
@@ -258,6 +274,7 @@ impl Intake {
             peers: Mutex::new(HashMap::new()),
             next_id: AtomicU64::new(1),
             netns: Mutex::new(netns::NsListeners::default()),
+            bundles: parking_lot::RwLock::new(None),
             runtime: tokio::runtime::Handle::current(),
             run_id: random_hex(8),
         });
@@ -336,14 +353,19 @@ impl Intake {
         self.shared.queue.clone()
     }
 
+    /// Where the bundles of each process come from (none set: no bundles, the bare core).
+    pub fn set_bundle_source(&self, source: BundleSource) {
+        *self.shared.bundles.write() = Some(source);
+    }
+
     /// Sends a command to the tracer connected as `pid`. Does not wait for it to act.
     pub fn send(&self, pid: u32, command: &Command) -> Result<(), IntakeError> {
-        let cfg = &self.shared.config.tracer_config;
+        let cfg = self.shared.tracer_config_for(pid);
         let frame = wire::encode(&wire::command_message(
             command,
             TRACER_VERSION,
             TRACER_MODULES,
-            cfg,
+            &cfg,
         ));
         let peers = self.shared.peers.lock();
         let entry = peers.get(&pid).ok_or(IntakeError::NoSuchPeer(pid))?;

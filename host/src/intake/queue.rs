@@ -24,6 +24,9 @@ pub struct SpanBatch {
     /// Spans that process dropped so far (its own bounded buffer), cumulative.
     pub dropped_in_process: u64,
     pub received_at: SystemTime,
+    /// The tracer version that process runs (its hello or last status), when known: spans are
+    /// labelled with it, not with this agent's, since a process may run an older tracer.
+    pub tracer_version: Option<std::sync::Arc<str>>,
 }
 
 #[derive(Debug, Default)]
@@ -197,6 +200,7 @@ mod tests {
             events: vec![],
         };
         SpanBatch {
+            tracer_version: None,
             pid,
             root_pid: pid,
             spans: vec![span; n],

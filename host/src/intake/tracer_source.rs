@@ -1,10 +1,11 @@
-//! The in-process tracer, embedded at build time from host/python/, and the bootstrap the injector
-//! runs in a target to fetch it.
+//! The in-process tracer's generic core, embedded at build time from host/python/, and the bootstrap
+//! the injector runs in a target to fetch it. The instrumentations are not here: they come from
+//! sensors as bundles (`config.bundles` of the load message, see [`super::BundleSource`]).
 use serde_json::Value;
 
 /// The tracer's version, as `_zerostep.VERSION` says; a bootstrap that finds a different one
 /// installed upgrades it in place.
-pub const TRACER_VERSION: &str = "0.1.0";
+pub const TRACER_VERSION: &str = "0.2.0";
 
 /// (module name, source), the package first and then in dependency order: the bootstrap executes
 /// them in this order. The Python unit tests (host/python/tests) keep the same list.
@@ -30,21 +31,44 @@ pub const MODULES: &[(&str, &str)] = &[
         include_str!("../../python/zerostep/wsgi.py"),
     ),
     (
-        "_zerostep.servers",
-        include_str!("../../python/zerostep/servers.py"),
+        "_zerostep.bundles",
+        include_str!("../../python/zerostep/bundles.py"),
     ),
-    (
-        "_zerostep.frameworks",
-        include_str!("../../python/zerostep/frameworks.py"),
-    ),
-    (
-        "_zerostep.clients",
-        include_str!("../../python/zerostep/clients.py"),
-    ),
-    ("_zerostep.db", include_str!("../../python/zerostep/db.py")),
 ];
 
 const BOOTSTRAP: &str = include_str!("../../python/bootstrap.py");
+
+/// Every released tracer version and the sha256 of its code ([`code_digest`]): a process whose
+/// tracer reports another version is upgraded in place at hello, so changed code must come with a
+/// new version. The test below fails when the code changed and its version did not: bump
+/// `TRACER_VERSION` (and `VERSION` in host/python/zerostep/__init__.py) and add a line.
+#[cfg(test)]
+const RELEASED: &[(&str, &str)] = &[
+    (
+        "0.1.0",
+        "580d872135d44b3614771d11b96933ead5b7c06d3b92f5389b0139eb0ae9b0a6",
+    ),
+    (
+        "0.2.0",
+        "586da6a5f49e4e3528d1a848b52e40dd2e3760d2e93c1271b2523cec66d3c668",
+    ),
+];
+
+/// sha256 over each module's name and source (NUL-separated, in order), then the bootstrap.
+#[cfg(test)]
+fn code_digest() -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for (name, src) in MODULES {
+        h.update(name.as_bytes());
+        h.update([0]);
+        h.update(src.as_bytes());
+        h.update([0]);
+    }
+    h.update(b"bootstrap\0");
+    h.update(BOOTSTRAP.as_bytes());
+    hex::encode(h.finalize())
+}
 
 /// The code to hand to `PyRun_SimpleString` in the target. `address` is the intake's address as
 /// [`super::IntakeAddress::bootstrap_param`] renders it (a path, or `@name` for an abstract socket).
@@ -96,6 +120,31 @@ fn bootstrap_statement(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tracer_code_changes_come_with_a_new_version() {
+        let digest = code_digest();
+        let released = RELEASED.iter().find(|(v, _)| *v == TRACER_VERSION);
+        match released {
+            Some((_, d)) => assert_eq!(
+                *d, digest,
+                "the tracer's code changed but TRACER_VERSION is still {TRACER_VERSION}: bump it \
+                 (and VERSION in host/python/zerostep/__init__.py) and add (version, \"{digest}\") \
+                 to RELEASED"
+            ),
+            None => panic!(
+                "tracer version {TRACER_VERSION} is not in RELEASED: add \
+                 (\"{TRACER_VERSION}\", \"{digest}\")"
+            ),
+        }
+        let mut versions: Vec<_> = RELEASED.iter().map(|r| r.0).collect();
+        versions.dedup();
+        assert_eq!(versions.len(), RELEASED.len(), "a version released twice");
+        assert!(
+            RELEASED.iter().filter(|r| r.1 == digest).count() == 1,
+            "the same code under two versions"
+        );
+    }
 
     #[test]
     fn bootstrap_is_small_and_versions_agree() {

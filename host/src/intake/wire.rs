@@ -59,6 +59,9 @@ struct RawFrame {
     spans: Vec<WireSpan>,
     #[serde(default)]
     instrumentations: Option<Value>,
+    /// Contract-0.2 bundles: `{name: {version, state, reason, instrumentations}}`.
+    #[serde(default)]
+    bundles: Option<Value>,
     #[serde(default)]
     sent: u64,
 }
@@ -154,6 +157,7 @@ pub fn decode(body: &[u8]) -> Result<PeerFrame, WireError> {
         "status" => Ok(PeerFrame::Status {
             status: serde_json::json!({
                 "instrumentations": raw.instrumentations.unwrap_or(Value::Null),
+                "bundles": raw.bundles.unwrap_or(Value::Null),
                 "version": raw.version,
                 "python": raw.python,
                 "pid": raw.pid,
@@ -297,6 +301,9 @@ pub enum Command {
     Upgrade,
     /// Ask for a fresh status frame.
     Status,
+    /// Load these bundles in place of the running ones (changed versions replace, missing ones
+    /// are removed): the agent's bundles for that process, as [`bundles_json`] renders them.
+    Bundles,
 }
 
 /// Encodes an outbound message as a full frame (length prefix included).
@@ -331,7 +338,35 @@ pub fn command_message(
             "v": SCHEMA_VERSION, "t": "upgrade", "version": version, "modules": modules, "config": config
         }),
         Command::Status => serde_json::json!({"v": SCHEMA_VERSION, "t": "status"}),
+        Command::Bundles => serde_json::json!({
+            "v": SCHEMA_VERSION, "t": "bundles", "bundles": config.get("bundles").cloned().unwrap_or_else(|| Value::Array(Vec::new()))
+        }),
     }
+}
+
+/// Bundles as the tracer reads them (`config.bundles`; host/python/zerostep/bundles.py).
+pub fn bundles_json(bundles: &[crate::sensors::Bundle]) -> Value {
+    Value::Array(
+        bundles
+            .iter()
+            .map(|b| {
+                let settings: serde_json::Map<String, Value> = b
+                    .settings
+                    .iter()
+                    .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+                    .collect();
+                serde_json::json!({
+                    "name": b.name,
+                    "version": b.version,
+                    "triggers": b.triggers,
+                    "modules": b.modules.iter().map(|m| [&m.name, &m.source]).collect::<Vec<_>>(),
+                    "entry": b.entry,
+                    "tracer_api": b.tracer_api,
+                    "settings": settings,
+                })
+            })
+            .collect(),
+    )
 }
 
 #[cfg(test)]

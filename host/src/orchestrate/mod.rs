@@ -6,6 +6,8 @@
 //! It is one task that owns all process state; injections run on blocking threads and report
 //! back through a channel, so no lock is held across an injection.
 mod directory;
+mod rematch;
+mod rollout;
 mod state;
 
 use std::collections::{HashMap, HashSet};
@@ -19,7 +21,7 @@ use crate::discover::{since_boot, started_since_boot, DiscoveryEvent, ProcessInf
 use crate::inject::{self, InjectError, InjectOptions, InjectReport};
 use crate::intake::{Command, Intake, PeerRegistry};
 use crate::pipeline::Resource;
-use crate::sensors::{Match, Role, SensorRef, SensorRegistry};
+use crate::sensors::{ChildPolicy, Match, Role, SensorRef, SensorRegistry};
 
 pub use directory::{Attribution, ProcessDirectory};
 pub use state::{RetryPolicy, State, Via};
@@ -60,6 +62,9 @@ pub struct OrchestratorConfig {
     pub pending_grace: Duration,
     /// Services never injected (config `exclude.services`).
     pub excluded_services: Vec<String>,
+    /// A bundle change goes to one process per service first; after this long without a
+    /// regression (bundle refused, breaker tripped, tracer lost), to the rest.
+    pub canary_watch: Duration,
     /// Users whose processes are never injected (config `exclude.users`).
     pub excluded_uids: Vec<u32>,
     /// When not empty, only descendants of these pids are considered (config `scope`).
@@ -76,6 +81,7 @@ impl Default for OrchestratorConfig {
             inherit_grace: Duration::from_secs(2),
             connect_grace: Duration::from_secs(5),
             pending_grace: Duration::from_secs(60),
+            canary_watch: Duration::from_secs(2),
             excluded_services: Vec::new(),
             excluded_uids: Vec::new(),
             descendants_of: Vec::new(),
@@ -115,6 +121,10 @@ pub struct ProcessView {
     pub container: bool,
     /// The last injection's report (mode, stop time in µs, confirmation).
     pub last_injection: Option<serde_json::Value>,
+    /// What its tracer says of its bundles: `{name: {version, state, reason, instrumentations}}`
+    /// (state `active`, `waiting` for a trigger import, or `refused` with the reason).
+    #[serde(default)]
+    pub bundles: Option<serde_json::Value>,
 }
 
 /// Injections by outcome, for `/metrics`.
@@ -211,6 +221,12 @@ struct Core {
     permits: Arc<Semaphore>,
     done_tx: mpsc::Sender<Done>,
     stats: OrchestratorStats,
+    /// The sensors' generation the processes were last matched against.
+    sensors_generation: u64,
+    /// A bundle change on its way: canaries first.
+    rollout: Option<rollout::Rollout>,
+    /// The next sensors change is an automatic rollback: sent to everyone at once.
+    rolling_back: bool,
 }
 
 /// Starts the orchestrator task on the current runtime.
@@ -235,7 +251,11 @@ pub fn start(
         detached_pids: HashSet::new(),
         done_tx,
         stats: OrchestratorStats::default(),
+        sensors_generation: 0,
+        rollout: None,
+        rolling_back: false,
     };
+    core.sensors_generation = core.sensors.generation();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_millis(50));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -316,7 +336,7 @@ impl Core {
             tracer_since: None,
         };
         let Some((sensor, m)) = matched else {
-            t.state = State::Excluded("no sensor matched".into());
+            t.state = State::Excluded(rematch::NO_SENSOR_MATCHED.into());
             self.procs.insert(pid, t);
             return;
         };
@@ -339,18 +359,34 @@ impl Core {
         } else {
             None
         };
+        // The parent's sensor says what becomes of its children (contract 0.2's injection
+        // policy; 0.1 sensors get the default: forked children inherit, spawned ones are injected).
+        let parent = self.procs.get(&t.info.ppid).and_then(|p| {
+            let (_, pm) = p.matched.as_ref()?;
+            let forked = p.info.cmdline == t.info.cmdline || m.role == Role::Worker;
+            Some(if forked {
+                pm.injection.forked_children
+            } else {
+                pm.injection.spawned_children
+            })
+        });
+        let inject_self = m.injection.inject;
         t.matched = Some((sensor, m));
         if let Some(reason) = excluded {
             t.state = State::Excluded(reason);
+        } else if parent == Some(ChildPolicy::Ignore) && !self.intake_has(pid) {
+            t.state = State::Excluded("its parent's sensor leaves such children alone".into());
         } else if self.intake_has(pid) {
             // Already traced (the agent restarted, or the tracer arrived with a fork).
             t.state = State::Traced;
             t.via = Some(Via::Inherited);
             t.tracer_since = Some(Duration::ZERO);
-        } else if self.parent_traced(&t) {
+        } else if self.parent_traced(&t) && parent != Some(ChildPolicy::Inject) {
             t.state = State::AwaitingTracer;
             t.via = Some(Via::Inherited);
             t.due = Some(Instant::now() + self.cfg.inherit_grace);
+        } else if !inject_self {
+            t.state = State::Excluded("its sensor traces it only through its parent".into());
         } else {
             t.state = State::Matched;
             t.due = Some(Instant::now());
@@ -394,6 +430,8 @@ impl Core {
     }
 
     fn on_tick(&mut self) {
+        self.rematch_if_sensors_changed();
+        self.advance_rollout();
         let now = Instant::now();
         let awaiting = self
             .procs
@@ -657,7 +695,15 @@ impl Core {
     }
 
     fn snapshot(&self) -> Vec<ProcessView> {
-        let connected: HashSet<u32> = self.intake.peers().iter().map(|p| p.pid).collect();
+        let peers = self.intake.peers();
+        let connected: HashSet<u32> = peers.iter().map(|p| p.pid).collect();
+        let bundles: HashMap<u32, serde_json::Value> = peers
+            .iter()
+            .filter_map(|p| {
+                let b = p.status.as_ref()?.get("bundles")?;
+                (!b.is_null()).then(|| (p.pid, b.clone()))
+            })
+            .collect();
         let mut v: Vec<ProcessView> = self
             .procs
             .iter()
@@ -685,6 +731,7 @@ impl Core {
                         .last_injection
                         .as_ref()
                         .and_then(|r| serde_json::to_value(r).ok()),
+                    bundles: bundles.get(pid).cloned(),
                 }
             })
             .collect();

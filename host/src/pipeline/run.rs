@@ -23,6 +23,7 @@ struct Counters {
     spans_out: AtomicU64,
     enrich_calls: AtomicU64,
     enrich_failures: AtomicU64,
+    redacted_natively: AtomicU64,
     unattributed_spans: AtomicU64,
 }
 
@@ -34,6 +35,8 @@ pub struct PipelineStats {
     pub enrich_calls: u64,
     /// Groups whose enrichment failed; their spans went on un-enriched rather than being lost.
     pub enrich_failures: u64,
+    /// Spans whose secrets the native baseline redaction removed (their sensor did not enrich them).
+    pub redacted_natively: u64,
     /// Spans from a process nobody matched (should stay 0; the intake only admits injected ones).
     pub unattributed_spans: u64,
     pub queue_depth: u64,
@@ -84,6 +87,7 @@ impl Pipeline {
             spans_out: c.spans_out.load(Ordering::Relaxed),
             enrich_calls: c.enrich_calls.load(Ordering::Relaxed),
             enrich_failures: c.enrich_failures.load(Ordering::Relaxed),
+            redacted_natively: c.redacted_natively.load(Ordering::Relaxed),
             unattributed_spans: c.unattributed_spans.load(Ordering::Relaxed),
             queue_depth: self.queue.len() as u64,
         }
@@ -142,12 +146,16 @@ impl Worker {
         // Group by sending process, keeping each process's frames in arrival order.
         let mut order: Vec<(u32, u32)> = Vec::new();
         let mut groups: HashMap<(u32, u32), Vec<crate::span::Span>> = HashMap::new();
+        let mut versions: HashMap<(u32, u32), std::sync::Arc<str>> = HashMap::new();
         for f in frames {
             self.counters.batches_in.fetch_add(1, Ordering::Relaxed);
             self.counters
                 .spans_in
                 .fetch_add(f.spans.len() as u64, Ordering::Relaxed);
             let key = (f.pid, f.root_pid);
+            if let Some(v) = f.tracer_version {
+                versions.insert(key, v);
+            }
             match groups.get_mut(&key) {
                 Some(v) => v.extend(f.spans),
                 None => {
@@ -169,15 +177,36 @@ impl Worker {
                 self.counters
                     .enrich_failures
                     .fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(pid = key.0, error = %e, "enrichment failed; spans go on as they came");
+                // Fail closed: no sensor redacted these, so the host's own rules do.
+                let declared: Vec<_> = self
+                    .sensors
+                    .rules()
+                    .into_iter()
+                    .map(|(_, r)| r.redaction)
+                    .collect();
+                let n = super::baseline::redact_spans(&mut spans, &declared);
+                // The matched sensor's own declared route templates, if it still serves.
+                if let Some(rules) = self.sensors.rules_of(&attr.sensor) {
+                    super::baseline::apply_routes(&mut spans, &rules.routes);
+                }
+                self.counters
+                    .redacted_natively
+                    .fetch_add(n as u64, Ordering::Relaxed);
+                tracing::debug!(pid = key.0, error = %e, "enrichment failed; spans go on with the native baseline redaction");
             }
             self.counters
                 .spans_out
                 .fetch_add(spans.len() as u64, Ordering::Relaxed);
-            let batch = Arc::new(EnrichedBatch {
-                resource: attr.resource.clone(),
-                spans,
-            });
+            // Labelled with the tracer the process runs (an older one until it is upgraded).
+            let resource = match versions.get(&key) {
+                Some(v) if **v != *attr.resource.tracer_version => {
+                    let mut r = (*attr.resource).clone();
+                    r.tracer_version = v.to_string();
+                    Arc::new(r)
+                }
+                _ => attr.resource.clone(),
+            };
+            let batch = Arc::new(EnrichedBatch { resource, spans });
             for sink in &self.sinks {
                 sink.submit(batch.clone());
             }

@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
-use super::bindings::{SensorPre, CONTRACT_VERSION};
-use super::loaded::{CallError, LoadedSensor};
+use super::bindings::{self, v0_1, v0_2, Contract, CONTRACT_VERSIONS};
+use super::loaded::{CallError, LoadedSensor, Pre};
 use super::model::{Match, Role};
 use super::stats::CallStats;
 use super::SandboxEngine;
@@ -30,16 +30,23 @@ pub enum CanaryError {
     Compile(String),
     #[error("imports `{0}`, which the sandbox does not provide (sensors may import only zerostep:sensor/host)")]
     ForbiddenImport(String),
-    #[error("does not implement the sensor world of zerostep:sensor@{CONTRACT_VERSION}: {0}")]
-    WrongWorld(String),
+    #[error("not a sensor of a contract this agent knows: {0}")]
+    UnknownContract(String),
+    #[error("does not implement the sensor world of zerostep:sensor@{contract}: {error}")]
+    WrongWorld {
+        contract: &'static str,
+        error: String,
+    },
     #[error(
-        "built for contract {found}, this agent implements {expected} (compatible: {compatible})"
+        "built for contract {found}, its imports are of contract {imports}.x (this agent implements {})",
+        CONTRACT_VERSIONS.join(", ")
     )]
     ContractMismatch {
         found: String,
-        expected: &'static str,
-        compatible: String,
+        imports: &'static str,
     },
+    #[error("bundles or rules refused: {0}")]
+    Bundles(CallError),
     #[error("describe failed: {0}")]
     Describe(CallError),
     #[error("self-check failed in {export}: {error}")]
@@ -49,22 +56,12 @@ pub enum CanaryError {
     },
 }
 
-/// Contract versions a host of `CONTRACT_VERSION` loads: the same major, or for 0.x the same minor,
-/// with any patch level (later patch levels only add optional exports).
+/// Whether this host loads sensors that say they were built for `version`: any patch level of a
+/// contract line it has bindings for (0.1.x, 0.2.x).
 pub fn contract_compatible(version: &str) -> bool {
-    fn parse(v: &str) -> Option<(u64, u64, u64)> {
-        let mut it = v.trim().split('.').map(|p| p.parse::<u64>().ok());
-        let r = (it.next()??, it.next()??, it.next()??);
-        it.next().is_none().then_some(r)
-    }
-    let (Some(ours), Some(theirs)) = (parse(CONTRACT_VERSION), parse(version)) else {
-        return false;
-    };
-    if ours.0 == 0 {
-        theirs.0 == 0 && theirs.1 == ours.1
-    } else {
-        theirs.0 == ours.0 && theirs.1 <= ours.1
-    }
+    [Contract::V0_1, Contract::V0_2]
+        .iter()
+        .any(|c| c.accepts(version))
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
@@ -103,17 +100,45 @@ pub fn load_bytes(
     let component = engine
         .compile(bytes, &sha256)
         .map_err(|e| CanaryError::Compile(format!("{e:#}")))?;
-    if let Some(import) = engine.forbidden_import(&component) {
+    let imports = engine.imports(&component);
+    // Capabilities first (a filesystem import is refused whatever the contract), then the
+    // contract its `zerostep:sensor` imports say, then that contract's own import check.
+    if let Some(import) = imports
+        .iter()
+        .find(|i| !i.starts_with("zerostep:sensor/") && engine.forbidden_import_name(i))
+    {
+        return Err(CanaryError::ForbiddenImport(import.clone()));
+    }
+    let contract = match bindings::contract_of(imports.iter().map(String::as_str)) {
+        Ok(c) => c,
+        Err(e) if imports.iter().any(|i| i.starts_with("zerostep:sensor/")) => {
+            return Err(CanaryError::UnknownContract(e))
+        }
+        Err(e) => {
+            return Err(CanaryError::WrongWorld {
+                contract: "0.1.0 or 0.2.0",
+                error: e,
+            })
+        }
+    };
+    if let Some(import) = engine.forbidden_import(&component, contract) {
         return Err(CanaryError::ForbiddenImport(import));
     }
+    let wrong_world = |e: wasmtime::Error| CanaryError::WrongWorld {
+        contract: match contract {
+            Contract::V0_1 => "0.1.0",
+            Contract::V0_2 => "0.2.0",
+        },
+        error: format!("{e:#}"),
+    };
     let linker = engine
-        .linker_for(&component)
-        .map_err(|e| CanaryError::WrongWorld(format!("{e:#}")))?;
-    let instance_pre = linker
-        .instantiate_pre(&component)
-        .map_err(|e| CanaryError::WrongWorld(format!("{e:#}")))?;
-    let pre =
-        SensorPre::new(instance_pre).map_err(|e| CanaryError::WrongWorld(format!("{e:#}")))?;
+        .linker_for(&component, contract)
+        .map_err(|e| wrong_world(wasmtime::Error::msg(format!("{e:#}"))))?;
+    let instance_pre = linker.instantiate_pre(&component).map_err(wrong_world)?;
+    let pre = match contract {
+        Contract::V0_1 => Pre::V0_1(v0_1::SensorPre::new(instance_pre).map_err(wrong_world)?),
+        Contract::V0_2 => Pre::V0_2(v0_2::SensorPre::new(instance_pre).map_err(wrong_world)?),
+    };
 
     // Describe on a provisional identity, then re-label with what the sensor said.
     let provisional = LoadedSensor::new(
@@ -127,25 +152,27 @@ pub fn load_bytes(
     let info = provisional
         .describe(&stats)
         .map_err(CanaryError::Describe)?;
-    if !contract_compatible(&info.contract_version) {
+    if !contract.accepts(&info.contract_version) {
         return Err(CanaryError::ContractMismatch {
             found: info.contract_version,
-            expected: CONTRACT_VERSION,
-            compatible: compatible_range(),
+            imports: contract.as_str(),
         });
     }
-    let sensor = LoadedSensor::new(engine.clone(), pre, info, path.to_path_buf(), sha256);
+    let mut sensor = LoadedSensor::new(engine.clone(), pre, info, path.to_path_buf(), sha256);
+    let (bundles, rules) = sensor
+        .bundles_and_rules(&stats)
+        .map_err(CanaryError::Bundles)?;
+    let owner = sensor.info.name.clone();
+    sensor.bundles = bundles
+        .into_iter()
+        .map(|mut b| {
+            b.sensor = owner.clone();
+            b
+        })
+        .collect();
+    sensor.rules = rules;
     self_check(&sensor, &stats)?;
     Ok(sensor)
-}
-
-fn compatible_range() -> String {
-    let mut parts = CONTRACT_VERSION.split('.');
-    match (parts.next(), parts.next()) {
-        (Some("0"), Some(minor)) => format!("0.{minor}.x"),
-        (Some(major), _) => format!("{major}.x"),
-        _ => CONTRACT_VERSION.to_string(),
-    }
 }
 
 fn placeholder_info() -> super::model::SensorInfo {
@@ -186,6 +213,7 @@ fn self_check(sensor: &LoadedSensor, stats: &CallStats) -> Result<(), CanaryErro
         service_name: "canary".into(),
         service_name_source: "canary".into(),
         instrumentations: vec![],
+        injection: Default::default(),
     };
     sensor
         .instrumentation(stats, &matched)

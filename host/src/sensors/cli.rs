@@ -1,4 +1,4 @@
-//! `zerostep sensors check` and `zerostep sensors list`.
+//! `zerostep sensors check`, `zerostep sensors list` and `zerostep sensors rollback`.
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -19,6 +19,20 @@ pub fn check(file: &Path) -> Result<ExitCode> {
             println!("  contract:      zerostep:sensor@{}", i.contract_version);
             println!("  technologies:  {}", i.technologies.join(", "));
             println!("  sha256:        {}", sensor.sha256);
+            for b in &sensor.bundles {
+                println!(
+                    "  bundle:        {} {} ({:?}, triggers: {}, tracer API {})",
+                    b.name,
+                    b.version,
+                    b.scope,
+                    if b.triggers.is_empty() {
+                        "none".to_string()
+                    } else {
+                        b.triggers.join(", ")
+                    },
+                    b.tracer_api
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Err(err) => {
@@ -26,6 +40,22 @@ pub fn check(file: &Path) -> Result<ExitCode> {
             Ok(ExitCode::from(EXIT_REFUSED))
         }
     }
+}
+
+pub fn rollback(agent: &crate::client::ApiClient, name: &str) -> Result<ExitCode> {
+    let body = serde_json::json!({ "name": name });
+    let r: crate::api::RollbackResponse = match agent.post_json("/api/v1/sensors/rollback", &body) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("rollback refused: {e:#}");
+            return Ok(ExitCode::from(EXIT_REFUSED));
+        }
+    };
+    println!(
+        "{}: {} -> {} (processes get it in place)",
+        r.name, r.from, r.to
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
 pub fn list(agent: &crate::client::ApiClient, json: bool) -> Result<ExitCode> {
@@ -64,6 +94,16 @@ pub fn list(agent: &crate::client::ApiClient, json: bool) -> Result<ExitCode> {
                 &q.sha256[..q.sha256.len().min(12)],
                 q.reason
             );
+        }
+        if let Some(v) = &s.serving {
+            if v.contract_version != "0.1.0" || !v.bundles.is_empty() {
+                for b in &v.bundles {
+                    println!("  bundle {} {} ({:?})", b.name, b.version, b.scope);
+                }
+            }
+        }
+        if let Some(r) = &s.rolled_back {
+            println!("  rolled back from {}", r.reason);
         }
         if let Some(r) = &s.last_refused {
             println!(

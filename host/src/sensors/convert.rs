@@ -31,6 +31,8 @@ pub enum OutputError {
     Empty(&'static str),
     #[error("{0} contains control characters")]
     ControlChars(&'static str),
+    #[error("{0}")]
+    Invalid(&'static str),
 }
 
 fn check_str(what: &'static str, s: &str, max: usize) -> Result<(), OutputError> {
@@ -109,44 +111,83 @@ pub fn sensor_info(i: wit::SensorInfo, limits: &SandboxLimits) -> Result<SensorI
     })
 }
 
-pub fn process_match(m: wit::ProcessMatch, limits: &SandboxLimits) -> Result<Match, OutputError> {
-    check_str("technology", &m.technology, 64)?;
-    check_str(
-        "service name",
-        &m.service_name,
-        limits.max_service_name_bytes,
-    )?;
-    check_str("service name source", &m.service_name_source, 64)?;
-    if m.service_name.trim().is_empty() {
+/// The checks every contract version's match gets: names bounded and printable, choices bounded.
+pub(super) fn check_match(
+    technology: &str,
+    service_name: &str,
+    service_name_source: &str,
+    choices: &[(&str, &[(String, String)])],
+    limits: &SandboxLimits,
+) -> Result<(), OutputError> {
+    check_str("technology", technology, 64)?;
+    check_str("service name", service_name, limits.max_service_name_bytes)?;
+    check_str("service name source", service_name_source, 64)?;
+    if service_name.trim().is_empty() {
         return Err(OutputError::Empty("service name"));
     }
-    if m.service_name.chars().any(char::is_control) {
+    if service_name.chars().any(char::is_control) {
         return Err(OutputError::ControlChars("service name"));
     }
     check_count(
         "instrumentations",
-        m.instrumentations.len(),
+        choices.len(),
         limits.max_instrumentations,
     )?;
-    for i in &m.instrumentations {
-        check_str("instrumentation name", &i.name, 64)?;
-        check_count(
-            "instrumentation settings",
-            i.settings.len(),
-            limits.max_instrumentations,
-        )?;
-        for (k, v) in &i.settings {
-            check_str("setting key", k, 128)?;
-            check_str("setting value", v, 4096)?;
-        }
+    for (name, settings) in choices {
+        check_str("instrumentation name", name, 64)?;
+        check_settings(settings, limits)?;
     }
+    Ok(())
+}
+
+pub(super) fn check_settings(
+    settings: &[(String, String)],
+    limits: &SandboxLimits,
+) -> Result<(), OutputError> {
+    check_count(
+        "instrumentation settings",
+        settings.len(),
+        limits.max_instrumentations,
+    )?;
+    for (k, v) in settings {
+        check_str("setting key", k, 128)?;
+        check_str("setting value", v, 4096)?;
+    }
+    Ok(())
+}
+
+pub(super) fn role(r: wit::ProcessRole) -> Role {
+    match r {
+        wit::ProcessRole::Master => Role::Master,
+        wit::ProcessRole::Worker => Role::Worker,
+        wit::ProcessRole::Standalone => Role::Standalone,
+    }
+}
+
+pub(super) fn to_wit_role(r: Role) -> wit::ProcessRole {
+    match r {
+        Role::Master => wit::ProcessRole::Master,
+        Role::Worker => wit::ProcessRole::Worker,
+        Role::Standalone => wit::ProcessRole::Standalone,
+    }
+}
+
+pub fn process_match(m: wit::ProcessMatch, limits: &SandboxLimits) -> Result<Match, OutputError> {
+    let choices: Vec<_> = m
+        .instrumentations
+        .iter()
+        .map(|i| (i.name.as_str(), i.settings.as_slice()))
+        .collect();
+    check_match(
+        &m.technology,
+        &m.service_name,
+        &m.service_name_source,
+        &choices,
+        limits,
+    )?;
     Ok(Match {
         technology: m.technology,
-        role: match m.role {
-            wit::ProcessRole::Master => Role::Master,
-            wit::ProcessRole::Worker => Role::Worker,
-            wit::ProcessRole::Standalone => Role::Standalone,
-        },
+        role: role(m.role),
         service_name: m.service_name,
         service_name_source: m.service_name_source,
         instrumentations: m
@@ -157,17 +198,14 @@ pub fn process_match(m: wit::ProcessMatch, limits: &SandboxLimits) -> Result<Mat
                 settings: i.settings,
             })
             .collect(),
+        injection: Default::default(),
     })
 }
 
 pub fn to_wit_match(m: &Match) -> wit::ProcessMatch {
     wit::ProcessMatch {
         technology: m.technology.clone(),
-        role: match m.role {
-            Role::Master => wit::ProcessRole::Master,
-            Role::Worker => wit::ProcessRole::Worker,
-            Role::Standalone => wit::ProcessRole::Standalone,
-        },
+        role: to_wit_role(m.role),
         service_name: m.service_name.clone(),
         service_name_source: m.service_name_source.clone(),
         instrumentations: m
@@ -185,6 +223,22 @@ pub fn python_modules(
     mods: Vec<wit::PythonModule>,
     limits: &SandboxLimits,
 ) -> Result<Vec<PythonModule>, OutputError> {
+    checked_modules(
+        mods.into_iter()
+            .map(|m| PythonModule {
+                name: m.name,
+                source: m.source,
+            })
+            .collect(),
+        limits,
+    )
+}
+
+/// Python modules within the limits, each named by a dotted identifier.
+pub(super) fn checked_modules(
+    mods: Vec<PythonModule>,
+    limits: &SandboxLimits,
+) -> Result<Vec<PythonModule>, OutputError> {
     check_count("python modules", mods.len(), limits.max_modules)?;
     let total: usize = mods.iter().map(|m| m.source.len() + m.name.len()).sum();
     if total > limits.max_modules_bytes {
@@ -195,24 +249,32 @@ pub fn python_modules(
         });
     }
     for m in &mods {
-        if m.name.is_empty()
-            || !m
-                .name
-                .split('.')
-                .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
-        {
+        if !is_dotted_identifier(&m.name) {
             return Err(OutputError::ControlChars(
                 "python module name (dotted identifiers only)",
             ));
         }
     }
-    Ok(mods
-        .into_iter()
-        .map(|m| PythonModule {
-            name: m.name,
-            source: m.source,
-        })
-        .collect())
+    Ok(mods)
+}
+
+pub(super) fn is_dotted_identifier(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .split('.')
+            .all(|p| !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+}
+
+pub(super) fn check_str_pub(what: &'static str, s: &str, max: usize) -> Result<(), OutputError> {
+    check_str(what, s, max)
+}
+
+pub(super) fn check_count_pub(
+    what: &'static str,
+    count: usize,
+    max: usize,
+) -> Result<(), OutputError> {
+    check_count(what, count, max)
 }
 
 /// Which attributes cross into the sandbox: those the sensor declared, or all.

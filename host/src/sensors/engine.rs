@@ -11,7 +11,7 @@ use sha2::Sha256;
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder, UpdateDeadline};
 
-use super::bindings::{self, wit};
+use super::bindings::{self, wit, Contract};
 use super::limits::SandboxLimits;
 
 /// Why a call was stopped by the host (carried inside the trap error).
@@ -85,7 +85,7 @@ fn thread_cpu_time() -> Duration {
         .unwrap_or_default()
 }
 
-impl bindings::zerostep::sensor::host::Host for SensorState {
+impl bindings::v0_1::zerostep::sensor::host::Host for SensorState {
     fn log(&mut self, level: wit::LogLevel, message: String) {
         let now = Instant::now();
         let refill = now.duration_since(self.log_refilled).as_secs_f64() * self.log_rate;
@@ -117,7 +117,8 @@ impl bindings::zerostep::sensor::host::Host for SensorState {
     }
 }
 
-impl bindings::zerostep::sensor::types::Host for SensorState {}
+impl bindings::v0_1::zerostep::sensor::types::Host for SensorState {}
+impl bindings::v0_2::zerostep::sensor0_2_0::types::Host for SensorState {}
 
 /// Advances the engine's epoch while any call is in flight, and sleeps otherwise, so that an idle
 /// agent costs no wake-ups.
@@ -136,12 +137,11 @@ impl Drop for CallGuard<'_> {
     }
 }
 
-/// Imports a sensor may have. Everything else (filesystem, sockets, clocks, random, HTTP, ...)
-/// is refused at load time.
-fn import_allowed(name: &str) -> bool {
-    if let Some(rest) = name.strip_prefix("zerostep:sensor/") {
-        // Same contract line; types and host at any 0.1.x.
-        return rest.starts_with("host@0.1.") || rest.starts_with("types@0.1.");
+/// Imports a sensor of contract `contract` may have. Everything else (filesystem, sockets, clocks,
+/// random, HTTP, ...) is refused at load time.
+fn import_allowed(contract: Contract, name: &str) -> bool {
+    if name.starts_with("zerostep:sensor/") {
+        return contract.import_allowed(name);
     }
     // A std wasip2 guest imports these even when it uses none; they are satisfied by traps.
     [
@@ -159,7 +159,9 @@ fn import_allowed(name: &str) -> bool {
 
 pub struct SandboxEngine {
     engine: Engine,
-    linker: Linker<SensorState>,
+    /// One linker per contract version: each has that version's host interfaces.
+    linker_v0_1: Linker<SensorState>,
+    linker_v0_2: Linker<SensorState>,
     limits: SandboxLimits,
     ticker: Arc<Ticker>,
     ticker_thread: Option<JoinHandle<()>>,
@@ -176,9 +178,18 @@ impl SandboxEngine {
         // is cheap on x86_64, and it lets compiled code skip explicit bounds checks. The memory cap
         // is enforced by StoreLimits, not by the reservation.
         let engine = Engine::new(&config).map_err(anyhow::Error::from)?;
-        let mut linker = Linker::new(&engine);
-        bindings::Sensor::add_to_linker::<SensorState, HasSelf<SensorState>>(&mut linker, |s| s)
-            .map_err(anyhow::Error::from)?;
+        let mut linker_v0_1 = Linker::new(&engine);
+        bindings::v0_1::Sensor::add_to_linker::<SensorState, HasSelf<SensorState>>(
+            &mut linker_v0_1,
+            |s| s,
+        )
+        .map_err(anyhow::Error::from)?;
+        let mut linker_v0_2 = Linker::new(&engine);
+        bindings::v0_2::Sensor::add_to_linker::<SensorState, HasSelf<SensorState>>(
+            &mut linker_v0_2,
+            |s| s,
+        )
+        .map_err(anyhow::Error::from)?;
 
         let ticker_engine = engine.clone();
         let tick = limits.tick;
@@ -216,7 +227,8 @@ impl SandboxEngine {
         };
         Ok(Self {
             engine,
-            linker,
+            linker_v0_1,
+            linker_v0_2,
             limits,
             ticker,
             ticker_thread: Some(ticker_thread),
@@ -242,18 +254,38 @@ impl SandboxEngine {
         Ok(component)
     }
 
-    /// The first import the component has that the sandbox does not allow.
-    pub fn forbidden_import(&self, component: &Component) -> Option<String> {
+    /// The names of everything the component imports.
+    pub fn imports(&self, component: &Component) -> Vec<String> {
         component
             .component_type()
             .imports(&self.engine)
             .map(|(name, _)| name.to_string())
-            .find(|name| !import_allowed(name))
+            .collect()
     }
 
-    /// A linker for this component: the host's imports, and traps for the unused WASI ones.
-    pub fn linker_for(&self, component: &Component) -> anyhow::Result<Linker<SensorState>> {
-        let mut linker = self.linker.clone();
+    /// The first import the component has that the sandbox does not allow for its contract.
+    pub fn forbidden_import(&self, component: &Component, contract: Contract) -> Option<String> {
+        self.imports(component)
+            .into_iter()
+            .find(|name| !import_allowed(contract, name))
+    }
+
+    /// Whether an import outside the contract is one the sandbox refuses.
+    pub fn forbidden_import_name(&self, name: &str) -> bool {
+        // Any contract: the non-contract part of the check is the same for all.
+        !import_allowed(Contract::V0_1, name)
+    }
+
+    /// A linker for this component: its contract's host imports, and traps for the unused WASI ones.
+    pub fn linker_for(
+        &self,
+        component: &Component,
+        contract: Contract,
+    ) -> anyhow::Result<Linker<SensorState>> {
+        let mut linker = match contract {
+            Contract::V0_1 => self.linker_v0_1.clone(),
+            Contract::V0_2 => self.linker_v0_2.clone(),
+        };
         linker
             .define_unknown_imports_as_traps(component)
             .map_err(anyhow::Error::from)?;

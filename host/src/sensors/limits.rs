@@ -22,6 +22,10 @@ pub struct SandboxLimits {
     /// Python modules `instrumentation` may return, and their total source size.
     pub max_modules: usize,
     pub max_modules_bytes: usize,
+    /// Bundles one sensor may carry (each within `max_modules`; all within `max_modules_bytes`).
+    pub max_bundles: usize,
+    /// Entries of each list of a sensor's rules.
+    pub max_rules: usize,
     /// A service name: short enough for a UI column and a metric label.
     pub max_service_name_bytes: usize,
     /// Spans passed to one `enrich` call; longer batches are split.
@@ -47,6 +51,8 @@ impl Default for SandboxLimits {
             max_instrumentations: 32,
             max_modules: 16,
             max_modules_bytes: 1 << 20,
+            max_bundles: 16,
+            max_rules: 256,
             max_service_name_bytes: 200,
             max_batch: 1024,
             max_batch_text_bytes: 4 << 20,

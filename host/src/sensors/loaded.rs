@@ -8,10 +8,11 @@ use std::time::Instant;
 use parking_lot::Mutex;
 use wasmtime::Store;
 
-use super::bindings::{Sensor, SensorPre};
+use super::bindings::{v0_1, v0_2, Contract};
 use super::convert::{self, KeyFilter, OutputError};
+use super::convert_v2;
 use super::engine::{LimitExceeded, SandboxEngine, SensorState};
-use super::model::{Match, PythonModule, SensorInfo};
+use super::model::{Bundle, Match, PythonModule, Rules, SensorInfo};
 use super::stats::{CallStats, Outcome};
 use crate::discover::ProcessInfo;
 use crate::span::Span;
@@ -41,9 +42,30 @@ impl CallError {
     }
 }
 
+/// A pre-instantiated component, bound with the module of its contract version.
+#[derive(Clone)]
+pub enum Pre {
+    V0_1(v0_1::SensorPre<SensorState>),
+    V0_2(v0_2::SensorPre<SensorState>),
+}
+
+impl Pre {
+    pub fn contract(&self) -> Contract {
+        match self {
+            Pre::V0_1(_) => Contract::V0_1,
+            Pre::V0_2(_) => Contract::V0_2,
+        }
+    }
+}
+
+enum Bound {
+    V0_1(v0_1::Sensor),
+    V0_2(v0_2::Sensor),
+}
+
 struct Instance {
     store: Store<SensorState>,
-    sensor: Sensor,
+    sensor: Bound,
 }
 
 pub struct LoadedSensor {
@@ -51,8 +73,11 @@ pub struct LoadedSensor {
     pub source: PathBuf,
     pub sha256: String,
     pub loaded_at: std::time::SystemTime,
+    /// 0.2: the bundles and rules it carries (asked once, at load); empty for 0.1.
+    pub bundles: Vec<Bundle>,
+    pub rules: Rules,
     engine: Arc<SandboxEngine>,
-    pre: SensorPre<SensorState>,
+    pre: Pre,
     filter: KeyFilter,
     pool: Mutex<Vec<Instance>>,
     label: Arc<str>,
@@ -61,7 +86,7 @@ pub struct LoadedSensor {
 impl LoadedSensor {
     pub(super) fn new(
         engine: Arc<SandboxEngine>,
-        pre: SensorPre<SensorState>,
+        pre: Pre,
         info: SensorInfo,
         source: PathBuf,
         sha256: String,
@@ -73,6 +98,8 @@ impl LoadedSensor {
             source,
             sha256,
             loaded_at: std::time::SystemTime::now(),
+            bundles: Vec::new(),
+            rules: Rules::default(),
             engine,
             pre,
             pool: Mutex::new(Vec::new()),
@@ -85,10 +112,11 @@ impl LoadedSensor {
         store.data_mut().begin_call();
         store.set_epoch_deadline(1);
         let _guard = self.engine.enter_call();
-        let sensor = self
-            .pre
-            .instantiate(&mut store)
-            .map_err(|e| CallError::Instantiate(format!("{e:#}")))?;
+        let sensor = match &self.pre {
+            Pre::V0_1(pre) => pre.instantiate(&mut store).map(Bound::V0_1),
+            Pre::V0_2(pre) => pre.instantiate(&mut store).map(Bound::V0_2),
+        }
+        .map_err(|e| CallError::Instantiate(format!("{e:#}")))?;
         Ok(Instance { store, sensor })
     }
 
@@ -96,7 +124,7 @@ impl LoadedSensor {
     fn call<R>(
         &self,
         stats: &CallStats,
-        f: impl FnOnce(&Sensor, &mut Store<SensorState>) -> wasmtime::Result<R>,
+        f: impl FnOnce(&Bound, &mut Store<SensorState>) -> wasmtime::Result<R>,
     ) -> Result<R, CallError> {
         let started = Instant::now();
         let pooled = self.pool.lock().pop();
@@ -143,8 +171,15 @@ impl LoadedSensor {
         })
     }
 
+    pub fn contract(&self) -> Contract {
+        self.pre.contract()
+    }
+
     pub fn describe(&self, stats: &CallStats) -> Result<SensorInfo, CallError> {
-        let raw = self.call(stats, |s, st| s.call_describe(st));
+        let raw = self.call(stats, |s, st| match s {
+            Bound::V0_1(s) => s.call_describe(st),
+            Bound::V0_2(s) => s.call_describe(st),
+        });
         self.validated(stats, raw, |i| {
             convert::sensor_info(i, self.engine.limits())
         })
@@ -156,23 +191,65 @@ impl LoadedSensor {
         process: &ProcessInfo,
     ) -> Result<Option<Match>, CallError> {
         let arg = convert::process_info(process);
-        let raw = self.call(stats, |s, st| s.call_match_process(st, &arg));
-        self.validated(stats, raw, |m| {
-            m.map(|m| convert::process_match(m, self.engine.limits()))
-                .transpose()
-        })
+        let limits = self.engine.limits();
+        match &self.pre {
+            Pre::V0_1(_) => {
+                let raw = self.call(stats, |s, st| match s {
+                    Bound::V0_1(s) => s.call_match_process(st, &arg),
+                    Bound::V0_2(_) => Err(mismatch()),
+                });
+                self.validated(stats, raw, |m| {
+                    m.map(|m| convert::process_match(m, limits)).transpose()
+                })
+            }
+            Pre::V0_2(_) => {
+                let raw = self.call(stats, |s, st| match s {
+                    Bound::V0_2(s) => s.call_match_process(st, &arg),
+                    Bound::V0_1(_) => Err(mismatch()),
+                });
+                self.validated(stats, raw, |m| {
+                    m.map(|m| convert_v2::process_match(m, limits)).transpose()
+                })
+            }
+        }
     }
 
+    /// 0.1's extra Python modules for a match; a 0.2 sensor carries bundles instead (none here).
     pub fn instrumentation(
         &self,
         stats: &CallStats,
         matched: &Match,
     ) -> Result<Vec<PythonModule>, CallError> {
+        if let Pre::V0_2(_) = self.pre {
+            return Ok(Vec::new());
+        }
         let arg = convert::to_wit_match(matched);
-        let raw = self.call(stats, |s, st| s.call_instrumentation(st, &arg));
+        let raw = self.call(stats, |s, st| match s {
+            Bound::V0_1(s) => s.call_instrumentation(st, &arg),
+            Bound::V0_2(_) => Err(mismatch()),
+        });
         self.validated(stats, raw, |m| {
             convert::python_modules(m, self.engine.limits())
         })
+    }
+
+    /// 0.2: the bundles and rules, asked once (the canary stores them on the sensor).
+    pub fn bundles_and_rules(&self, stats: &CallStats) -> Result<(Vec<Bundle>, Rules), CallError> {
+        if let Pre::V0_1(_) = self.pre {
+            return Ok((Vec::new(), Rules::default()));
+        }
+        let limits = self.engine.limits();
+        let raw = self.call(stats, |s, st| match s {
+            Bound::V0_2(s) => s.call_bundles(st),
+            Bound::V0_1(_) => Err(mismatch()),
+        });
+        let bundles = self.validated(stats, raw, |b| convert_v2::bundles(b, limits))?;
+        let raw = self.call(stats, |s, st| match s {
+            Bound::V0_2(s) => s.call_rules(st),
+            Bound::V0_1(_) => Err(mismatch()),
+        });
+        let rules = self.validated(stats, raw, |r| convert_v2::rules(r, limits))?;
+        Ok((bundles, rules))
     }
 
     /// Enriches `spans` in place, in calls of at most `max_batch` spans and `max_batch_text_bytes`
@@ -184,14 +261,21 @@ impl LoadedSensor {
         matched: &Match,
         spans: &mut [Span],
     ) -> Result<(), CallError> {
-        let wit_match = convert::to_wit_match(matched);
+        let (wit_match, wit_match2) = match self.pre {
+            Pre::V0_1(_) => (Some(convert::to_wit_match(matched)), None),
+            Pre::V0_2(_) => (None, Some(convert_v2::to_wit_match(matched))),
+        };
         let limits = self.engine.limits();
         let mut rest = spans;
         while !rest.is_empty() {
             let n = chunk_len(rest, limits.max_batch.max(1), limits.max_batch_text_bytes);
             let (chunk, tail) = rest.split_at_mut(n);
             let batch = convert::to_wit_batch(chunk, &self.filter);
-            let raw = self.call(stats, |s, st| s.call_enrich(st, &wit_match, &batch));
+            let raw = self.call(stats, |s, st| match (s, &wit_match, &wit_match2) {
+                (Bound::V0_1(s), Some(m), _) => s.call_enrich(st, m, &batch),
+                (Bound::V0_2(s), _, Some(m)) => s.call_enrich(st, m, &batch),
+                _ => Err(mismatch()),
+            });
             let patches =
                 self.validated(stats, raw, |p| convert::patches(p, chunk.len(), limits))?;
             convert::apply(patches, chunk);
@@ -199,6 +283,11 @@ impl LoadedSensor {
         }
         Ok(())
     }
+}
+
+/// A pooled instance always has its sensor's contract version; this is for the type system.
+fn mismatch() -> wasmtime::Error {
+    wasmtime::Error::msg("sensor instance of another contract version")
 }
 
 /// How many spans from the front of `spans` go into one call: at least one.

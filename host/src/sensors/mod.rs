@@ -4,6 +4,7 @@ mod bindings;
 pub mod canary;
 pub mod cli;
 mod convert;
+mod convert_v2;
 mod engine;
 pub mod limits;
 mod loaded;
@@ -13,13 +14,16 @@ mod stats;
 pub mod trust;
 pub mod watch;
 
-pub use bindings::CONTRACT_VERSION;
+pub use bindings::{Contract, CONTRACT_VERSION, CONTRACT_VERSIONS};
 pub use canary::{contract_compatible, CanaryError};
 pub use convert::OutputError;
 pub use engine::{LimitExceeded, SandboxEngine};
 pub use limits::SandboxLimits;
 pub use loaded::{CallError, LoadedSensor};
-pub use model::{Instrumentation, Match, PythonModule, Role, SensorInfo};
+pub use model::{
+    Bundle, BundleScope, ChildPolicy, InjectionPolicy, Instrumentation, Match, PythonModule,
+    RedactionRules, Role, RouteTemplate, Rules, SamplingRule, SensorInfo,
+};
 pub use registry::{
     LoadOutcome, QuarantinePolicy, RegistryError, SensorRef, SensorRegistry, SensorState,
     SensorStatus,

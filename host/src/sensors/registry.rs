@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::canary::{self, CanaryError};
 use super::loaded::{CallError, LoadedSensor};
-use super::model::{Match, PythonModule};
+use super::model::{Bundle, BundleScope, Match, PythonModule, Rules};
 use super::stats::{CallStats, CallStatsSnapshot};
 use super::SandboxEngine;
 use crate::discover::ProcessInfo;
@@ -60,6 +60,17 @@ pub struct VersionStatus {
     pub sha256: String,
     pub technologies: Vec<String>,
     pub loaded_at_unix_ms: u64,
+    /// Contract 0.2: the bundles this version carries.
+    #[serde(default)]
+    pub bundles: Vec<BundleStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BundleStatus {
+    pub name: String,
+    pub version: String,
+    pub scope: BundleScope,
+    pub triggers: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -74,6 +85,9 @@ pub struct SensorStatus {
     pub quarantined: Option<Refusal>,
     /// The last file content refused by the canary (the serving version, if any, was kept).
     pub last_refused: Option<Refusal>,
+    /// The last rollback (by the operator, or automatic after a regression in a canary process).
+    #[serde(default)]
+    pub rolled_back: Option<Refusal>,
     #[serde(flatten)]
     pub calls: CallStatsSnapshot,
 }
@@ -90,6 +104,11 @@ struct SlotState {
     previous: Option<Arc<LoadedSensor>>,
     quarantined: Option<Refusal>,
     quarantined_shas: Vec<String>,
+    /// Contents an operator rolled back from: a rescan of the unchanged file does not bring
+    /// them back (new content does).
+    rolled_back_shas: Vec<String>,
+    /// The last rollback: which version was left and why.
+    rolled_back: Option<Refusal>,
     last_refused: Option<Refusal>,
     failures: VecDeque<Instant>,
 }
@@ -122,6 +141,9 @@ pub struct SensorRegistry {
     engine: Arc<SandboxEngine>,
     policy: QuarantinePolicy,
     slots: RwLock<BTreeMap<PathBuf, Arc<Slot>>>,
+    /// Bumped whenever what serves changes (a version activated, quarantined or removed), so
+    /// the orchestrator re-evaluates processes already seen.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 impl SensorRegistry {
@@ -130,7 +152,18 @@ impl SensorRegistry {
             engine,
             policy,
             slots: RwLock::new(BTreeMap::new()),
+            generation: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// Changes whenever the set of serving sensor versions changes.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn changed(&self) {
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
     }
 
     fn slot(&self, path: &Path) -> Arc<Slot> {
@@ -150,6 +183,8 @@ impl SensorRegistry {
                         previous: None,
                         quarantined: None,
                         quarantined_shas: Vec::new(),
+                        rolled_back_shas: Vec::new(),
+                        rolled_back: None,
                         last_refused: None,
                         failures: VecDeque::new(),
                     }),
@@ -187,7 +222,9 @@ impl SensorRegistry {
             if st.quarantined_shas.contains(&sha) {
                 return LoadOutcome::StillQuarantined;
             }
-            if st.last_refused.as_ref().is_some_and(|r| r.sha256 == sha) {
+            if st.last_refused.as_ref().is_some_and(|r| r.sha256 == sha)
+                || st.rolled_back_shas.contains(&sha)
+            {
                 return LoadOutcome::Unchanged;
             }
         }
@@ -216,6 +253,8 @@ impl SensorRegistry {
         st.quarantined = None;
         st.failures.clear();
         st.last_refused = None;
+        drop(st);
+        self.changed();
         tracing::info!(sensor = %name, %version, source = %path.display(), sha256 = %&sha[..12], "sensor active");
         LoadOutcome::Activated { name, version }
     }
@@ -262,10 +301,62 @@ impl SensorRegistry {
         LoadOutcome::Refused(reason)
     }
 
+    /// `zerostep sensors rollback NAME`: the version that served before the current one serves
+    /// again (and its bundles go back into the processes). Returns (from, to) versions.
+    pub fn rollback(&self, name: &str) -> Result<(String, String), RegistryError> {
+        self.rollback_because(name, "rolled back by the operator")
+    }
+
+    /// A rollback with its reason (the orchestrator's, when a canary process regressed).
+    pub fn rollback_because(
+        &self,
+        name: &str,
+        reason: &str,
+    ) -> Result<(String, String), RegistryError> {
+        let slot = self
+            .slots
+            .read()
+            .values()
+            .find(|s| {
+                s.active
+                    .load()
+                    .as_ref()
+                    .is_some_and(|a| a.info.name == name)
+            })
+            .cloned()
+            .ok_or_else(|| RegistryError::NoSuchSensor(name.to_string()))?;
+        let mut st = slot.state.lock();
+        let previous = st
+            .previous
+            .take()
+            .ok_or_else(|| RegistryError::NoPrevious(name.to_string()))?;
+        let to = previous.info.version.clone();
+        let Some(old) = slot.active.swap(Some(previous)) else {
+            return Err(RegistryError::NotServing);
+        };
+        if st.rolled_back_shas.len() >= 16 {
+            st.rolled_back_shas.remove(0);
+        }
+        st.rolled_back_shas.push(old.sha256.clone());
+        st.rolled_back = Some(Refusal {
+            sha256: old.sha256.clone(),
+            reason: format!("{} {}: {reason}", old.info.name, old.info.version),
+            at_unix_ms: unix_ms(SystemTime::now()),
+        });
+        st.state = SensorState::Active;
+        st.failures.clear();
+        drop(st);
+        self.changed();
+        let from = old.info.version.clone();
+        tracing::info!(sensor = %name, %from, %to, "sensor rolled back");
+        Ok((from, to))
+    }
+
     /// The file is gone: its sensor stops serving (calls in flight finish).
     pub fn remove_path(&self, path: &Path) -> bool {
         let removed = self.slots.write().remove(path).is_some();
         if removed {
+            self.changed();
             tracing::info!(source = %path.display(), "sensor removed");
         }
         removed
@@ -323,6 +414,8 @@ impl SensorRegistry {
         st.state = SensorState::Quarantined;
         st.failures.clear();
         slot.active.store(restored);
+        drop(st);
+        self.changed();
     }
 
     fn active(&self) -> Vec<(Arc<Slot>, Arc<LoadedSensor>)> {
@@ -388,6 +481,65 @@ impl SensorRegistry {
         })
     }
 
+    /// The bundles a process matched by `sensor` with `matched` loads: the ones its match names
+    /// (with the match's settings over the bundle's), then every serving sensor's
+    /// `every-process` bundles. A 0.1 sensor has none.
+    pub fn bundles_for(&self, sensor: &SensorRef, matched: &Match) -> Vec<Bundle> {
+        let mut out = Vec::new();
+        if let Ok((_, active)) = self.serving(sensor) {
+            for choice in &matched.instrumentations {
+                let Some(b) = active
+                    .bundles
+                    .iter()
+                    .find(|b| b.name == choice.name && b.scope == BundleScope::Matched)
+                else {
+                    continue;
+                };
+                let mut b = b.clone();
+                for (k, v) in &choice.settings {
+                    match b.settings.iter_mut().find(|(bk, _)| bk == k) {
+                        Some(slot) => slot.1 = v.clone(),
+                        None => b.settings.push((k.clone(), v.clone())),
+                    }
+                }
+                out.push(b);
+            }
+        }
+        for (_, s) in self.active() {
+            for b in s
+                .bundles
+                .iter()
+                .filter(|b| b.scope == BundleScope::EveryProcess)
+            {
+                if !out.iter().any(|o| o.name == b.name) {
+                    out.push(b.clone());
+                }
+            }
+        }
+        out
+    }
+
+    /// Every bundle of every serving sensor (tests and tools; processes get [`Self::bundles_for`]).
+    pub fn all_bundles(&self) -> Vec<Bundle> {
+        self.active()
+            .into_iter()
+            .flat_map(|(_, s)| s.bundles.clone())
+            .collect()
+    }
+
+    /// Every serving sensor's declarative rules, by sensor name.
+    pub fn rules(&self) -> Vec<(String, Rules)> {
+        self.active()
+            .into_iter()
+            .map(|(_, s)| (s.info.name.clone(), s.rules.clone()))
+            .collect()
+    }
+
+    /// The rules of the sensor behind `sensor`, if it serves.
+    pub fn rules_of(&self, sensor: &SensorRef) -> Option<Rules> {
+        self.serving(sensor).ok().map(|(_, a)| a.rules.clone())
+    }
+
     pub fn status(&self) -> Vec<SensorStatus> {
         let mut out: Vec<SensorStatus> = self
             .slots
@@ -415,9 +567,20 @@ impl SensorRegistry {
                         sha256: s.sha256.clone(),
                         technologies: s.info.technologies.clone(),
                         loaded_at_unix_ms: unix_ms(s.loaded_at),
+                        bundles: s
+                            .bundles
+                            .iter()
+                            .map(|b| BundleStatus {
+                                name: b.name.clone(),
+                                version: b.version.clone(),
+                                scope: b.scope,
+                                triggers: b.triggers.clone(),
+                            })
+                            .collect(),
                     }),
                     quarantined: st.quarantined.clone(),
                     last_refused: st.last_refused.clone(),
+                    rolled_back: st.rolled_back.clone(),
                     calls: slot.stats.snapshot(),
                 }
             })
@@ -433,6 +596,10 @@ pub enum RegistryError {
     Gone,
     #[error("no version of the sensor is serving (failed or quarantined)")]
     NotServing,
+    #[error("no serving sensor is named `{0}`")]
+    NoSuchSensor(String),
+    #[error("sensor `{0}` has no previous version to return to")]
+    NoPrevious(String),
     #[error(transparent)]
     Call(CallError),
 }

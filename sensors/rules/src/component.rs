@@ -4,7 +4,55 @@
 //! them and this crate's types.
 
 /// The `zerostep:sensor` contract version these rules are written against.
-pub const CONTRACT_VERSION: &str = "0.1.0";
+pub const CONTRACT_VERSION: &str = "0.2.0";
+
+/// One instrumentation bundle as a sensor crate declares it: Python sources embedded with
+/// `include_str!`. [`BundleSpec::version`] derives the bundle's version from its content, so a
+/// changed source is a new version without anyone bumping a number.
+pub struct BundleSpec {
+    /// Unique within the sensor.
+    pub name: &'static str,
+    /// Loaded into every traced process (library instrumentations), not only matched ones.
+    pub every_process: bool,
+    /// Modules whose import triggers the bundle.
+    pub triggers: &'static [&'static str],
+    /// (module name inside the bundle, source), in dependency order.
+    pub modules: &'static [(&'static str, &'static str)],
+    /// `module:function`.
+    pub entry: &'static str,
+    /// Tracer API range, e.g. `>=1.0,<2`.
+    pub tracer_api: &'static str,
+    /// Default settings.
+    pub settings: &'static [(&'static str, &'static str)],
+}
+
+impl BundleSpec {
+    /// `base` (the crate version) plus a 64-bit FNV-1a hash of everything the bundle carries.
+    pub fn version(&self, base: &str) -> String {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        let mut eat = |bytes: &[u8]| {
+            for b in bytes.iter().chain(&[0xff]) {
+                h ^= u64::from(*b);
+                h = h.wrapping_mul(0x0100_0000_01b3);
+            }
+        };
+        eat(self.name.as_bytes());
+        eat(self.entry.as_bytes());
+        eat(self.tracer_api.as_bytes());
+        for t in self.triggers {
+            eat(t.as_bytes());
+        }
+        for (n, s) in self.modules {
+            eat(n.as_bytes());
+            eat(s.as_bytes());
+        }
+        for (k, v) in self.settings {
+            eat(k.as_bytes());
+            eat(v.as_bytes());
+        }
+        format!("{base}+{h:016x}")
+    }
+}
 
 /// Implements and exports the `sensor` world for one technology. Invoke at the root of a
 /// component crate whose bindings are generated in a module named `bindings`:
@@ -12,24 +60,33 @@ pub const CONTRACT_VERSION: &str = "0.1.0";
 /// ```ignore
 /// mod bindings {
 ///     #![allow(clippy::too_many_arguments)] // generated code
-///     wit_bindgen::generate!({ path: "../../wit", world: "sensor" });
+///     wit_bindgen::generate!({ path: "../../wit/v0.2", world: "sensor", generate_all });
 /// }
-/// zerostep_rules::sensor_component!(Gunicorn, "gunicorn", zerostep_rules::gunicorn::match_process);
+/// zerostep_rules::sensor_component!(Gunicorn, "gunicorn", zerostep_rules::gunicorn::match_process, BUNDLES);
 /// ```
 #[macro_export]
 macro_rules! sensor_component {
-    ($sensor:ident, $name:literal, $match_process:path) => {
+    ($sensor:ident, $name:literal, $match_process:path, $bundles:expr) => {
         struct $sensor;
 
         mod glue {
-            use super::bindings::zerostep::sensor::types as wit;
+            use super::bindings::zerostep::sensor0_1_0::types as wit;
+            use super::bindings::zerostep::sensor0_2_0::types as wit2;
             use $crate::enrich::{OwnedValue, Patch, SpanKind, StatusCode, Value};
 
             pub fn view(p: &super::bindings::ProcessInfo) -> $crate::ProcessView<'_> {
                 $crate::ProcessView { exe: &p.exe, cmdline: &p.cmdline, cwd: &p.cwd, parent_cmdline: &p.parent_cmdline }
             }
 
+            /// The match names one bundle, the technology's own, with the server's settings
+            /// (libraries come from the libraries sensor, loaded into every traced process).
             pub fn process_match(m: $crate::ProcessMatch) -> super::bindings::ProcessMatch {
+                let settings = m
+                    .instrumentations
+                    .into_iter()
+                    .find(|i| i.name == "wsgi-server")
+                    .map(|i| i.settings.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
+                    .unwrap_or_default();
                 super::bindings::ProcessMatch {
                     technology: m.technology.to_string(),
                     role: match m.role {
@@ -39,15 +96,37 @@ macro_rules! sensor_component {
                     },
                     service_name: m.service_name,
                     service_name_source: m.service_name_source.to_string(),
-                    instrumentations: m
-                        .instrumentations
-                        .into_iter()
-                        .map(|i| wit::InstrumentationChoice {
-                            name: i.name.to_string(),
-                            settings: i.settings.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
-                        })
-                        .collect(),
+                    injection: wit2::InjectionPolicy {
+                        inject: true,
+                        forked_children: wit2::ChildPolicy::Inherit,
+                        spawned_children: wit2::ChildPolicy::Inject,
+                    },
+                    bundles: vec![wit2::BundleChoice { name: $name.to_string(), settings }],
                 }
+            }
+
+            pub fn bundles(specs: &[$crate::component::BundleSpec]) -> Vec<wit2::Bundle> {
+                specs
+                    .iter()
+                    .map(|b| wit2::Bundle {
+                        name: b.name.to_string(),
+                        version: b.version(env!("CARGO_PKG_VERSION")),
+                        scope: if b.every_process {
+                            wit2::BundleScope::EveryProcess
+                        } else {
+                            wit2::BundleScope::Matched
+                        },
+                        triggers: b.triggers.iter().map(|t| t.to_string()).collect(),
+                        modules: b
+                            .modules
+                            .iter()
+                            .map(|(n, s)| wit2::PythonModule { name: n.to_string(), source: s.to_string() })
+                            .collect(),
+                        entry: b.entry.to_string(),
+                        tracer_api: b.tracer_api.to_string(),
+                        settings: b.settings.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+                    })
+                    .collect()
             }
 
             /// Borrowed views into one `span-batch`. Out-of-range references (a host bug) read as
@@ -164,8 +243,8 @@ macro_rules! sensor_component {
 
             fn match_process(process: bindings::ProcessInfo) -> Option<bindings::ProcessMatch> {
                 let matched = $match_process(&glue::view(&process))?;
-                bindings::zerostep::sensor::host::log(
-                    bindings::zerostep::sensor::types::LogLevel::Debug,
+                bindings::zerostep::sensor0_1_0::host::log(
+                    bindings::zerostep::sensor0_1_0::types::LogLevel::Debug,
                     &format!(
                         "pid {}: {} {} '{}' from {}",
                         process.pid,
@@ -178,8 +257,12 @@ macro_rules! sensor_component {
                 Some(glue::process_match(matched))
             }
 
-            fn instrumentation(_matched: bindings::ProcessMatch) -> Vec<bindings::PythonModule> {
-                Vec::new()
+            fn bundles() -> Vec<bindings::Bundle> {
+                glue::bundles($bundles)
+            }
+
+            fn rules() -> bindings::Rules {
+                $crate::component::rules_of!(bindings)
             }
 
             fn enrich(_matched: bindings::ProcessMatch, batch: bindings::SpanBatch) -> Vec<bindings::SpanPatch> {
@@ -205,3 +288,24 @@ macro_rules! sensor_component {
         bindings::export!($sensor with_types_in bindings);
     };
 }
+
+/// The declarative rules every sensor built on this crate ships: the keys its redaction reads,
+/// so the host redacts them natively too when the sensor cannot.
+#[macro_export]
+#[doc(hidden)]
+macro_rules! rules_of {
+    ($bindings:ident) => {{
+        use $bindings::zerostep::sensor0_2_0::types as wit2;
+        wit2::Rules {
+            redaction: wit2::RedactionRules {
+                secret_attributes: Vec::new(),
+                url_attributes: vec!["url.full".into(), "http.url".into()],
+                sql_attributes: vec!["db.query.text".into(), "db.statement".into()],
+                sensitive_words: Vec::new(),
+            },
+            routes: Vec::new(),
+            sampling: Vec::new(),
+        }
+    }};
+}
+pub use rules_of;

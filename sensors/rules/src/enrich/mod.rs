@@ -22,6 +22,19 @@ pub use span::{OwnedValue, Patch, SpanKind, SpanView, Status, StatusCode, Value}
 
 use attributes::Known;
 
+/// Only the rules that keep secrets out ([`redact`] and [`sql`]), for the host's native baseline:
+/// what runs when a sensor could not enrich a batch. `None` when nothing changes.
+pub fn redact_span<'a>(
+    index: u32,
+    attributes: impl IntoIterator<Item = (&'a str, Value<'a>)>,
+) -> Option<Patch> {
+    let known = Known::collect(attributes);
+    let mut patch = Patch::new(index);
+    redact::apply(&known, &mut patch);
+    sql::apply(&known, &mut patch);
+    (!patch.is_empty()).then_some(patch)
+}
+
 /// Enriches one span; `None` when nothing changes. `attributes` may hold any keys: those not in
 /// [`ATTRIBUTE_KEYS`] are ignored.
 pub fn enrich_span<'a>(

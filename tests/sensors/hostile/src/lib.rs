@@ -2,7 +2,7 @@
 //! real contract. Without any misbehaving feature it is a correct, minimal sensor.
 #![allow(clippy::all)]
 
-wit_bindgen::generate!({ path: "../../../wit", world: "sensor" });
+wit_bindgen::generate!({ path: "../../../wit/v0.1", world: "sensor" });
 
 use zerostep::sensor::types::ProcessRole;
 

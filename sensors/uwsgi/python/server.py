@@ -1,108 +1,11 @@
-"""Server spans: gunicorn workers and uWSGI apps."""
+"""The uWSGI bundle (sensor `uwsgi`, contract 0.2): server spans for uWSGI apps, which uWSGI calls
+from C. Loaded by the tracer core once the `uwsgi` module exists (inside uWSGI, always)."""
 import functools
 import sys
 import types
 import warnings
-import weakref
 
 from _zerostep import patch, wsgi
-
-
-class _TracedApp(object):
-    """Stands in for a gunicorn worker's `wsgi` attribute; unwrapped again on uninstall."""
-
-    __slots__ = ("app", "server", "__weakref__")
-
-    def __init__(self, app, server):
-        self.app = app
-        self.server = server
-
-    def __call__(self, environ, start_response):
-        return self.server.call(self.app, environ, start_response)
-
-    def __getattr__(self, name):
-        return getattr(self.app, name)
-
-
-class Gunicorn(patch.Instrumentation):
-    """Patches the worker classes' `handle_request`, so every worker — including ones forked later
-    from an injected master — wraps its app on its first request."""
-
-    name = "gunicorn"
-    modules = ("gunicorn.workers.base",)
-    # Each worker module is optional: only what the app imported is patched, the rest via the hook.
-    worker_classes = (
-        ("gunicorn.workers.sync", "SyncWorker"),
-        ("gunicorn.workers.gthread", "ThreadWorker"),
-        ("gunicorn.workers.base_async", "AsyncWorker"),
-    )
-    extra_modules = tuple(m for m, _ in worker_classes) + ("gunicorn.arbiter",)
-
-    def __init__(self, tracer, config, reporter):
-        patch.Instrumentation.__init__(self, tracer, config)
-        self.server = wsgi.WsgiServer(self, tracer, reporter)
-        self.workers = weakref.WeakSet()
-        self.done = set()
-
-    def apply(self, modules):
-        arbiter = sys.modules.get("gunicorn.arbiter")
-        if arbiter is not None and "gunicorn.arbiter" not in self.done:
-            self.done.add("gunicorn.arbiter")
-            # Called once per turn of the master's loop (about a second) in gunicorn 19 to 27.
-            if "murder_workers" in arbiter.Arbiter.__dict__:
-                self.patch(arbiter.Arbiter, "murder_workers", self._wrap_master_loop)
-        for modname, clsname in self.worker_classes:
-            if modname in self.done:
-                continue
-            mod = sys.modules.get(modname)
-            cls = getattr(mod, clsname, None) if mod is not None else None
-            if cls is None or "handle_request" not in cls.__dict__:
-                continue
-            self.done.add(modname)
-            self.patch(cls, "handle_request", self._wrap)
-
-    def _wrap_master_loop(self, original):
-        """The master's loop: our thread, paused around each fork, comes back here — on 3.13 it
-        cannot from the after-fork hook without the fork warning."""
-        reporter = self.server.reporter
-
-        def murder_workers(arbiter, *args, **kwargs):
-            try:
-                return original(arbiter, *args, **kwargs)
-            finally:
-                try:
-                    reporter.request_end()
-                except Exception:
-                    pass
-
-        return murder_workers
-
-    def _wrap(self, original):
-        inst = self
-        server = self.server
-
-        def handle_request(worker, *args, **kwargs):
-            try:
-                app = worker.__dict__.get("wsgi")
-                if app is not None and type(app) is not _TracedApp and not inst.tripped:
-                    worker.wsgi = _TracedApp(app, server)
-                    inst.workers.add(worker)
-            except Exception as e:
-                inst.fail(e)
-            return original(worker, *args, **kwargs)
-
-        return handle_request
-
-    def undo(self):
-        for w in list(self.workers):
-            try:
-                app = w.__dict__.get("wsgi")
-                if type(app) is _TracedApp:
-                    w.wsgi = app.app
-            except Exception:
-                pass
-        self.workers = weakref.WeakSet()
-        self.done = set()
 
 
 def _uwsgi_worker_id(u):
@@ -124,7 +27,7 @@ class Uwsgi(patch.Instrumentation):
         patch.Instrumentation.__init__(self, tracer, config)
         self.server = wsgi.WsgiServer(self, tracer, reporter)
         self.reporter = reporter
-        self.swapped = []  # (function, original code)
+        self.swapped = []  # (function, original code, trampoline code)
         self.classes = set()
         self.prev_post_fork = None
         self.hooked = False
@@ -161,6 +64,10 @@ class Uwsgi(patch.Instrumentation):
     def watched_modules(self):
         return [m for m, _ in self.app_locations()]
 
+    def on_watched_import(self, name):
+        # --lazy-apps: the app module is imported in the worker, after the fork.
+        self.wrap_apps()
+
     def apply(self, modules):
         u = modules["uwsgi"]
         if not self.hooked:
@@ -173,7 +80,9 @@ class Uwsgi(patch.Instrumentation):
                 # hook: had our thread the GIL at that instant, the worker would block forever
                 # in uWSGI's post-fork GIL acquire. Workers start their own after the fork.
                 self.reporter.forbid_thread()
-            self.prev_post_fork = getattr(u, "post_fork_hook", None)
+            prev = getattr(u, "post_fork_hook", None)
+            # An earlier version's hook (a bundle upgraded in place) is replaced, not chained.
+            self.prev_post_fork = getattr(prev, "__zerostep_prev__", prev)
             inst = self
 
             def post_fork_hook():
@@ -185,6 +94,7 @@ class Uwsgi(patch.Instrumentation):
                 if prev is not None:
                     prev()
 
+            post_fork_hook.__zerostep_prev__ = self.prev_post_fork
             u.post_fork_hook = post_fork_hook
             self.post_fork_hook = post_fork_hook
         self.wrap_apps()
@@ -219,9 +129,10 @@ class Uwsgi(patch.Instrumentation):
                 self.fail(e)
 
     def _swap_code(self, fn):
-        if any(f is fn for f, _ in self.swapped):
+        if any(f is fn for f, _, _ in self.swapped):
             return
-        code = fn.__code__
+        # An earlier version's trampoline (a bundle upgraded in place): swap from the app's code.
+        code = getattr(fn, "__zerostep_code__", None) or fn.__code__
         if code.co_argcount != 2 or code.co_freevars:
             return
         original = types.FunctionType(code, fn.__globals__, fn.__name__, fn.__defaults__)
@@ -237,13 +148,16 @@ class Uwsgi(patch.Instrumentation):
         consts = tuple(call if c == "__zerostep_call__" else c for c in tcode.co_consts)
         tcode = tcode.replace(co_consts=consts, co_name=code.co_name,
                               co_varnames=code.co_varnames[:2], co_firstlineno=code.co_firstlineno)
+        fn.__zerostep_code__ = code
         fn.__code__ = tcode
-        self.swapped.append((fn, code))
+        self.swapped.append((fn, code, tcode))
 
     def undo(self):
-        for fn, code in self.swapped:
+        for fn, code, tcode in self.swapped:
             try:
-                fn.__code__ = code
+                if fn.__code__ is tcode:  # else a newer version swapped it: not ours to undo
+                    fn.__code__ = code
+                    del fn.__zerostep_code__
             except Exception:
                 pass
         self.swapped = []
@@ -260,3 +174,7 @@ class Uwsgi(patch.Instrumentation):
                 pass
         self.hooked = False
 
+
+def instrumentations(api, settings):
+    """The entry point: what this bundle instruments in this process."""
+    return [Uwsgi(api.tracer, api.config, api.reporter)]

@@ -1,0 +1,4 @@
+# A library only the tests know: what the probe sensor's bundle instruments.
+class Worker(object):
+    def run(self, n):
+        return n * 2
