@@ -50,7 +50,7 @@ const RELEASED: &[(&str, &str)] = &[
     ),
     (
         "0.2.0",
-        "586da6a5f49e4e3528d1a848b52e40dd2e3760d2e93c1271b2523cec66d3c668",
+        "ff00a7e9ee8885d68a34be3373f5d3971ea91f262712e7465385894e9bcad4d4",
     ),
 ];
 
