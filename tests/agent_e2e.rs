@@ -1159,13 +1159,21 @@ fn sensors_dropped_while_a_service_runs_change_its_processes_in_place() {
         serving(&agent),
         agent.log()
     );
-    let versions: Vec<String> = agent
-        .processes()
-        .iter()
-        .filter(|p| workers.contains(&p["pid"].as_u64().unwrap_or(0)))
-        .map(|p| id_of(&p["bundles"]["probe"]["version"]))
-        .collect();
-    assert_eq!(versions, ["1.0.0", "1.0.0"], "every worker runs v1");
+    // The canary worker reports its bundles again once it has v1 back (its next status).
+    let versions = || -> Vec<String> {
+        agent
+            .processes()
+            .iter()
+            .filter(|p| workers.contains(&p["pid"].as_u64().unwrap_or(0)))
+            .map(|p| id_of(&p["bundles"]["probe"]["version"]))
+            .collect()
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || versions() == ["1.0.0", "1.0.0"]),
+        "every worker runs v1: {:?}\n{}",
+        versions(),
+        agent.log()
+    );
     let mark = unix_ms();
     until_probe(&agent, port, &service, mark, Some(1), &mut failed);
 
