@@ -775,9 +775,28 @@ fn python_unit_tests_every_interpreter() {
     }
     // CPython 3.14 and 3.15 as Debian sid ships them, in venvs with SQLAlchemy and the drivers,
     // chroot'ed into the sid root (their binaries need its libc) with a copy of the tracer.
+    // Laid out as in the checkout: the tests read the sensors' bundles from ../../../sensors.
     let dir = SidDir::new();
-    copy_tree(&repo_root().join("host/python"), &dir.path().join("python"));
-    let tests = dir.inside.join("python/tests");
+    copy_tree(
+        &repo_root().join("host/python"),
+        &dir.path().join("host/python"),
+    );
+    for e in std::fs::read_dir(repo_root().join("sensors"))
+        .expect("sensors")
+        .flatten()
+    {
+        let bundle = e.path().join("python");
+        if bundle.is_dir() {
+            copy_tree(
+                &bundle,
+                &dir.path()
+                    .join("sensors")
+                    .join(e.file_name())
+                    .join("python"),
+            );
+        }
+    }
+    let tests = dir.inside.join("host/python/tests");
     for venv in ["/opt/zerostep/venv-314", "/opt/zerostep/venv-315"] {
         let out = sid_command(&format!("{venv}/bin/python"))
             .args(["-m", "unittest", "discover", "-s"])
