@@ -19,8 +19,6 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use support::*;
 
-const USER: &str = "65534"; // nobody
-
 /// Each agent is scoped to this test process's descendants, so two agents at once would both
 /// see both tests' services: the tests here take turns.
 static ONE_AGENT_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -166,29 +164,6 @@ impl Agent {
     }
 }
 
-/// An app directory owned by the service's user (so the app could write there; the test then
-/// checks that nothing did).
-fn app_dir(root: &Path, name: &str) -> PathBuf {
-    let d = root.join(name);
-    std::fs::create_dir_all(&d).expect("app dir");
-    for f in std::fs::read_dir(repo_root().join("tests/e2e_apps").join(name)).expect("app source") {
-        let f = f.expect("app file").path();
-        if f.extension().is_some_and(|e| e == "py") {
-            std::fs::copy(&f, d.join(f.file_name().expect("file name"))).expect("copy app");
-        }
-    }
-    d
-}
-
-fn chown_nobody(path: &Path) {
-    let st = Command::new("chown")
-        .args(["-R", &format!("{USER}:{USER}")])
-        .arg(path)
-        .status()
-        .expect("chown");
-    assert!(st.success());
-}
-
 fn listing(dir: &Path) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     let mut stack = vec![dir.to_path_buf()];
@@ -202,25 +177,6 @@ fn listing(dir: &Path) -> BTreeSet<String> {
         }
     }
     out
-}
-
-/// Runs a server as `nobody` with a minimal environment: nothing zerostep-related in it.
-fn as_service_user(bin: &Path, dir: &Path, log: &Path) -> Command {
-    let mut c = Command::new("setpriv");
-    c.args([
-        &format!("--reuid={USER}"),
-        &format!("--regid={USER}"),
-        "--clear-groups",
-        "--",
-    ])
-    .arg(bin)
-    .current_dir(dir)
-    .env_clear()
-    .env("PATH", "/usr/bin:/bin")
-    .env("LANG", "C.UTF-8");
-    let out = std::fs::File::create(log).expect("server log");
-    c.stdout(out.try_clone().expect("dup")).stderr(out);
-    c
 }
 
 /// A server's master (the exec'd setpriv becomes it) and its workers, once all are up.
@@ -606,13 +562,7 @@ fn a_service_in_a_container_is_traced() {
 
 /// One service of the sid-root tests: its directory inside the root (host path, inside path).
 fn sid_app(dir: &SidDir, name: &str) -> (PathBuf, PathBuf) {
-    let host = dir.path().join(name);
-    std::fs::create_dir_all(&host).expect("app dir");
-    std::fs::copy(
-        repo_root().join("tests/e2e_apps").join(name).join("app.py"),
-        host.join("app.py"),
-    )
-    .expect("copy app");
+    let host = app_dir(dir.path(), name);
     chown_nobody(&host);
     (host, dir.inside.join(name))
 }

@@ -12,14 +12,13 @@
 //! Re-run: `cargo test -p zerostep --test ui_browser -- --nocapture`.
 mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use serde_json::Value;
 use support::*;
 
-const USER: &str = "65534"; // nobody
 const CHROMIUM: &str = "/usr/bin/chromium";
 /// The agent's API token, once it has written it (the API needs a credential: tests/api_auth.rs).
 static TOKEN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
@@ -28,35 +27,6 @@ fn get(port: u16, path: &str) -> Option<Value> {
     let token = TOKEN.get().map(String::as_str).unwrap_or("");
     let (status, body) = http_get_auth(port, path, token).ok()?;
     (status == 200).then(|| serde_json::from_str(&body).ok())?
-}
-
-fn as_service_user(bin: &Path, dir: &Path, log: &Path) -> Command {
-    let mut c = Command::new("setpriv");
-    c.args([
-        &format!("--reuid={USER}"),
-        &format!("--regid={USER}"),
-        "--clear-groups",
-        "--",
-    ])
-    .arg(bin)
-    .current_dir(dir)
-    .env_clear()
-    .env("PATH", "/usr/bin:/bin")
-    .env("LANG", "C.UTF-8");
-    let out = std::fs::File::create(log).expect("server log");
-    c.stdout(out.try_clone().expect("dup")).stderr(out);
-    c
-}
-
-fn app_dir(root: &Path, name: &str) -> PathBuf {
-    let d = root.join(name);
-    std::fs::create_dir_all(&d).expect("app dir");
-    std::fs::copy(
-        repo_root().join("tests/e2e_apps").join(name).join("app.py"),
-        d.join("app.py"),
-    )
-    .expect("copy app");
-    d
 }
 
 #[test]
@@ -90,13 +60,8 @@ fn every_page_in_headless_chromium() {
         .status()
         .expect("make db");
     assert!(st.success());
-    let chown = Command::new("chown")
-        .args(["-R", &format!("{USER}:{USER}")])
-        .arg(&frontend)
-        .arg(&inventory)
-        .status()
-        .expect("chown");
-    assert!(chown.success());
+    chown_nobody(&frontend);
+    chown_nobody(&inventory);
 
     let b_port = free_port();
     let mut cmd = as_service_user(

@@ -374,3 +374,49 @@ pub fn sensor_bundles() -> Vec<zerostep::sensors::Bundle> {
     assert_eq!(bundles.len(), 3, "one bundle per sensor");
     bundles
 }
+
+/// The user the end-to-end tests' services run as (nobody): they cannot reach pyenv's interpreters
+/// under /root, nor anything of the agent's.
+pub const SERVICE_USER: &str = "65534";
+
+/// An app directory owned by the service's user (so the app could write there; the test then
+/// checks that nothing did).
+pub fn app_dir(root: &Path, name: &str) -> PathBuf {
+    let d = root.join(name);
+    std::fs::create_dir_all(&d).expect("app dir");
+    for f in std::fs::read_dir(repo_root().join("tests/e2e_apps").join(name)).expect("app source") {
+        let f = f.expect("app file").path();
+        if f.extension().is_some_and(|e| e == "py") {
+            std::fs::copy(&f, d.join(f.file_name().expect("file name"))).expect("copy app");
+        }
+    }
+    d
+}
+
+pub fn chown_nobody(path: &Path) {
+    let st = Command::new("chown")
+        .args(["-R", &format!("{SERVICE_USER}:{SERVICE_USER}")])
+        .arg(path)
+        .status()
+        .expect("chown");
+    assert!(st.success());
+}
+
+/// Runs a server as `nobody` with a minimal environment: nothing zerostep-related in it.
+pub fn as_service_user(bin: &Path, dir: &Path, log: &Path) -> Command {
+    let mut c = Command::new("setpriv");
+    c.args([
+        &format!("--reuid={SERVICE_USER}"),
+        &format!("--regid={SERVICE_USER}"),
+        "--clear-groups",
+        "--",
+    ])
+    .arg(bin)
+    .current_dir(dir)
+    .env_clear()
+    .env("PATH", "/usr/bin:/bin")
+    .env("LANG", "C.UTF-8");
+    let out = std::fs::File::create(log).expect("server log");
+    c.stdout(out.try_clone().expect("dup")).stderr(out);
+    c
+}

@@ -362,10 +362,13 @@ pub fn inject(pid: u32, code: &str, opts: &InjectOptions) -> Result<InjectReport
         })
     };
     let rt = sym("_PyRuntime")?;
+    // One read of `_PyRuntime`'s head serves the debug offsets and the init flags.
+    let head = remote_mem::read(pid, rt.addr, readiness::PROBE_LEN)
+        .map_err(|e| runtime_read_error(pid, e))?;
     if runtime.version.1 >= 13 {
-        check_debug_offsets(pid, &runtime, rt.addr)?;
+        check_debug_offsets(pid, &runtime, rt.addr, &head)?;
     }
-    ensure_initialized(pid, runtime.version.1, rt.addr)?;
+    ensure_initialized(pid, runtime.version.1, &head)?;
     let gadgets = gadgets::find(pid, &maps).map_err(young)?;
     let api = scratch::Api {
         ensure: sym("PyGILState_Ensure")?.addr,
@@ -461,18 +464,24 @@ pub fn free_threaded_mark(
         .find(|n| syms.contains_key(*n))
 }
 
-/// 3.13+: what the interpreter's own `_Py_DebugOffsets` says (see [`debug_offsets`]).
+fn runtime_read_error(pid: u32, e: nix::Error) -> InjectError {
+    match e {
+        nix::Error::ESRCH => InjectError::ProcessExited { pid },
+        e => InjectError::Ptrace(format!("reading _PyRuntime: {e}")),
+    }
+}
+
+const _: () = assert!(readiness::PROBE_LEN >= debug_offsets::READ_LEN);
+
+/// 3.13+: what the interpreter's own `_Py_DebugOffsets` says (see [`debug_offsets`]); `table` is
+/// the head of `_PyRuntime` at `runtime_addr`.
 fn check_debug_offsets(
     pid: u32,
     runtime: &RuntimeDetails,
     runtime_addr: u64,
+    table: &[u8],
 ) -> Result<(), InjectError> {
-    let read_err = |e: nix::Error| match e {
-        nix::Error::ESRCH => InjectError::ProcessExited { pid },
-        e => InjectError::Ptrace(format!("reading _PyRuntime: {e}")),
-    };
-    let table = remote_mem::read(pid, runtime_addr, debug_offsets::READ_LEN).map_err(read_err)?;
-    let Some(header) = debug_offsets::header(&table) else {
+    let Some(header) = debug_offsets::header(table) else {
         return Err(InjectError::Unsupported(format!(
             "no _Py_DebugOffsets at _PyRuntime in a {} process",
             runtime.version_string()
@@ -496,18 +505,26 @@ fn check_debug_offsets(
     if let debug_offsets::Layout::RemoteDebug {
         interpreters_head,
         remote_debugging_enabled,
-    } = debug_offsets::layout(&table, runtime.version.1)
+    } = debug_offsets::layout(table, runtime.version.1)
     {
-        let head = remote_mem::read(pid, runtime_addr + interpreters_head, 8).map_err(read_err)?;
-        let interp = head
-            .get(..8)
-            .and_then(|b| b.try_into().ok())
-            .map(u64::from_le_bytes)
-            .unwrap_or(0);
+        // `interpreters.head` lies inside the head already read (at 0x328 on 3.14).
+        let at = interpreters_head as usize;
+        let interp = match table.get(at..at + 8) {
+            Some(b) => b.try_into().map(u64::from_le_bytes).unwrap_or(0),
+            None => {
+                let b = remote_mem::read(pid, runtime_addr + interpreters_head, 8)
+                    .map_err(|e| runtime_read_error(pid, e))?;
+                b.get(..8)
+                    .and_then(|b| b.try_into().ok())
+                    .map(u64::from_le_bytes)
+                    .unwrap_or(0)
+            }
+        };
         if interp == 0 {
             return Err(InjectError::NotReady { pid });
         }
-        let flag = remote_mem::read(pid, interp + remote_debugging_enabled, 4).map_err(read_err)?;
+        let flag = remote_mem::read(pid, interp + remote_debugging_enabled, 4)
+            .map_err(|e| runtime_read_error(pid, e))?;
         if flag.get(..4) == Some(&[0, 0, 0, 0]) {
             return Err(InjectError::RemoteDebugDisabled {
                 pid,
@@ -519,12 +536,8 @@ fn check_debug_offsets(
 }
 
 /// Refuses (retryably) while `Py_Initialize` has not finished: see [`readiness`].
-fn ensure_initialized(pid: u32, minor: u32, runtime_addr: u64) -> Result<(), InjectError> {
-    let head = remote_mem::read(pid, runtime_addr, readiness::PROBE_LEN).map_err(|e| match e {
-        nix::Error::ESRCH => InjectError::ProcessExited { pid },
-        e => InjectError::Ptrace(format!("reading _PyRuntime: {e}")),
-    })?;
-    match readiness::initialized(minor, &head) {
+fn ensure_initialized(pid: u32, minor: u32, head: &[u8]) -> Result<(), InjectError> {
+    match readiness::initialized(minor, head) {
         Some(true) => Ok(()),
         Some(false) => Err(InjectError::NotReady { pid }),
         // An unknown layout: trust that a process this old has finished starting.
