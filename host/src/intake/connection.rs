@@ -23,12 +23,14 @@ pub(super) async fn accept_loop(listener: UnixListener, shared: Arc<Shared>) {
         match listener.accept().await {
             Ok((stream, _)) => {
                 let c = &shared.counters;
-                if c.connections.fetch_add(1, Ordering::Relaxed) >= shared.config.max_connections {
-                    c.connections.fetch_sub(1, Ordering::Relaxed);
+                // Only this loop adds connections, so checking before adding is exact and the
+                // count never shows one over the limit, even for a moment.
+                if c.connections.load(Ordering::Relaxed) >= shared.config.max_connections {
                     c.rejected_connections.fetch_add(1, Ordering::Relaxed);
                     drop(stream);
                     continue;
                 }
+                c.connections.fetch_add(1, Ordering::Relaxed);
                 let shared = shared.clone();
                 tokio::spawn(async move {
                     serve(stream, shared.clone()).await;

@@ -575,18 +575,23 @@ mod tests {
         let socks = flood.await.expect("flood");
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         let mut peak = 0;
+        let mut peak_connections = 0;
+        // Every one of the 56 connections is either accepted or rejected once the intake has
+        // seen them all. How many are rejected depends on how many of the trickling peers the
+        // byte budget had already cut off (each frees a slot), so only "some" is certain.
         while tokio::time::Instant::now() < deadline {
             let st = intake.stats();
             peak = peak.max(st.inflight_bytes);
-            if st.cut_off_budget > 0 && st.rejected_connections > 0 {
+            peak_connections = peak_connections.max(st.connections);
+            if st.cut_off_budget > 0 && st.accepted + st.rejected_connections >= 56 {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let st = intake.stats();
         assert!(st.cut_off_budget > 0, "{st:?}");
-        assert!(st.rejected_connections >= 20, "{st:?}");
-        assert!(st.connections <= 20, "{st:?}");
+        assert!(st.rejected_connections > 0, "{st:?}");
+        assert!(peak_connections <= 20, "{peak_connections} open at once: {st:?}");
         assert!(peak <= 4 << 20, "held {peak} bytes");
         drop(socks);
         let drained = async {
