@@ -33,7 +33,7 @@ build: setup
 
 # The sensors a host needs: one per server (gunicorn, uwsgi) and the libraries sensor, whose bundle
 # every traced process loads. Each carries its Python bundles (sensors/NAME/python) inside its wasm.
-SENSORS := gunicorn uwsgi libraries
+SENSORS := gunicorn uwsgi libraries asgi
 
 sensors: setup
 	$(CARGO) build --target wasm32-wasip2 --profile sensor $(foreach s,$(SENSORS),-p zerostep-sensor-$(s))

@@ -1386,3 +1386,281 @@ fn a_bundle_upgrade_and_rollback_under_load_lose_no_request() {
     );
     assert_eq!(server_pids(u.pid(), 2), upids, "uWSGI's processes changed");
 }
+
+fn attr<'a>(span: &'a Value, key: &str) -> &'a Value {
+    span["attributes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|a| a["key"] == key)
+        .map(|a| &a["value"]["value"])
+        .unwrap_or(&Value::Null)
+}
+
+/// Every span since `from_ms` of the service of `pids` whose process is one of `pids`.
+fn spans_of(agent: &Agent, from_ms: i64, pids: &[u32]) -> Vec<Value> {
+    let mut out = Vec::new();
+    let procs = agent.processes();
+    let Some(service) = procs
+        .iter()
+        .find(|p| p["pid"].as_u64() == Some(u64::from(pids[pids.len() - 1])))
+        .and_then(|p| p["service"].as_str())
+    else {
+        return out;
+    };
+    for t in agent.traces(&format!("service={service}&from={from_ms}&limit=100")) {
+        for s in agent.trace_spans(&id_of(&t["trace_id"])) {
+            if pids
+                .iter()
+                .any(|p| s["pid"].as_u64() == Some(u64::from(*p)))
+            {
+                out.push(s);
+            }
+        }
+    }
+    out
+}
+
+/// The ASGI server spans of one server: a route with a parameter, a 500 with its exception, a
+/// streamed response timed to its last byte, and a call out from Starlette's thread pool whose
+/// client span is the request's child and whose callee continues the trace.
+fn assert_asgi_spans(agent: &Agent, port: u16, pids: &[u32], what: &str) {
+    let from = unix_ms();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut spans = Vec::new();
+    while Instant::now() < deadline {
+        for path in [
+            "/items/42",
+            "/boom",
+            "/stream",
+            &format!("/call?port={port}"),
+        ] {
+            let _ = http_get(port, path);
+        }
+        std::thread::sleep(Duration::from_millis(700));
+        spans = spans_of(agent, from, pids);
+        let names: BTreeSet<String> = spans.iter().map(|s| id_of(&s["name"])).collect();
+        if [
+            "GET /items/{item_id}",
+            "GET /boom",
+            "GET /stream",
+            "GET /call",
+        ]
+        .iter()
+        .all(|n| names.contains(*n))
+            && spans
+                .iter()
+                .any(|s| id_of(&s["kind"]).eq_ignore_ascii_case("client"))
+        {
+            break;
+        }
+    }
+    let named = |n: &str| -> Value {
+        spans
+            .iter()
+            .find(|s| s["name"] == n)
+            .cloned()
+            .unwrap_or_else(|| panic!("{what}: no span {n:?} in {spans:#?}\n{}", agent.log()))
+    };
+    let item = spans
+        .iter()
+        .find(|s| attr(s, "url.path") == "/items/42")
+        .cloned()
+        .unwrap_or_else(|| panic!("{what}: no /items/42 span in {spans:#?}"));
+    assert_eq!(item["name"], "GET /items/{item_id}", "{what}: {item}");
+    assert_eq!(
+        id_of(&item["kind"]).to_ascii_lowercase(),
+        "server",
+        "{item}"
+    );
+    assert_eq!(
+        attr(&item, "http.route"),
+        "/items/{item_id}",
+        "{what}: {item}"
+    );
+    assert_eq!(attr(&item, "url.path"), "/items/42", "{what}: {item}");
+    assert_eq!(attr(&item, "http.response.status_code").as_i64(), Some(200));
+
+    let boom = named("GET /boom");
+    assert_eq!(
+        attr(&boom, "http.response.status_code").as_i64(),
+        Some(500),
+        "{what}: {boom}"
+    );
+    let text = boom.to_string();
+    assert!(
+        text.contains("exception.type")
+            && text.contains("RuntimeError")
+            && text.contains("boom in the app"),
+        "{what}: the exception is an event of the span: {boom:#}"
+    );
+    assert!(text.contains("exception.stacktrace"), "{boom:#}");
+
+    let stream = named("GET /stream");
+    let took = stream["duration_ms"].as_f64().unwrap_or(0.0);
+    assert!(
+        took >= 280.0,
+        "{what}: a streamed response is timed to its last byte ({took} ms): {stream}"
+    );
+
+    let call = named("GET /call");
+    let client = spans
+        .iter()
+        .find(|s| {
+            id_of(&s["kind"]).eq_ignore_ascii_case("client")
+                && s["parent_span_id"] == call["span_id"]
+        })
+        .unwrap_or_else(|| panic!("{what}: no client span under /call: {spans:#?}"));
+    let callee = spans
+        .iter()
+        .find(|s| s["parent_span_id"] == client["span_id"])
+        .unwrap_or_else(|| {
+            panic!("{what}: the called request did not continue the trace: {spans:#?}")
+        });
+    assert_eq!(callee["trace_id"], call["trace_id"]);
+    assert_eq!(callee["name"], "GET /items/{item_id}");
+    eprintln!("{what}: {} spans, all as expected", spans.len());
+}
+
+/// ASGI, delivered as a sensor: FastAPI on gunicorn's uvicorn workers, on `uvicorn --workers 2`
+/// (workers spawned, not forked) and on hypercorn, all started before the agent as `nobody`.
+/// Without the ASGI sensor the gunicorn workers are injected but shown as serving no span, never
+/// `traced`; the sensor dropped into the directory makes every one of them traced, nothing
+/// restarted, and each gives its routes, errors, streamed timings and propagation.
+#[test]
+fn asgi_services_are_traced_once_the_asgi_sensor_is_dropped() {
+    let _turn = one_agent_at_a_time();
+    let root = tempfile::Builder::new()
+        .prefix("zs-asgi-")
+        .tempdir()
+        .expect("tempdir");
+    std::fs::set_permissions(
+        root.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
+    let built = repo_root().join("target/sensors");
+    for s in ["gunicorn", "libraries", "asgi"] {
+        let p = built.join(format!("{s}.wasm"));
+        assert!(p.exists(), "{} missing: run `make sensors`", p.display());
+    }
+    let app = app_dir(root.path(), "asgi");
+    chown_nobody(&app);
+    let sensors = root.path().join("sensors");
+    std::fs::create_dir(&sensors).expect("sensors dir");
+    drop_sensor(&sensors, &built.join("libraries.wasm"), "libraries.wasm");
+    drop_sensor(&sensors, &built.join("gunicorn.wasm"), "gunicorn.wasm");
+
+    let (gport, uport, hport) = (free_port(), free_port(), free_port());
+    let log = |n: &str| root.path().join(format!("{n}.log"));
+    let mut g = as_service_user(&venv_bin("asgi", "gunicorn"), &app, &log("gunicorn"));
+    g.args(["-k", "uvicorn.workers.UvicornWorker", "-w", "2"])
+        .args(["-b", &format!("127.0.0.1:{gport}"), "app:app"]);
+    let gunicorn = Proc::spawn("FastAPI on gunicorn+uvicorn", &mut g);
+    let mut u = as_service_user(&venv_bin("asgi", "uvicorn"), &app, &log("uvicorn"));
+    u.args(["app:app", "--workers", "2", "--host", "127.0.0.1"])
+        .args(["--port", &uport.to_string()]);
+    let uvicorn = Proc::spawn("FastAPI on uvicorn --workers 2", &mut u);
+    let mut h = as_service_user(&venv_bin("asgi", "hypercorn"), &app, &log("hypercorn"));
+    h.args(["-b", &format!("127.0.0.1:{hport}"), "app:app"]);
+    let hypercorn = Proc::spawn("FastAPI on hypercorn", &mut h);
+    for port in [gport, uport, hport] {
+        assert!(
+            wait_for_port(port, Duration::from_secs(40)),
+            "server on {port} did not start: {}",
+            std::fs::read_to_string(log("uvicorn")).unwrap_or_default()
+        );
+    }
+    let gpids = server_pids(gunicorn.pid(), 2);
+    let upids = spawned_pids(uvicorn.pid(), 2);
+    let hpids = spawned_pids(hypercorn.pid(), 1);
+    let agent = Agent::start_with(root.path(), &sensors);
+
+    // 1. gunicorn's sensor matches its workers, but nothing it carries serves uvicorn's worker
+    // class: they say so, and uvicorn and hypercorn are matched by no sensor.
+    assert!(
+        wait_until(Duration::from_secs(40), || agent
+            .state_of(&gpids[1..])
+            .values()
+            .all(|s| s.starts_with("no_server_instrumentation"))),
+        "{:?}\n{}",
+        agent.state_of(&gpids),
+        agent.log()
+    );
+    assert!(
+        agent
+            .state_of(&upids)
+            .values()
+            .chain(agent.state_of(&hpids).values())
+            .all(|s| s.contains("no sensor matched")),
+        "{:?} {:?}",
+        agent.state_of(&upids),
+        agent.state_of(&hpids)
+    );
+
+    // 2. The ASGI sensor arrives: the gunicorn workers get the bundle in place, uvicorn's and
+    // hypercorn's processes (workers spawned: injected, not inherited) are matched and traced.
+    let (t, mark) = (Instant::now(), unix_ms());
+    drop_sensor(&sensors, &built.join("asgi.wasm"), "asgi.wasm");
+    let mut first_span = None;
+    while t.elapsed() < Duration::from_secs(30) {
+        let _ = http_get(gport, "/items/1");
+        if !spans_of(&agent, mark, &gpids).is_empty() {
+            first_span = Some(t.elapsed());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let first_span = first_span.unwrap_or_else(|| {
+        panic!(
+            "no span after the drop: {:?}\n{}",
+            agent.state_of(&gpids),
+            agent.log()
+        )
+    });
+    let all: Vec<u32> = [&gpids[..], &upids[..], &hpids[..]].concat();
+    assert!(
+        wait_until(Duration::from_secs(40), || agent.all_traced(&all)),
+        "{:?}\n{}",
+        agent.state_of(&all),
+        agent.log()
+    );
+    eprintln!(
+        "asgi sensor dropped -> first gunicorn+uvicorn span {:.2} s; every process traced {:.2} s",
+        first_span.as_secs_f64(),
+        t.elapsed().as_secs_f64()
+    );
+    assert_asgi_spans(
+        &agent,
+        gport,
+        &gpids,
+        "gunicorn -k uvicorn.workers.UvicornWorker",
+    );
+    assert_asgi_spans(&agent, uport, &upids, "uvicorn --workers 2");
+    assert_asgi_spans(&agent, hport, &hpids, "hypercorn");
+    // The same processes served throughout.
+    assert_eq!(server_pids(gunicorn.pid(), 2), gpids);
+    assert_eq!(spawned_pids(uvicorn.pid(), 2), upids);
+}
+
+/// The supervisor and its spawned workers (multiprocessing's resource tracker, also a child, is
+/// left out).
+fn spawned_pids(supervisor: u32, workers: usize) -> Vec<u32> {
+    let spawned = || -> Vec<u32> {
+        children(supervisor)
+            .into_iter()
+            .filter(|c| {
+                std::fs::read(format!("/proc/{c}/cmdline"))
+                    .is_ok_and(|b| String::from_utf8_lossy(&b).contains("spawn_main"))
+            })
+            .collect()
+    };
+    assert!(
+        wait_until(Duration::from_secs(20), || spawned().len() == workers),
+        "pid {supervisor} has children {:?}",
+        children(supervisor)
+    );
+    let mut v = vec![supervisor];
+    v.extend(spawned());
+    v
+}

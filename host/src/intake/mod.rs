@@ -591,7 +591,10 @@ mod tests {
         let st = intake.stats();
         assert!(st.cut_off_budget > 0, "{st:?}");
         assert!(st.rejected_connections > 0, "{st:?}");
-        assert!(peak_connections <= 20, "{peak_connections} open at once: {st:?}");
+        assert!(
+            peak_connections <= 20,
+            "{peak_connections} open at once: {st:?}"
+        );
         assert!(peak <= 4 << 20, "held {peak} bytes");
         drop(socks);
         let drained = async {

@@ -704,11 +704,32 @@ impl Core {
                 (!b.is_null()).then(|| (p.pid, b.clone()))
             })
             .collect();
+        let unserved: HashSet<u32> = peers
+            .iter()
+            .filter(|p| p.status.as_ref().is_some_and(serves_nothing))
+            .map(|p| p.pid)
+            .collect();
         let mut v: Vec<ProcessView> = self
             .procs
             .iter()
             .map(|(pid, t)| {
                 let m = t.matched.as_ref().map(|(_, m)| m);
+                // A tracer that says no server instrumentation of its serves this process would
+                // give no span: not `traced` (a master serves nothing by design).
+                let (state, reason) = if t.state == State::Traced
+                    && unserved.contains(pid)
+                    && m.is_some_and(|m| m.role != Role::Master)
+                {
+                    (
+                        "no_server_instrumentation".to_string(),
+                        Some(NO_SERVER.to_string()),
+                    )
+                } else {
+                    (
+                        t.state.name().to_string(),
+                        t.state.reason().map(str::to_string),
+                    )
+                };
                 ProcessView {
                     pid: *pid,
                     ppid: t.info.ppid,
@@ -719,8 +740,8 @@ impl Core {
                     service_name_source: m.map(|m| m.service_name_source.clone()),
                     technology: m.map(|m| m.technology.clone()),
                     role: m.map(|m| m.role),
-                    state: t.state.name().to_string(),
-                    reason: t.state.reason().map(str::to_string),
+                    state,
+                    reason,
                     via: t.via,
                     attempts: t.failures,
                     connected: connected.contains(pid),
@@ -738,6 +759,22 @@ impl Core {
         v.sort_by_key(|p| p.pid);
         v
     }
+}
+
+const NO_SERVER: &str = "matched and injected, but no sensor's bundle instruments the server this \
+     process runs (no span will come): add or update the sensor for it";
+
+/// The tracer's status names server instrumentations (those reporting `serves`) and none of them
+/// serves. Silent when none reports it at all (bundles older than the flag, 0.1 sensors).
+fn serves_nothing(status: &serde_json::Value) -> bool {
+    let Some(insts) = status.get("instrumentations").and_then(|v| v.as_object()) else {
+        return false;
+    };
+    let flags: Vec<bool> = insts
+        .values()
+        .filter_map(|i| i.get("serves").and_then(serde_json::Value::as_bool))
+        .collect();
+    !flags.is_empty() && !flags.contains(&true)
 }
 
 fn schedule_retry(t: &mut Tracked, retry: &RetryPolicy, reason: String) {
@@ -795,6 +832,22 @@ fn forked_before(start_ticks: u64, since: Duration) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_tracer_whose_server_instrumentations_all_serve_nothing_is_flagged() {
+        let st = |v: serde_json::Value| serde_json::json!({ "instrumentations": v });
+        let gunicorn_under_uvicorn = st(serde_json::json!({
+            "gunicorn": {"applied": true, "serves": false}, "flask": {"applied": false}}));
+        assert!(serves_nothing(&gunicorn_under_uvicorn));
+        let with_asgi = st(serde_json::json!({
+            "gunicorn": {"serves": false}, "uvicorn.h11": {"serves": true}}));
+        assert!(!serves_nothing(&with_asgi));
+        // No instrumentation says either way (older bundles): not flagged.
+        assert!(!serves_nothing(&st(
+            serde_json::json!({"flask": {"applied": true}})
+        )));
+        assert!(!serves_nothing(&serde_json::json!({"bundles": {}})));
+    }
 
     #[test]
     fn a_child_is_known_to_predate_the_tracer_only_with_a_tick_to_spare() {

@@ -95,6 +95,13 @@ class Gunicorn(patch.Instrumentation):
 
         return handle_request
 
+    def status(self):
+        s = patch.Instrumentation.status(self)
+        # Only sync, gthread and the async (gevent, eventlet) workers call handle_request; a
+        # process running another worker class (uvicorn's) gets no server span from us.
+        s["serves"] = bool(self.done - {"gunicorn.arbiter"}) and not self.tripped
+        return s
+
     def undo(self):
         for w in list(self.workers):
             try:

@@ -98,7 +98,11 @@ macro_rules! sensor_component {
                     service_name_source: m.service_name_source.to_string(),
                     injection: wit2::InjectionPolicy {
                         inject: true,
-                        forked_children: wit2::ChildPolicy::Inherit,
+                        forked_children: if m.inject_children {
+                            wit2::ChildPolicy::Inject
+                        } else {
+                            wit2::ChildPolicy::Inherit
+                        },
                         spawned_children: wit2::ChildPolicy::Inject,
                     },
                     bundles: vec![wit2::BundleChoice { name: $name.to_string(), settings }],

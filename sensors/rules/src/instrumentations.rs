@@ -52,6 +52,7 @@ pub(crate) fn matched(
         service_name,
         service_name_source: source,
         instrumentations,
+        inject_children: false,
     }
 }
 

@@ -59,6 +59,7 @@
 #![warn(missing_docs)]
 
 mod argv;
+pub mod asgi;
 pub mod component;
 pub mod enrich;
 pub mod gunicorn;

@@ -57,6 +57,9 @@ pub struct ProcessMatch {
     pub service_name_source: &'static str,
     /// In-process instrumentations to turn on.
     pub instrumentations: Vec<Instrumentation>,
+    /// Its children that look like workers are injected rather than left to inherit the tracer
+    /// by fork (servers whose workers are spawned: a fresh interpreter inherits nothing).
+    pub inject_children: bool,
 }
 
 /// argv without the empty strings that process titles leave behind (setproctitle pads the old

@@ -32,6 +32,11 @@ class Uwsgi(patch.Instrumentation):
         self.prev_post_fork = None
         self.hooked = False
 
+    def status(self):
+        s = patch.Instrumentation.status(self)
+        s["serves"] = self.applied and not self.tripped  # every uWSGI app is WSGI to us
+        return s
+
     @staticmethod
     def _opt(uwsgi, key):
         v = getattr(uwsgi, "opt", {}).get(key)
