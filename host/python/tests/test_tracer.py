@@ -29,6 +29,7 @@ BUNDLES = [
     ("gunicorn", [], ["server"], "server:instrumentations"),
     ("uwsgi", [], ["server"], "server:instrumentations"),
     ("libraries", [], ["frameworks", "clients", "db", "libraries"], "libraries:instrumentations"),
+    ("asgi", [], ["asgi"], "asgi:instrumentations"),
 ]
 
 
