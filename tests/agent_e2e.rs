@@ -1434,6 +1434,7 @@ fn assert_asgi_spans(agent: &Agent, port: u16, pids: &[u32], what: &str) {
             "/boom",
             "/stream",
             &format!("/call?port={port}"),
+            &format!("/call-async?port={port}"),
         ] {
             let _ = http_get(port, path);
         }
@@ -1445,6 +1446,7 @@ fn assert_asgi_spans(agent: &Agent, port: u16, pids: &[u32], what: &str) {
             "GET /boom",
             "GET /stream",
             "GET /call",
+            "GET /call-async",
         ]
         .iter()
         .all(|n| names.contains(*n))
@@ -1519,6 +1521,32 @@ fn assert_asgi_spans(agent: &Agent, port: u16, pids: &[u32], what: &str) {
         });
     assert_eq!(callee["trace_id"], call["trace_id"]);
     assert_eq!(callee["name"], "GET /items/{item_id}");
+
+    // httpx and aiohttp, from the event loop: each a child of the request, each continued.
+    let outer = named("GET /call-async");
+    for (client_path, lib) in [("/items/8", "httpx"), ("/items/9", "aiohttp")] {
+        let callee = spans
+            .iter()
+            .find(|s| attr(s, "url.path") == client_path)
+            .unwrap_or_else(|| panic!("{what}: {lib}: no callee span: {spans:#?}"));
+        let client = spans
+            .iter()
+            .find(|s| s["span_id"] == callee["parent_span_id"])
+            .unwrap_or_else(|| panic!("{what}: {lib}: callee not under a client span: {spans:#?}"));
+        assert_eq!(
+            id_of(&client["kind"]).to_ascii_lowercase(),
+            "client",
+            "{lib}: {client}"
+        );
+        assert_eq!(
+            client["parent_span_id"], outer["span_id"],
+            "{lib}: {client}"
+        );
+        assert_eq!(
+            attr(client, "http.response.status_code").as_i64(),
+            Some(200)
+        );
+    }
     eprintln!("{what}: {} spans, all as expected", spans.len());
 }
 
